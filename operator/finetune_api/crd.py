@@ -1,0 +1,213 @@
+"""Generate the FineTuneJob CustomResourceDefinition from the pydantic model.
+
+pydantic emits JSON Schema 2020-12; the apiserver wants a *structural* OpenAPI v3 schema: no $ref, no
+anyOf-with-null, boolean exclusive bounds, a type on every node, free-form maps marked
+x-kubernetes-preserve-unknown-fields. This module does that translation and nothing else.
+
+    finetune-crd            # print the CRD
+    finetune-crd --write    # rewrite crds/ and the chart's crds/ (a test fails while they differ)
+    finetune-crd --check    # exit 1 if the committed files are stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune_api.models import (
+    GROUP,
+    KIND,
+    MAX_JOB_NAME_LENGTH,
+    PLURAL,
+    SHORT_NAME,
+    VERSION,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+)
+
+CRD_FILE_NAME = "finetune.dev_finetunejobs.yaml"
+CRD_PATHS = (
+    Path("crds") / CRD_FILE_NAME,
+    Path("charts") / "finetune-operator" / "crds" / CRD_FILE_NAME,
+)
+_DROP_KEYS = {"title", "$defs"}
+
+
+def _is_null(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "null"
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = True) -> dict[str, Any]:
+    """Translate one pydantic JSON-schema node (recursively) into a structural OpenAPI v3 node.
+
+    `typed=False` translates keywords only (the non-type half of an Optional[...] node).
+    """
+    if "$ref" in schema:
+        target = defs[schema["$ref"].split("/")[-1]]
+        merged = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return structural(merged, defs)
+
+    if "anyOf" in schema:
+        options = [option for option in schema["anyOf"] if not _is_null(option)]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {schema}")
+        merged = {**structural(options[0], defs), **structural(rest, defs, typed=False)}
+        if len(options) != len(schema["anyOf"]):
+            merged["nullable"] = True
+        if merged.get("default", ...) is None:
+            del merged["default"]
+        return merged
+
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROP_KEYS:
+            continue
+        if key == "properties":
+            out["properties"] = {name: structural(prop, defs) for name, prop in value.items()}
+        elif key == "items":
+            out["items"] = structural(value, defs)
+        elif key == "additionalProperties":
+            if value is False:
+                # extra="forbid": the apiserver prunes unknown fields and kubectl's strict field
+                # validation reports them; a structural schema cannot say `false` beside `properties`.
+                continue
+            if value is True or value == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:
+                out["additionalProperties"] = structural(value, defs)
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[bound] = value
+            out[key] = True
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+
+    if "properties" in out:
+        out.setdefault("type", "object")
+        required = set(out.get("required", []))
+        for name, prop in out["properties"].items():
+            # A nested section with defaults must default to {} so the apiserver fills in its fields
+            # before CEL rules read them.
+            if name not in required and prop.get("type") == "object" and "default" not in prop:
+                if "properties" in prop and not prop.get("nullable"):
+                    prop["default"] = {}
+    if not typed:
+        return out
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    if not out.get("type") and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type, *, mode: str = "validation") -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[attr-defined]
+    return structural(raw, raw.get("$defs", {}))
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = openapi_schema(FineTuneJobSpec)
+    status_schema = openapi_schema(FineTuneJobStatus, mode="serialization")
+    status_schema.pop("required", None)  # every status field is optional: the operator fills them over time
+    root = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
+                "message": f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters "
+                "(trainer pods are named <job>-<attempt>)",
+            },
+            {
+                "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                "message": "metadata.name must be a DNS label (lower case letters, digits and '-')",
+            },
+        ],
+    }
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
+        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartsTotal"},
+        {"name": "Last checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpointStep"},
+        {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
+        {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": [SHORT_NAME],
+                "categories": ["finetune", "ml"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render_crd() -> str:
+    header = "# Generated by `finetune-crd --write` from operator/finetune_api/models.py. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="rewrite the committed CRD files")
+    parser.add_argument("--check", action="store_true", help="fail if the committed CRD files are stale")
+    parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
+    args = parser.parse_args(argv)
+    text = render_crd()
+    if not (args.write or args.check):
+        sys.stdout.write(text)
+        return 0
+    stale = []
+    for relative in CRD_PATHS:
+        path = args.root / relative
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(str(relative))
+    if stale:
+        print(f"stale CRD files (run `finetune-crd --write`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The trainer's input: what the operator renders into a ConfigMap, and what `finetune-trainer --config` reads.
+
+The trainer accepts either this document (kind TrainerConfig) or a whole FineTuneJob manifest, so the same
+job.yaml runs on a laptop and in a pod.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from finetune_api.models import (
+    API_VERSION,
+    KIND,
+    DatasetSpec,
+    EffectiveTraining,
+    FineTuneJob,
+    LoraSpec,
+    ModelSpec,
+    TrainingSpec,
+)
+
+TRAINER_CONFIG_KIND = "TrainerConfig"
+# Seconds kept back from the pod's grace period for writing the termination message and exiting.
+EXIT_MARGIN_SECONDS = 5.0
+
+
+class InvalidManifest(ValueError):
+    """A manifest the model rejects; `errors` holds one 'field.path: message' line per problem."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: invalid: " + "; ".join(errors))
+
+
+class JobRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    namespace: str
+    name: str
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["TrainerConfig"] = TRAINER_CONFIG_KIND
+    job: JobRef | None = Field(None, description="The FineTuneJob to report progress to (in a cluster).")
+    model: ModelSpec
+    dataset: DatasetSpec
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    save_deadline_seconds: float = Field(
+        115.0, gt=0, description="After SIGTERM, the emergency checkpoint must be committed within this."
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Serve trainer metrics here (0 = off).")
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem, each starting with the dotted field path (what users grep their YAML for)."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        ctx = item.get("ctx") or {}
+        if item["type"] == "cross_field_rule":
+            field = ctx.get("field", "")
+            if field and field != "(object)":
+                path = f"{path}.{field}" if path else field
+            message = ctx.get("message", item["msg"])
+        else:
+            message = item["msg"]
+        full = ".".join(part for part in (prefix, path) if part)
+        lines.append(f"{full or '(document)'}: {message}")
+    return lines
+
+
+def parse_job(document: dict[str, Any], source: str = "manifest") -> FineTuneJob:
+    try:
+        return FineTuneJob.model_validate(document)
+    except ValidationError as error:
+        raise InvalidManifest(source, format_validation_error(error)) from None
+
+
+def trainer_config_from_job(
+    job: FineTuneJob,
+    effective: EffectiveTraining | None = None,
+    metrics_port: int = 0,
+    report_to_job: bool = False,
+) -> TrainerConfig:
+    """Render the trainer's config for one attempt; `effective` carries the operator's OOM adaptations."""
+    spec = job.spec
+    training = spec.training
+    if effective is not None:
+        overrides = {
+            "per_device_train_batch_size": effective.per_device_train_batch_size,
+            "gradient_accumulation_steps": effective.gradient_accumulation_steps,
+        }
+        training = training.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    job_ref = None
+    if report_to_job:
+        job_ref = JobRef(namespace=job.metadata.namespace or "default", name=job.metadata.name)
+    return TrainerConfig(
+        job=job_ref,
+        model=spec.model,
+        dataset=spec.dataset,
+        lora=spec.lora,
+        training=training,
+        save_deadline_seconds=max(1.0, spec.checkpoint.termination_grace_period_seconds - EXIT_MARGIN_SECONDS),
+        metrics_port=metrics_port,
+    )
+
+
+def load_document(path: str | Path) -> dict[str, Any]:
+    text = Path(path).read_text()
+    try:
+        document = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise InvalidManifest(str(path), [f"(document): not valid YAML/JSON: {error}"]) from None
+    if not isinstance(document, dict):
+        raise InvalidManifest(str(path), ["(document): expected a mapping at the top level"])
+    return document
+
+
+def load_trainer_config(path: str | Path) -> TrainerConfig:
+    """Read a TrainerConfig or a FineTuneJob manifest (YAML or JSON)."""
+    document = load_document(path)
+    kind = document.get("kind")
+    if kind == KIND:
+        return trainer_config_from_job(parse_job(document, str(path)))
+    if kind == TRAINER_CONFIG_KIND:
+        try:
+            return TrainerConfig.model_validate(document)
+        except ValidationError as error:
+            raise InvalidManifest(str(path), format_validation_error(error)) from None
+    raise InvalidManifest(str(path), [f"kind: expected {KIND} or {TRAINER_CONFIG_KIND}, got {kind!r}"])

@@ -1,0 +1,1 @@
+"""The finetune-operator controller: thin kopf handlers over a pure decision core."""
