@@ -406,7 +406,6 @@ class FineTuneJobStatus(StatusModel):
     last_checkpoint: CheckpointInfo | None = None
     last_checkpoint_step: int | None = None
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
-    checkpoints_saved: int = 0
     lost_steps: int = 0
     effective: EffectiveTraining = Field(default_factory=EffectiveTraining)
     last_pod_end_time: str | None = None

@@ -1,0 +1,48 @@
+"""The trainer ↔ operator contract: exit codes, the termination message, names on the volume.
+
+Both sides import these names; README.md documents them for people who write their own trainer image.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# Exit codes (design.md §3). 75 and 78 are sysexits' EX_TEMPFAIL and EX_CONFIG.
+EXIT_SUCCEEDED = 0
+EXIT_PREEMPTED = 75  # stopped on SIGTERM after committing a checkpoint: resumable
+EXIT_CUDA_OOM = 76  # CUDA out of memory: the operator halves the micro-batch and doubles accumulation
+EXIT_CONFIG_ERROR = 78  # the config cannot work (bad model path, missing dataset field): retrying won't help
+EXIT_KILLED = 137  # SIGKILL: the kernel's OOM killer, or the grace period ran out
+
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+# Layout of the checkpoint volume, mounted at CHECKPOINT_MOUNT in the trainer pod.
+CHECKPOINT_MOUNT = "/checkpoints"
+OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/
+FINAL_DIR = "final"  # the finished adapter, written only at the end
+COMMIT_MARKER = "COMMITTED.json"  # inside checkpoint-N/, written last, atomically
+
+TerminationReason = Literal["Completed", "Preempted", "CudaOOM", "ConfigError", "Error"]
+
+
+class TerminationMessage(BaseModel):
+    """JSON the trainer writes to the container's terminationMessagePath before it exits (≤ 4 KiB)."""
+
+    model_config = ConfigDict(extra="allow")
+    reason: TerminationReason
+    step: int | None = None  # the last completed optimizer step
+    checkpoint: str | None = None  # newest committed checkpoint directory name, e.g. checkpoint-40
+    checkpoint_step: int | None = None
+    per_device_train_batch_size: int | None = None  # the batch that ran out of memory (CudaOOM)
+    gradient_accumulation_steps: int | None = None
+    save_seconds: float | None = None  # how long the emergency save took (Preempted)
+    message: str | None = None  # one human line (errors)
+
+    def to_json(self) -> str:
+        text = self.model_dump_json(exclude_none=True)
+        if len(text) > 4000:  # the kubelet truncates at 4096 bytes; keep it parseable
+            clipped = self.model_copy(update={"message": (self.message or "")[:2000]})
+            text = clipped.model_dump_json(exclude_none=True)
+        return text
