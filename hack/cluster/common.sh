@@ -1,0 +1,34 @@
+# Shared settings for hack/cluster/*.sh: paths, versions, logging. Sourced, not run.
+# shellcheck shell=bash
+
+CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+# shellcheck source=versions.env
+source "$CLUSTER_DIR/versions.env"
+
+# Caches survive `down`; state does not.
+FTO_CACHE=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+FTO_STATE=${FTO_STATE:-/var/tmp/finetune-operator/cluster}
+K8S_CACHE=$FTO_CACHE/k8s/$K8S_VERSION
+BIN_DIR=$K8S_CACHE/bin
+KUBECONFIG_PATH=$FTO_STATE/kubeconfig
+
+# Go builds use a GOPATH and GOCACHE inside the versioned cache so a warm rebuild takes seconds and
+# nothing lands in the user's own Go directories.
+go_env() {
+  export GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOPATH=$K8S_CACHE/go GOCACHE=$K8S_CACHE/go-build
+  export GOFLAGS="-mod=mod -buildvcs=false" GOMODCACHE=$K8S_CACHE/go/pkg/mod
+  PATH=/usr/local/go/bin:$PATH
+}
+
+ts() { date +%H:%M:%S; }
+log() { printf '[%s] %s\n' "$(ts)" "$*" >&2; }
+die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }
+
+# One clear line and a non-zero exit when a prerequisite is missing.
+require_cmds() {
+  local missing=() c
+  for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+  ((${#missing[@]} == 0)) || die "missing prerequisite(s): ${missing[*]} (run: hack/cluster.sh tools)"
+}
+require_root() { [[ $(id -u) == 0 ]] || die "must run as root (it starts a kubelet, containerd and network namespaces)"; }
