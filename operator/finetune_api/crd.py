@@ -98,9 +98,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
         for name, prop in out["properties"].items():
             # A nested section with defaults must default to {} so the apiserver fills in its fields
             # before CEL rules read them.
-            if name not in required and prop.get("type") == "object" and "default" not in prop:
-                if "properties" in prop and not prop.get("nullable"):
-                    prop["default"] = {}
+            is_section = prop.get("type") == "object" and "properties" in prop and not prop.get("nullable")
+            if name not in required and is_section and "default" not in prop:
+                prop["default"] = {}
     if not typed:
         return out
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
@@ -186,7 +186,9 @@ def render_crd() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--write", action="store_true", help="rewrite the committed CRD files")
     parser.add_argument("--check", action="store_true", help="fail if the committed CRD files are stale")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root")

@@ -27,7 +27,10 @@ MAX_JOB_NAME_LENGTH = 52
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-RESOURCE_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+RESOURCE_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 
@@ -58,7 +61,7 @@ class ModelSpec(HFModel):
         description="Hugging Face hub id (e.g. 'gpt2') or an absolute path inside the trainer pod.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
-    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub (off unless trusted).")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype to load the base model in."
     )
@@ -95,7 +98,7 @@ class DatasetSpec(HFModel):
     )
     split: str = Field("train", min_length=1, description="Split to train on.")
     format: Literal["text", "messages"] = Field(
-        "text", description="'text': one text column; 'messages': chat messages rendered by the chat template."
+        "text", description="'text': one text column; 'messages': chat messages."
     )
     text_field: str = Field("text", min_length=1, description="Column with the text (format 'text').")
     messages_field: str = Field("messages", min_length=1, description="Column with chat messages.")
@@ -127,7 +130,7 @@ class LoraSpec(HFModel):
 
 
 class TrainingSpec(HFModel):
-    """A subset of transformers.TrainingArguments / trl.SFTConfig, with their names and the seed's defaults."""
+    """A subset of TrainingArguments / trl.SFTConfig, with their names and the seed's defaults."""
 
     cel_rules = (
         CelRule(
@@ -252,7 +255,7 @@ class GpuResources(KubeModel):
     cpu: str | None = _quantity_field("CPU request and limit, e.g. '8'.")
     memory: str | None = _quantity_field("Memory request and limit, e.g. '32Gi'.")
     max_memory: str | None = _quantity_field(
-        "Cap for memory raised after host OOM kills (default: memory × 2 × oomMemoryFactor)."
+        "Cap for memory raised after host OOM kills (default: memory x 2 x oomMemoryFactor)."
     )
 
 
@@ -294,7 +297,7 @@ class RestartPolicy(KubeModel):
     max_failures: int = Field(3, ge=0, description="Restarts after application errors, with backoff.")
     backoff_seconds: int = Field(10, ge=0, le=3600, description="First delay after an error; doubles.")
     max_backoff_seconds: int = Field(300, ge=0, le=86400)
-    oom_memory_factor: float = Field(1.5, gt=1, le=4, description="Memory × this after a host OOM kill.")
+    oom_memory_factor: float = Field(1.5, gt=1, le=4, description="Memory x this after a host OOM kill.")
     pending_timeout_seconds: int = Field(
         0, ge=0, description="Fail a pod that stays unschedulable this long (0 = wait forever)."
     )
@@ -326,7 +329,7 @@ class FineTuneJobSpec(KubeModel):
     hf_token_secret: SecretKeyRef | None = Field(
         None, description="Secret key holding a Hugging Face token; exposed to the trainer as HF_TOKEN."
     )
-    suspend: bool = Field(False, description="Stop the trainer gracefully (emergency checkpoint); resume later.")
+    suspend: bool = Field(False, description="Stop gracefully (emergency checkpoint); resume later.")
 
     cel_rules = (
         CelRule(
@@ -429,8 +432,8 @@ class ObjectMeta(BaseModel):
 
 class FineTuneJob(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["FineTuneJob"] = KIND
+    api_version: Literal["finetune.dev/v1alpha1"] = Field("finetune.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
     metadata: ObjectMeta
     spec: FineTuneJobSpec
     status: FineTuneJobStatus | None = None

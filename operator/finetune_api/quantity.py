@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-# The same grammar the apiserver accepts (k8s.io/apimachinery resource.Quantity), as a regex the CRD can carry.
+# The grammar the apiserver accepts (apimachinery resource.Quantity), as a regex the CRD can carry.
 QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 
@@ -49,7 +49,7 @@ def parse_quantity(text: str | int | float) -> Decimal:
 
 
 def format_bytes(value: Decimal | int) -> str:
-    """Render a byte count as the largest exact binary unit (whole Mi at least, as memory limits usually are)."""
+    """Render a byte count in the largest exact binary unit (whole Mi at least, rounded up)."""
     count = int(Decimal(value).to_integral_value(rounding="ROUND_CEILING"))
     for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi"):
         unit = _BINARY[suffix]

@@ -1,4 +1,4 @@
-"""Cross-field rules written once, enforced twice: by pydantic (operator, trainer, tests) and by the apiserver.
+"""Cross-field rules written once, enforced twice: by pydantic and by the apiserver.
 
 Each rule carries its CEL expression (emitted into the CRD as `x-kubernetes-validations`) and the same check
 in Python. The apiserver side is proven by tests that `kubectl apply --dry-run=server` every invalid

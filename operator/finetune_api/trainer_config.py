@@ -1,4 +1,4 @@
-"""The trainer's input: what the operator renders into a ConfigMap, and what `finetune-trainer --config` reads.
+"""The trainer's input: what the operator renders into a ConfigMap and `finetune-trainer --config` reads.
 
 The trainer accepts either this document (kind TrainerConfig) or a whole FineTuneJob manifest, so the same
 job.yaml runs on a laptop and in a pod.
@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finetune_api.models import (
-    API_VERSION,
     KIND,
     DatasetSpec,
     EffectiveTraining,
@@ -46,8 +45,8 @@ class JobRef(BaseModel):
 
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    api_version: Literal["finetune.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["TrainerConfig"] = TRAINER_CONFIG_KIND
+    api_version: Literal["finetune.dev/v1alpha1"] = Field("finetune.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["TrainerConfig"] = "TrainerConfig"
     job: JobRef | None = Field(None, description="The FineTuneJob to report progress to (in a cluster).")
     model: ModelSpec
     dataset: DatasetSpec
@@ -59,11 +58,19 @@ class TrainerConfig(BaseModel):
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve trainer metrics here (0 = off).")
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """('spec', 'tolerations', 0, 'effect') → 'spec.tolerations[0].effect', as kubectl prints it."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem, each starting with the dotted field path (what users grep their YAML for)."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
+        path = _field_path(item["loc"])
         ctx = item.get("ctx") or {}
         if item["type"] == "cross_field_rule":
             field = ctx.get("field", "")
@@ -102,13 +109,14 @@ def trainer_config_from_job(
     job_ref = None
     if report_to_job:
         job_ref = JobRef(namespace=job.metadata.namespace or "default", name=job.metadata.name)
+    grace = spec.checkpoint.termination_grace_period_seconds
     return TrainerConfig(
         job=job_ref,
         model=spec.model,
         dataset=spec.dataset,
         lora=spec.lora,
         training=training,
-        save_deadline_seconds=max(1.0, spec.checkpoint.termination_grace_period_seconds - EXIT_MARGIN_SECONDS),
+        save_deadline_seconds=max(1.0, grace - EXIT_MARGIN_SECONDS),
         metrics_port=metrics_port,
     )
 

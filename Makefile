@@ -1,0 +1,17 @@
+# Two commands for a newcomer: `make demo` (a real fine-tune that is preempted and resumes) and `make test`.
+.PHONY: test demo crd lint clean-cluster
+
+test:  ## set up what is missing (cached), lint, run every test
+	hack/test.sh
+
+demo:  ## build what is missing (cached), start the local cluster, run the preemption demo
+	hack/demo.sh
+
+crd:  ## regenerate the CRD from the pydantic model
+	.venv/bin/finetune-crd --write
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+clean-cluster:  ## stop the local cluster and remove what it put on the host
+	hack/cluster.sh down

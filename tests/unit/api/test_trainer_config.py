@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from finetune_api import (
+    EffectiveTraining,
+    InvalidManifest,
+    TrainerConfig,
+    load_trainer_config,
+    parse_job,
+    trainer_config_from_job,
+)
+from finetune_api.contract import TerminationMessage
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def job(**training: object) -> dict[str, object]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "demo", "namespace": "ml"},
+        "spec": {"model": {"name_or_path": "/m"}, "dataset": {"path": "/d.jsonl"}, "training": training},
+    }
+
+
+def test_manifest_and_rendered_config_load_the_same(tmp_path: Path) -> None:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job(save_steps=5)))
+    from_manifest = load_trainer_config(manifest)
+    rendered = tmp_path / "config.json"
+    rendered.write_text(from_manifest.model_dump_json(by_alias=True))
+    assert load_trainer_config(rendered) == from_manifest
+    assert from_manifest.training.save_steps == 5
+
+
+def test_oom_adaptations_override_the_spec_batch() -> None:
+    parsed = parse_job(job(per_device_train_batch_size=8, gradient_accumulation_steps=2))
+    effective = EffectiveTraining(per_device_train_batch_size=4, gradient_accumulation_steps=4)
+    config = trainer_config_from_job(parsed, effective, report_to_job=True)
+    training = config.training
+    assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (4, 4)
+    assert config.job is not None and (config.job.namespace, config.job.name) == ("ml", "demo")
+    assert parsed.spec.training.per_device_train_batch_size == 8  # the spec itself is untouched
+
+
+def test_save_deadline_leaves_room_to_exit() -> None:
+    parsed = parse_job(job())
+    grace = parsed.spec.checkpoint.termination_grace_period_seconds
+    assert trainer_config_from_job(parsed).save_deadline_seconds < grace
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("kind: Pod\n", "kind: expected"), ("- a\n", "expected a mapping"), ("a: [\n", "not valid YAML")],
+)
+def test_bad_documents_get_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidManifest, match=message):
+        load_trainer_config(path)
+
+
+def test_unknown_trainer_config_field_is_rejected() -> None:
+    with pytest.raises(ValueError, match="Extra inputs"):
+        TrainerConfig.model_validate({"model": {"name_or_path": "/m"}, "dataset": {"path": "/d"}, "extra": 1})
+
+
+def test_termination_message_stays_within_the_kubelet_limit() -> None:
+    message = TerminationMessage(reason="Error", step=3, message="x" * 10_000)
+    text = message.to_json()
+    assert len(text.encode()) < 4096
+    assert TerminationMessage.model_validate_json(text).reason == "Error"
