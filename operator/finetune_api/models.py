@@ -395,6 +395,23 @@ class EffectiveTraining(StatusModel):
     memory: str | None = None
 
 
+class PendingDecision(StatusModel):
+    """A decision the operator has recorded (counters already charged) but not finished carrying out.
+
+    Written in the same status patch that charges the budget, so an operator restart resumes it instead
+    of deciding (and counting) twice.
+    """
+
+    action: Literal["restart", "stop"] = Field(
+        description="restart: create the next attempt once the ended pod is gone; stop: suspend."
+    )
+    cause: RestartCause | None = None
+    reason: str
+    message: str | None = None
+    pod_name: str = Field(description="The attempt's pod that ended.")
+    not_before: str | None = Field(None, description="RFC 3339: do not create the next pod earlier (backoff).")
+
+
 class FineTuneJobStatus(StatusModel):
     phase: Phase | None = None
     attempt: int = 0
@@ -411,6 +428,12 @@ class FineTuneJobStatus(StatusModel):
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
     lost_steps: int = 0
     effective: EffectiveTraining = Field(default_factory=EffectiveTraining)
+    pending: PendingDecision | None = Field(
+        None, description="Recorded decision still being carried out (the operator's restart-safe state)."
+    )
+    last_end_step: int | None = Field(
+        None, description="Last reported step when the previous attempt ended (recovery = a newer report)."
+    )
     last_pod_end_time: str | None = None
     next_attempt_time: str | None = None
     start_time: str | None = None
