@@ -96,11 +96,10 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
         out.setdefault("type", "object")
         required = set(out.get("required", []))
         for name, prop in out["properties"].items():
-            # A nested section with defaults must default to {} so the apiserver fills in its fields
-            # before CEL rules read them.
+            # An omitted section defaults to its filled-in defaults, so CEL rules can read every field.
             is_section = prop.get("type") == "object" and "properties" in prop and not prop.get("nullable")
             if name not in required and is_section and "default" not in prop:
-                prop["default"] = {}
+                prop["default"] = _filled_default(prop)
     if not typed:
         return out
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
@@ -108,6 +107,15 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
     if not out.get("type") and not out.get("x-kubernetes-preserve-unknown-fields"):
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _filled_default(section: dict[str, Any]) -> dict[str, Any]:
+    """The object the apiserver would build from a section's own defaults.
+
+    An omitted section must default to this, not to {}: the apiserver checks a default against the CEL rules
+    as written, without filling in the defaults nested inside it.
+    """
+    return {name: prop["default"] for name, prop in section["properties"].items() if "default" in prop}
 
 
 def openapi_schema(model: type, *, mode: str = "validation") -> dict[str, Any]:
