@@ -63,6 +63,16 @@ build_go_image() {
   log "$tag built"
 }
 
+# The virtual node's heartbeat (see heartbeat/main.go); rebuilt when its source changes.
+build_heartbeat() {
+  local out=$BIN_DIR/fto-node-heartbeat key
+  key=$(cat "$CLUSTER_DIR/heartbeat/main.go" "$CLUSTER_DIR/heartbeat/go.mod" | sha256sum | cut -c1-16)
+  [[ -x $out && $(cat "$out.key" 2>/dev/null) == "$key" ]] && { log "fto-node-heartbeat: cached"; return; }
+  (cd "$CLUSTER_DIR/heartbeat" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out" .) || die "building heartbeat failed"
+  echo "$key" >"$out.key"
+  log "fto-node-heartbeat built"
+}
+
 cmd_build() {
   require_cmds go python3
   go_env
@@ -71,6 +81,7 @@ cmd_build() {
   log "Kubernetes $K8S_VERSION, helm $HELM_VERSION -> $BIN_DIR"
   build_go_image pause "$PAUSE_IMAGE"
   build_go_image testbox "$TESTBOX_IMAGE"
+  build_heartbeat
   build_k8s
   build_helm
   log "build done in $((SECONDS - start)) s"

@@ -3,7 +3,7 @@
 //
 //	testbox sleep [SECONDS]   wait for SIGTERM (exit 0) or the timeout (default: forever)
 //	testbox hog MIB           allocate and touch MIB MiB, then wait: over the memory limit -> OOMKilled
-//	testbox write PATH TEXT   write TEXT to PATH (fsync), print uid/gid, then wait for SIGTERM
+//	testbox write PATH TEXT   write TEXT to PATH (fsync), print uid/gid, exit 0
 //	testbox incluster         GET /api through in-cluster config (KUBERNETES_SERVICE_HOST + the SA token)
 package main
 
@@ -37,7 +37,6 @@ func main() {
 			fail("usage: testbox write PATH TEXT")
 		}
 		write(os.Args[2], os.Args[3])
-		wait(0)
 	case "incluster":
 		incluster()
 	default:
