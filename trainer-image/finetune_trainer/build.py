@@ -1,0 +1,253 @@
+"""TrainerConfig → model, tokenizer, datasets, LoraConfig, SFTConfig; what the user must fix → ConfigError."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from finetune_api.trainer_config import TrainerConfig
+
+from finetune_trainer.logs import log
+
+_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+class ConfigError(Exception):
+    """The config cannot work (exit 78): one line naming the field and the problem."""
+
+
+def looks_like_local_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
+
+
+def _hub_error_is_permanent(error: BaseException) -> bool:
+    """A hub lookup that will fail again on retry (not found, gated, offline without a cache)."""
+    names = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError", "EntryNotFoundError"}
+    names |= {"LocalEntryNotFoundError", "DatasetNotFoundError", "HFValidationError", "OfflineModeIsEnabled"}
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            break
+        if type(seen).__name__ in names:
+            return True
+        text = str(seen)
+        if (
+            "is not a local folder and is not a valid model identifier" in text
+            or "offline mode" in text.lower()
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def check_static(config: TrainerConfig) -> None:
+    """Checks that need no heavy imports (run before torch is imported, so bad configs fail in a second)."""
+    name = config.model.name_or_path
+    if looks_like_local_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model.name_or_path: local path {name} does not exist or is not a directory")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name_or_path: {name} has no config.json (not a saved model)")
+    data = config.dataset
+    if data.path is not None:
+        path = Path(data.path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"dataset.path: {data.path} does not exist")
+        if path.is_file() and path.suffix not in _DATA_BUILDERS:
+            raise ConfigError(
+                f"dataset.path: unsupported file type {path.suffix!r} "
+                f"(use {', '.join(sorted(_DATA_BUILDERS))})"
+            )
+    if data.examples is not None:
+        field = data.text_field if data.format == "text" else data.messages_field
+        for i, example in enumerate(data.examples):
+            if field not in example:
+                raise ConfigError(
+                    f"dataset.examples[{i}]: has no field {field!r} (dataset.{data.format}_field)"
+                )
+
+
+def load_tokenizer_and_model(config: TrainerConfig, use_cuda: bool) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    spec = config.model
+    token = os.environ.get("HF_TOKEN") or None
+    common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    if token:
+        common["token"] = token
+    dtype: Any = spec.torch_dtype
+    if dtype != "auto":
+        dtype = getattr(torch, dtype)
+        if not use_cuda and dtype in (torch.float16, torch.bfloat16):
+            log(
+                "dtype_downgraded",
+                level="warning",
+                requested=spec.torch_dtype,
+                used="float32",
+                reason="no CUDA",
+            )
+            dtype = torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **common)
+        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype, **common)
+    except (OSError, ValueError) as error:
+        if _hub_error_is_permanent(error) or isinstance(error, ValueError):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"model.name_or_path: cannot load {spec.name_or_path!r}: {first}") from error
+        raise
+    if not use_cuda and next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        model = model.float()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model
+
+
+def _load_split(config: TrainerConfig, split: str) -> Any:
+    import datasets
+
+    data = config.dataset
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        if data.examples is not None:
+            if split != data.split:
+                raise ConfigError(f"dataset.eval_split: inline examples have only the split {data.split!r}")
+            return datasets.Dataset.from_list(list(data.examples))
+        if data.path is not None:
+            path = Path(data.path).expanduser()
+            if path.is_file():
+                builder = _DATA_BUILDERS[path.suffix]
+                loaded = datasets.load_dataset(builder, data_files={data.split: str(path)})
+            elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+                loaded = datasets.load_from_disk(str(path))
+                if isinstance(loaded, datasets.Dataset):
+                    return loaded
+            else:
+                loaded = datasets.load_dataset(str(path))
+        else:
+            assert data.name is not None
+            return datasets.load_dataset(data.name, data.config_name, split=split, token=token)
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"dataset: cannot load split {split!r}: {str(error).splitlines()[0]}") from error
+    except Exception as error:
+        if _hub_error_is_permanent(error):
+            raise ConfigError(
+                f"dataset.name: cannot load {data.name!r}: {str(error).splitlines()[0]}"
+            ) from error
+        raise
+    if split not in loaded:
+        field = "dataset.split" if split == data.split else "dataset.eval_split"
+        raise ConfigError(f"{field}: split {split!r} not found (have {', '.join(loaded.keys())})")
+    return loaded[split]
+
+
+def load_datasets(config: TrainerConfig) -> tuple[Any, Any | None]:
+    """Train (and eval) datasets reduced to the one column SFTTrainer reads ('text' or 'messages')."""
+    data = config.dataset
+    train = _load_split(config, data.split)
+    field = data.text_field if data.format == "text" else data.messages_field
+    name = f"dataset.{data.format if data.format == 'text' else 'messages'}_field"
+    if field not in train.column_names:
+        raise ConfigError(
+            f"{name}: column {field!r} not in the dataset (columns: {', '.join(train.column_names)})"
+        )
+    if len(train) == 0:
+        raise ConfigError(f"dataset.split: split {data.split!r} is empty")
+    eval_ds = None
+    if data.eval_split is not None:
+        eval_ds = _load_split(config, data.eval_split)
+        if field not in eval_ds.column_names:
+            raise ConfigError(f"dataset.eval_split: column {field!r} not in split {data.eval_split!r}")
+    elif data.eval_fraction is not None:
+        parts = train.train_test_split(test_size=data.eval_fraction, seed=config.training.seed)
+        train, eval_ds = parts["train"], parts["test"]
+
+    target = "text" if data.format == "text" else "messages"
+
+    def reduce(ds: Any) -> Any:
+        ds = ds.select_columns([field])
+        if field != target:
+            ds = ds.rename_column(field, target)
+        return ds
+
+    return reduce(train), (reduce(eval_ds) if eval_ds is not None else None)
+
+
+def lora_config(config: TrainerConfig) -> Any:
+    from peft import LoraConfig
+
+    spec = config.lora
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
+        lora_dropout=spec.lora_dropout,
+        target_modules=spec.target_modules,
+        bias=spec.bias,
+        task_type=spec.task_type,
+    )
+
+
+def sft_config(config: TrainerConfig, output_dir: Path, use_cuda: bool, world_size: int = 1) -> Any:
+    from trl import SFTConfig
+
+    t = config.training
+    bf16, fp16 = t.bf16, t.fp16
+    if not use_cuda and (bf16 or fp16):
+        log("mixed_precision_disabled", level="warning", bf16=bf16, fp16=fp16, reason="no CUDA")
+        bf16 = fp16 = False
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": t.num_train_epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,
+        "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "max_grad_norm": t.max_grad_norm,
+        "max_length": t.max_length,
+        "packing": t.packing,
+        "bf16": bf16,
+        "fp16": fp16,
+        # trl turns gradient checkpointing on by default; the spec decides (transformers 5.23's new name).
+        "activation_checkpointing": t.gradient_checkpointing,
+        "seed": t.seed,
+        "data_seed": t.data_seed,
+        "logging_strategy": "steps",
+        "logging_steps": t.logging_steps,
+        "save_strategy": t.save_strategy,
+        "save_steps": t.save_steps,
+        # HF's rotation runs before on_save, i.e. before our commit: retention is ours (after commit).
+        "save_total_limit": None,
+        "save_only_model": False,
+        "eval_strategy": t.eval_strategy,
+        "eval_steps": t.eval_steps,
+        "load_best_model_at_end": t.load_best_model_at_end,
+        "metric_for_best_model": t.metric_for_best_model,
+        "greater_is_better": t.greater_is_better,
+        "dataloader_num_workers": t.dataloader_num_workers,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": not use_cuda,
+        "include_num_input_tokens_seen": "all",
+        "enable_jit_checkpoint": False,
+    }
+    if config.dataset.format == "text":
+        kwargs["dataset_text_field"] = "text"
+    if t.gradient_checkpointing:
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if world_size > 1 and not use_cuda:
+        kwargs["ddp_backend"] = "gloo"
+    try:
+        return SFTConfig(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"training: {str(error).splitlines()[0]}") from error

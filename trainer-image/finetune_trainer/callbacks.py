@@ -1,0 +1,276 @@
+"""TrainerCallbacks: checkpoint commit, preemption (SIGTERM) stop, progress reporting, fault injection.
+
+Order of events around a save (transformers 5.23): on_step_end → _maybe_log_save_evaluate: log (on_log) →
+evaluate (on_evaluate) → `_save_checkpoint` (writes checkpoint-N/, HF rotation disabled by passing
+save_total_limit=None) → on_save. The commit happens in on_save; retention after it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from finetune_trainer import checkpoints as ckpt
+from finetune_trainer import dist
+from finetune_trainer.faults import Faults
+from finetune_trainer.logs import log
+from finetune_trainer.preemption import TRAINING, Preemption
+from finetune_trainer.reporting import StatusReporter, TrainerMetrics
+
+
+class PreemptedBeforeFirstStep(Exception):
+    """SIGTERM arrived after loading but before the first step of this attempt: nothing new to save."""
+
+
+@dataclass
+class RunState:
+    """Shared by the callbacks, the Trainer subclass and the CLI."""
+
+    output_dir: Path
+    world_size: int = 1
+    is_main: bool = True
+    save_total_limit: int | None = None
+    extra_required: tuple[str, ...] = ()
+    last_commit: ckpt.CommitRecord | None = None
+    save_started_at: float | None = None
+    last_save_seconds: float | None = None
+    emergency_save_seconds: float | None = None
+    stop_for_preemption: bool = False
+    retained: int = 0
+    first_step_of_run: bool = True
+    total_steps: int | None = None
+    commit_failures: list[str] = field(default_factory=list)
+
+    @property
+    def last_commit_step(self) -> int | None:
+        return self.last_commit.step if self.last_commit else None
+
+
+def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, Any]:
+    return {
+        "lastCheckpoint": {
+            "step": record.step,
+            "path": str(record.path),
+            "time": record.committed_at,
+            "saveSeconds": round(record.save_seconds or 0.0, 4),
+            "bytes": record.bytes,
+        },
+        "lastCheckpointStep": record.step,
+        "checkpoints": retained,
+    }
+
+
+class CheckpointCommitCallback(TrainerCallback):
+    """After HF wrote checkpoint-N: barrier → (main) verify, fsync, marker, retention → barrier."""
+
+    def __init__(self, run: RunState, reporter: StatusReporter, metrics: TrainerMetrics | None):
+        self.run = run
+        self.reporter = reporter
+        self.metrics = metrics
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        run = self.run
+        path = run.output_dir / f"checkpoint-{state.global_step}"
+        dist.barrier()  # every rank has written its rng_state_<rank>.pth
+        if run.is_main:
+            started = run.save_started_at or time.monotonic()
+            try:
+                record = ckpt.commit_checkpoint(
+                    path, run.world_size, started_at=started, extra_required=run.extra_required
+                )
+                assert record.save_seconds is not None
+            except (ckpt.CheckpointError, OSError) as error:
+                run.commit_failures.append(f"{path.name}: {error}")
+                log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
+            else:
+                keep = [state.best_model_checkpoint] if state.best_model_checkpoint else []
+                deleted = ckpt.apply_retention(run.output_dir, run.save_total_limit, keep=keep)
+                run.retained = len(ckpt.committed_checkpoints(run.output_dir))
+                run.last_commit = record
+                run.last_save_seconds = record.save_seconds
+                log(
+                    "checkpoint_committed",
+                    step=record.step,
+                    path=str(record.path),
+                    time=record.committed_at,
+                    save_seconds=round(record.save_seconds, 4),
+                    bytes=record.bytes,
+                    files=len(record.files),
+                    retained=run.retained,
+                    deleted=[p.name for p in deleted],
+                )
+                self.reporter.update(_status_for_commit(record, run.retained))
+                if self.metrics is not None:
+                    self.metrics.save_seconds.observe(record.save_seconds)
+                    self.metrics.last_save_seconds.set(record.save_seconds)
+                    self.metrics.last_save_bytes.set(record.bytes)
+                    self.metrics.last_checkpoint_step.set(record.step)
+                    self.metrics.checkpoints.set(run.retained)
+                    self.metrics.commits.inc()
+        else:
+            # Non-main ranks learn the committed step to decide identically whether a stop needs a save.
+            run.last_commit = ckpt.CommitRecord(path, state.global_step, "", {}, None)
+        dist.barrier()  # nobody exits (or starts deleting) before the commit is done
+        run.save_started_at = None
+        return control
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM: stop at the next step boundary (all ranks agree), save there unless already committed."""
+
+    def __init__(self, run: RunState, preemption: Preemption):
+        self.run = run
+        self.preemption = preemption
+
+    def _stop(self, state: TrainerState, control: TrainerControl, where: str) -> None:
+        if not self.run.stop_for_preemption:
+            self.run.stop_for_preemption = True
+            log(
+                "preemption_stop",
+                level="warning",
+                signal=self.preemption.signal_name,
+                step=state.global_step,
+                at=where,
+                seconds_since_signal=round(self.preemption.seconds_since_request() or 0.0, 3),
+                needs_save=self.run.last_commit_step != state.global_step,
+            )
+        control.should_training_stop = True
+        if self.run.last_commit_step != state.global_step:
+            control.should_save = True
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # From here on a signal no longer exits at once: it stops training at a step boundary.
+        self.preemption.phase = TRAINING
+        if dist.any_rank(self.preemption.requested):
+            raise PreemptedBeforeFirstStep()
+        return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if dist.any_rank(self.preemption.requested):
+            self._stop(state, control, "step_end")
+        return control
+
+    # A signal during logging/evaluation of step N (after on_step_end's check) still saves at step N.
+    # Single process only: with several ranks, collectives must run in lockstep, so only on_step_end checks.
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.run.world_size == 1 and self.preemption.requested:
+            self._stop(state, control, "log")
+        return control
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.run.world_size == 1 and self.preemption.requested:
+            self._stop(state, control, "evaluate")
+        return control
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # A signal that arrived while this checkpoint was being written: it is committed now, stop here.
+        if dist.any_rank(self.preemption.requested):
+            if not self.run.stop_for_preemption:
+                self._stop(state, control, "save")
+            control.should_training_stop = True
+            control.should_save = False
+            if self.run.emergency_save_seconds is None and self.run.last_commit_step == state.global_step:
+                self.run.emergency_save_seconds = self.run.last_save_seconds
+        return control
+
+
+class ProgressCallback(TrainerCallback):
+    """step / total / epoch / loss to the log, the job's status and the metrics."""
+
+    def __init__(self, run: RunState, reporter: StatusReporter, metrics: TrainerMetrics | None):
+        self.run = run
+        self.reporter = reporter
+        self.metrics = metrics
+        self._step_started: float | None = None
+        self._tokens_at_start = 0
+        self._step_seconds: float | None = None
+        self._tokens_per_second: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.run.total_steps = state.max_steps
+        if self.run.is_main:
+            log(
+                "train_begin",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                world_size=self.run.world_size,
+            )
+            self.reporter.update(
+                {
+                    "step": state.global_step,
+                    "totalSteps": state.max_steps,
+                    "progress": f"{state.global_step}/{state.max_steps}",
+                }
+            )
+            if self.metrics is not None:
+                self.metrics.total_steps.set(state.max_steps)
+                self.metrics.step.set(state.global_step)
+        return control
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._step_started = time.monotonic()
+        self._tokens_at_start = int(state.num_input_tokens_seen or 0)
+        return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self._step_started is not None:
+            self._step_seconds = time.monotonic() - self._step_started
+            tokens = int(state.num_input_tokens_seen or 0) - self._tokens_at_start
+            self._tokens_per_second = (
+                tokens / self._step_seconds if self._step_seconds > 0 and tokens else None
+            )
+            if self.metrics is not None:
+                self.metrics.step_seconds.observe(self._step_seconds)
+                if self._tokens_per_second is not None:
+                    self.metrics.tokens_per_second.set(self._tokens_per_second)
+        if self.metrics is not None:
+            self.metrics.step.set(state.global_step)
+        return control
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
+        if not self.run.is_main or not logs:
+            return control
+        fields: dict[str, Any] = {"step": state.global_step, "total_steps": state.max_steps}
+        if state.epoch is not None:
+            fields["epoch"] = round(float(state.epoch), 6)
+        fields.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
+        if "loss" in logs and self._step_seconds is not None:
+            fields["step_seconds"] = round(self._step_seconds, 5)
+            if self._tokens_per_second is not None:
+                fields["tokens_per_second"] = round(self._tokens_per_second, 1)
+        log("train_log" if "loss" in logs or "eval_loss" in logs else "train_summary", **fields)
+        status: dict[str, Any] = {
+            "step": state.global_step,
+            "totalSteps": state.max_steps,
+            "progress": f"{state.global_step}/{state.max_steps}",
+        }
+        if state.epoch is not None:
+            status["epoch"] = round(float(state.epoch), 4)
+        if "loss" in logs:
+            status["loss"] = round(float(logs["loss"]), 6)
+            if self.metrics is not None:
+                self.metrics.loss.set(float(logs["loss"]))
+        self.reporter.update(status)
+        return control
+
+
+class FaultInjectionCallback(TrainerCallback):
+    def __init__(self, run: RunState, faults: Faults):
+        self.run = run
+        self.faults = faults
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        first = self.run.first_step_of_run
+        self.run.first_step_of_run = False
+        self.faults.before_step(state.global_step + 1, args.per_device_train_batch_size, first)
+        return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.faults.after_step()
+        return control

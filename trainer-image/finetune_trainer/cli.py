@@ -1,0 +1,446 @@
+"""`finetune-trainer`: the trainer pod's PID 1.
+
+    finetune-trainer --config FILE --output-dir DIR [--resume auto|never|PATH]
+                     [--per-device-train-batch-size N] [--gradient-accumulation-steps N]
+                     [--termination-message-path P] [--nproc-per-node N]
+
+Exit codes (finetune_api.contract): 0 finished (DIR/final written), 75 stopped on SIGTERM after committing a
+checkpoint, 76 CUDA out of memory, 78 config error, 1 other error. Every exit path writes the termination
+message. Heavy imports (torch, transformers) happen after the signal handler is installed and after the cheap
+config checks, so a bad config fails in about a second and a SIGTERM during start-up exits 75 at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from finetune_api.contract import (
+    EXIT_CONFIG_ERROR,
+    EXIT_CUDA_OOM,
+    EXIT_PREEMPTED,
+    EXIT_SUCCEEDED,
+    FINAL_DIR,
+    TerminationMessage,
+)
+from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
+
+from finetune_trainer import checkpoints as ckpt
+from finetune_trainer.build import ConfigError, check_static
+from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
+from finetune_trainer.preemption import FINISHING, Preemption
+
+EXIT_ERROR = 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="finetune-trainer", description="Crash-safe LoRA fine-tuning (SFT)."
+    )
+    parser.add_argument("--config", required=True, help="FineTuneJob manifest or TrainerConfig (YAML/JSON)")
+    parser.add_argument("--output-dir", required=True, help="checkpoint-N/ directories and final/ go here")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: newest committed checkpoint in the output dir, else start fresh; never; or a checkpoint",
+    )
+    parser.add_argument("--per-device-train-batch-size", type=_positive, default=None)
+    parser.add_argument("--gradient-accumulation-steps", type=_positive, default=None)
+    parser.add_argument(
+        "--termination-message-path",
+        default=None,
+        help="where to write the termination message (default: /dev/termination-log when writable)",
+    )
+    parser.add_argument(
+        "--nproc-per-node",
+        type=_positive,
+        default=1,
+        help="run N processes (one per GPU) under this process, which stays PID 1 and forwards SIGTERM",
+    )
+    return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _rank_info() -> tuple[int, int]:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return rank, world
+
+
+def apply_overrides(config: TrainerConfig, args: argparse.Namespace) -> TrainerConfig:
+    update: dict[str, Any] = {}
+    if args.per_device_train_batch_size is not None:
+        update["per_device_train_batch_size"] = args.per_device_train_batch_size
+    if args.gradient_accumulation_steps is not None:
+        update["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+    if not update:
+        return config
+    return config.model_copy(update={"training": config.training.model_copy(update=update)})
+
+
+class Run:
+    """One attempt: the state every exit path needs for its termination message."""
+
+    def __init__(self, args: argparse.Namespace, preemption: Preemption):
+        self.args = args
+        self.preemption = preemption
+        self.rank, self.world_size = _rank_info()
+        self.is_main = self.rank == 0
+        path = args.termination_message_path or default_termination_path()
+        self.term = TerminationWriter(path if self.is_main else None)
+        self.output_dir = Path(args.output_dir)
+        self.config: TrainerConfig | None = None
+        self.newest_commit: ckpt.CommitRecord | None = None
+        self.step: int | None = None
+        self.run_state: Any = None  # callbacks.RunState once training is set up
+        self.trainer: Any = None
+
+    # -------------------------------------------------------------------------------- exit messages
+
+    def _commit_fields(self) -> dict[str, Any]:
+        record = self.run_state.last_commit if self.run_state is not None else None
+        record = record or self.newest_commit
+        if record is None:
+            return {}
+        return {"checkpoint": record.name, "checkpoint_step": record.step}
+
+    def _current_step(self) -> int | None:
+        if self.trainer is not None:
+            return int(self.trainer.state.global_step)
+        return self.newest_commit.step if self.newest_commit else None
+
+    def exit_with(self, code: int, reason: str, **fields: Any) -> int:
+        message = TerminationMessage(
+            reason=reason, step=self._current_step(), **self._commit_fields(), **fields
+        )
+        self.term.write(message)
+        self.preemption.done.set()
+        log(
+            "exit",
+            level="info" if code in (0, EXIT_PREEMPTED) else "error",
+            exit_code=code,
+            **message.model_dump(exclude_none=True),
+        )
+        return code
+
+    def early_exit_message(self) -> None:
+        """From the signal handler during start-up: no locks, no allocation-heavy work."""
+        self.term.write_raw_unlocked(
+            TerminationMessage(
+                reason="Preempted",
+                step=self.newest_commit.step if self.newest_commit else None,
+                message="SIGTERM before training started",
+                **self._commit_fields(),
+            )
+        )
+
+    def on_save_deadline(self) -> None:
+        """Watchdog: the emergency save did not commit within save_deadline_seconds."""
+        assert self.config is not None
+        deadline = self.config.save_deadline_seconds
+        log("save_deadline_exceeded", level="error", deadline_seconds=deadline)
+        self.term.write(
+            TerminationMessage(
+                reason="Preempted",
+                step=self._current_step(),
+                message=f"emergency checkpoint not committed within save_deadline_seconds={deadline}; "
+                "resume uses the newest committed one",
+                **self._commit_fields(),
+            )
+        )
+        os._exit(EXIT_PREEMPTED)
+
+    # ------------------------------------------------------------------------------------- phases
+
+    def resolve_resume(self) -> ckpt.CommitRecord | None:
+        mode = self.args.resume
+        if ckpt.final_complete(self.output_dir) and mode != "never":
+            return None
+        if mode == "never":
+            existing = ckpt.committed_checkpoints(self.output_dir)
+            if existing or ckpt.final_complete(self.output_dir):
+                raise ConfigError(
+                    f"--resume never: {self.output_dir} already holds committed checkpoints "
+                    f"({', '.join(r.name for r in existing) or FINAL_DIR}); "
+                    "use --resume auto or an empty directory"
+                )
+            return None
+        if mode == "auto":
+            choice = ckpt.find_resume_checkpoint(self.output_dir)
+            for path, why in choice.skipped:
+                log("checkpoint_skipped", level="warning", checkpoint=path.name, reason=why)
+            if choice.checkpoint is None:
+                log("resume_none", reason="no committed checkpoint" if not choice.skipped else "none intact")
+            else:
+                log(
+                    "resume_from",
+                    checkpoint=choice.checkpoint.name,
+                    step=choice.checkpoint.step,
+                    reason="newest committed checkpoint whose files match its marker",
+                )
+            return choice.checkpoint
+        path = Path(mode)
+        try:
+            record = ckpt.read_commit(path)
+        except ckpt.CheckpointError as error:
+            raise ConfigError(f"--resume {mode}: not a committed checkpoint: {error}") from None
+        log("resume_from", checkpoint=str(path), step=record.step, reason="--resume PATH")
+        return record
+
+    def check_world_size(self, record: ckpt.CommitRecord) -> None:
+        missing = [name for name in ckpt.rng_files(self.world_size) if name not in record.files]
+        if missing:
+            raise ConfigError(
+                f"--resume: {record.name} was written by a different number of processes (it lacks "
+                f"{', '.join(missing)}); exact resume needs the same number ({self.world_size} now)"
+            )
+
+    def main(self) -> int:
+        started = time.monotonic()
+        set_context(rank=self.rank if self.world_size > 1 else None)
+        try:
+            config = apply_overrides(load_trainer_config(self.args.config), self.args)
+            self.config = config
+            check_static(config)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.newest_commit = ckpt.find_resume_checkpoint(self.output_dir).checkpoint
+            if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
+                log("already_complete", final=str(self.output_dir / FINAL_DIR))
+                final = ckpt.final_complete(self.output_dir) or {}
+                self.newest_commit = None
+                return self.exit_with(
+                    EXIT_SUCCEEDED,
+                    "Completed",
+                    final=str(self.output_dir / FINAL_DIR),
+                    final_step=final.get("step"),
+                )
+            resume = self.resolve_resume()
+            if resume is not None:
+                self.check_world_size(resume)
+        except InvalidManifest as error:
+            for line in error.errors:
+                print(f"config error: {line}", file=sys.stderr, flush=True)
+            return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message="; ".join(error.errors))
+        except ConfigError as error:
+            print(f"config error: {error}", file=sys.stderr, flush=True)
+            return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
+        if self.is_main:
+            stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
+            if stale:
+                log(
+                    "removed_stale_checkpoints",
+                    checkpoints=[p.name for p in stale],
+                    resume_point=resume.name if resume else "fresh start",
+                    reason="newer than the resume point: not committed or damaged",
+                )
+        log(
+            "config_loaded",
+            seconds=round(time.monotonic() - started, 3),
+            resume=resume.name if resume else None,
+        )
+        try:
+            return self.train(config, resume)
+        except ConfigError as error:
+            print(f"config error: {error}", file=sys.stderr, flush=True)
+            return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
+        except BaseException as error:
+            return self.classify_failure(error)
+
+    def classify_failure(self, error: BaseException) -> int:
+        from finetune_trainer.callbacks import PreemptedBeforeFirstStep
+
+        if isinstance(error, PreemptedBeforeFirstStep):
+            return self.exit_with(
+                EXIT_PREEMPTED, "Preempted", message="SIGTERM before the first step", save_seconds=0.0
+            )
+        if _is_cuda_oom(error):
+            assert self.config is not None
+            t = self.config.training
+            log("cuda_oom", level="error", error=str(error).splitlines()[0] if str(error) else "")
+            return self.exit_with(
+                EXIT_CUDA_OOM,
+                "CudaOOM",
+                per_device_train_batch_size=t.per_device_train_batch_size,
+                gradient_accumulation_steps=t.gradient_accumulation_steps,
+                message=(str(error).splitlines() or ["CUDA out of memory"])[0][:500],
+            )
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            return self.exit_with(EXIT_ERROR, "Error", message=f"{type(error).__name__}")
+        log("traceback", level="error", traceback=traceback.format_exc()[-4000:])
+        text = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
+        return self.exit_with(EXIT_ERROR, "Error", message=text)
+
+    def train(self, config: TrainerConfig, resume: ckpt.CommitRecord | None) -> int:
+        import torch  # heavy imports from here on
+
+        from finetune_trainer import build
+        from finetune_trainer.callbacks import (
+            CheckpointCommitCallback,
+            FaultInjectionCallback,
+            PreemptionCallback,
+            ProgressCallback,
+            RunState,
+        )
+        from finetune_trainer.faults import Faults
+        from finetune_trainer.reporting import StatusReporter, TrainerMetrics, kubernetes_patcher
+        from finetune_trainer.trainer import CommitTrainer
+
+        use_cuda = torch.cuda.is_available()
+        t0 = time.monotonic()
+        tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
+        train_ds, eval_ds = build.load_datasets(config)
+        if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
+        args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
+        faults = Faults.from_env()
+        log(
+            "loaded",
+            seconds=round(time.monotonic() - t0, 3),
+            train_examples=len(train_ds),
+            eval_examples=len(eval_ds) if eval_ds is not None else None,
+            cuda=use_cuda,
+            threads=torch.get_num_threads(),
+            world_size=self.world_size,
+        )
+
+        patcher = None
+        if config.job is not None and self.is_main:
+            try:
+                patcher = kubernetes_patcher(config.job)
+            except Exception as error:  # not in a cluster: log only
+                log("status_reporting_off", level="warning", error=f"{type(error).__name__}: {error}"[:300])
+        reporter = StatusReporter(patcher)
+        metrics = None
+        if self.is_main:
+            try:
+                metrics = TrainerMetrics(config.metrics_port)
+            except OSError as error:
+                log("metrics_off", level="warning", error=str(error))
+        extra = ("scaler.pt",) if (use_cuda and args.fp16) else ()
+        run = RunState(
+            output_dir=self.output_dir,
+            world_size=self.world_size,
+            is_main=self.is_main,
+            save_total_limit=config.training.save_total_limit,
+            extra_required=extra,
+            last_commit=resume,
+        )
+        self.run_state = run
+        callbacks = [
+            CheckpointCommitCallback(run, reporter, metrics),
+            PreemptionCallback(run, self.preemption),
+            ProgressCallback(run, reporter, metrics),
+            FaultInjectionCallback(run, faults),
+        ]
+        trainer = CommitTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=build.lora_config(config),
+            callbacks=callbacks,
+            run=run,
+            faults=faults,
+        )
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
+        self.preemption.start_watchdog(config.save_deadline_seconds, self.on_save_deadline)
+        self.trainer = trainer
+        try:
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+            state = trainer.state
+            if run.stop_for_preemption and state.global_step < state.max_steps:
+                return self.finish_preempted(run)
+            self.preemption.phase = FINISHING
+            return self.finish(trainer, config, state.global_step)
+        finally:
+            reporter.close()
+
+    def finish_preempted(self, run: Any) -> int:
+        seconds = run.emergency_save_seconds
+        if (
+            seconds is None
+            and run.last_commit is not None
+            and run.last_commit.step == self.trainer.state.global_step
+        ):
+            seconds = 0.0  # the newest committed checkpoint was already at this step
+        since = self.preemption.seconds_since_request()
+        log(
+            "preempted",
+            step=self.trainer.state.global_step,
+            save_seconds=seconds,
+            seconds_since_signal=round(since or 0.0, 3),
+        )
+        return self.exit_with(
+            EXIT_PREEMPTED, "Preempted", save_seconds=None if seconds is None else round(seconds, 4)
+        )
+
+    def finish(self, trainer: Any, config: TrainerConfig, step: int) -> int:
+        from finetune_trainer import dist
+
+        t0 = time.monotonic()
+        final_path = self.output_dir / FINAL_DIR
+        if self.is_main:
+
+            def write(tmp: Path) -> None:
+                trainer.save_model(str(tmp))
+                if config.model.merge_adapter:
+                    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+                    merged.save_pretrained(str(tmp / "merged"))
+                    if trainer.processing_class is not None:
+                        trainer.processing_class.save_pretrained(str(tmp / "merged"))
+
+            ckpt.publish_final(self.output_dir, write, step)
+        dist.barrier()
+        log(
+            "final_written",
+            path=str(final_path),
+            step=step,
+            seconds=round(time.monotonic() - t0, 3),
+            bytes=ckpt.dir_bytes(final_path) if self.is_main else None,
+        )
+        return self.exit_with(EXIT_SUCCEEDED, "Completed", final=str(final_path))
+
+
+def _is_cuda_oom(error: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    preemption = Preemption()
+    preemption.install()  # first: a SIGTERM during the imports below must already exit 75
+    args = parse_args(argv)
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:
+        from finetune_trainer.launcher import launch
+
+        return launch(args.nproc_per_node, sys.argv[1:] if argv is None else argv, preemption)
+    run = Run(args, preemption)
+    preemption.on_early_exit = run.early_exit_message
+    code = run.main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
