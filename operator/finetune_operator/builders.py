@@ -1,0 +1,378 @@
+"""Pure manifest builders: a FineTuneJob (+ the operator's adaptations) in, Kubernetes objects (dicts) out.
+
+Nothing here talks to the API; handlers.py creates what these return. Every object carries the same labels,
+and an owner reference to its FineTuneJob (except a kept checkpoint volume), so deleting the job deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from finetune_api.contract import CHECKPOINT_MOUNT, OUTPUT_SUBDIR, TERMINATION_MESSAGE_PATH
+from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTraining, FineTuneJob
+from finetune_api.quantity import parse_quantity
+from finetune_api.trainer_config import trainer_config_from_job
+
+from finetune_operator.decisions import (
+    ANNOTATION_LAST_CHECKPOINT,
+    ANNOTATION_LAST_CHECKPOINT_STEP,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    POD_FINALIZER,
+    TRAINER_CONTAINER,
+    pod_name,
+)
+
+MANAGED_BY = "finetune-operator"
+#: On the checkpoint PVC: the uid of the FineTuneJob that created it (a fresh volume has no checkpoints).
+ANNOTATION_VOLUME_JOB_UID = "finetune.dev/created-for-uid"
+CONFIG_MOUNT = "/etc/finetune"
+CONFIG_FILE = "config.json"
+TMP_MOUNT = "/tmp"
+TRAINER_METRICS_PORT = 9400
+#: How long a trainer pod stays bound to a node that stopped answering (the default is 300 s): after this
+#: the taint manager evicts it and the operator can replace it once the node is confirmed lost.
+DEFAULT_UNREACHABLE_TOLERATION_SECONDS = 30
+TRAINER_UID = 1000
+
+#: Cloud-neutral spot/preemptible node labels and taints (GKE, AKS, EKS managed node groups, Karpenter).
+SPOT_NODE_LABELS: tuple[tuple[str, str], ...] = (
+    ("cloud.google.com/gke-spot", "true"),
+    ("cloud.google.com/gke-preemptible", "true"),
+    ("kubernetes.azure.com/scalesetpriority", "spot"),
+    ("eks.amazonaws.com/capacityType", "SPOT"),
+    ("karpenter.sh/capacity-type", "spot"),
+)
+SPOT_TAINTS: tuple[tuple[str, str | None], ...] = (
+    ("cloud.google.com/gke-spot", "true"),
+    ("cloud.google.com/gke-preemptible", "true"),
+    ("kubernetes.azure.com/scalesetpriority", "spot"),
+    ("karpenter.sh/capacity-type", "spot"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+
+def pvc_name(job: FineTuneJob) -> str:
+    return job.spec.checkpoint.existing_claim_name or f"{job.metadata.name}-checkpoints"
+
+
+def service_account_name(job: FineTuneJob) -> str:
+    return f"{job.metadata.name}-trainer"
+
+
+def config_map_name(job: FineTuneJob) -> str:
+    return f"{job.metadata.name}-trainer-config"
+
+
+def labels(job: FineTuneJob, component: str = "trainer") -> dict[str, str]:
+    return {
+        LABEL_JOB: job.metadata.name,
+        "app.kubernetes.io/name": "finetune-trainer",
+        "app.kubernetes.io/instance": job.metadata.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "finetune-operator",
+    }
+
+
+def owner_reference(job: FineTuneJob, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(job: FineTuneJob, uid: str, name: str, component: str, owned: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": labels(job, component),
+    }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(job, uid)]
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- objects
+
+
+def build_pvc(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
+    """The checkpoint volume; None when the spec names an existing claim (used as is, never deleted)."""
+    ckpt = job.spec.checkpoint
+    if ckpt.existing_claim_name:
+        return None
+    meta = _meta(job, uid, pvc_name(job), "checkpoints", owned=ckpt.delete_with_job)
+    meta["annotations"] = {ANNOTATION_VOLUME_JOB_UID: uid}
+    spec: dict[str, Any] = {
+        "accessModes": [ckpt.access_mode],
+        "resources": {"requests": {"storage": ckpt.volume_size}},
+    }
+    if ckpt.storage_class_name:
+        spec["storageClassName"] = ckpt.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+def build_service_account(job: FineTuneJob, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(job, uid, service_account_name(job), "trainer"),
+        "automountServiceAccountToken": True,
+    }
+
+
+def build_role(job: FineTuneJob, uid: str) -> dict[str, Any]:
+    """The trainer may read and patch its own job's status, nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(job, uid, service_account_name(job), "trainer"),
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{PLURAL}/status"],
+                "resourceNames": [job.metadata.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def build_role_binding(job: FineTuneJob, uid: str) -> dict[str, Any]:
+    name = service_account_name(job)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(job, uid, name, "trainer"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.metadata.namespace}],
+    }
+
+
+def render_trainer_config(job: FineTuneJob, effective: EffectiveTraining | None) -> str:
+    config = trainer_config_from_job(
+        job, effective=effective, metrics_port=TRAINER_METRICS_PORT, report_to_job=True
+    )
+    return json.dumps(
+        config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1, sort_keys=True
+    )
+
+
+def build_config_map(job: FineTuneJob, uid: str, effective: EffectiveTraining | None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, uid, config_map_name(job), "trainer"),
+        "data": {CONFIG_FILE: render_trainer_config(job, effective)},
+    }
+
+
+def effective_batch(job: FineTuneJob, effective: EffectiveTraining | None) -> tuple[int, int]:
+    training = job.spec.training
+    batch = training.per_device_train_batch_size
+    accumulation = training.gradient_accumulation_steps
+    if effective is not None:
+        batch = effective.per_device_train_batch_size or batch
+        accumulation = effective.gradient_accumulation_steps or accumulation
+    return batch, accumulation
+
+
+def _resources(job: FineTuneJob, effective: EffectiveTraining | None) -> dict[str, Any]:
+    res = job.spec.resources
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    if res.gpus > 0:
+        limits[res.gpu_resource_name] = str(res.gpus)
+        requests[res.gpu_resource_name] = str(res.gpus)
+    memory = (effective.memory if effective else None) or res.memory
+    if res.cpu:
+        limits["cpu"] = requests["cpu"] = res.cpu
+    if memory:
+        limits["memory"] = requests["memory"] = memory
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _threads(job: FineTuneJob) -> str | None:
+    """OMP/MKL threads from the CPU limit: torch otherwise starts one thread per *host* core."""
+    if not job.spec.resources.cpu:
+        return None
+    return str(max(1, math.floor(parse_quantity(job.spec.resources.cpu))))
+
+
+def _env(job: FineTuneJob, attempt: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": TMP_MOUNT},
+        {"name": "HF_HOME", "value": f"{TMP_MOUNT}/hf"},
+        {"name": "XDG_CACHE_HOME", "value": f"{TMP_MOUNT}/cache"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{TMP_MOUNT}/triton"},
+        {"name": "MPLCONFIGDIR", "value": f"{TMP_MOUNT}/matplotlib"},
+        {"name": "FTO_ATTEMPT", "value": str(attempt)},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    threads = _threads(job)
+    if threads:
+        env += [{"name": "OMP_NUM_THREADS", "value": threads}, {"name": "MKL_NUM_THREADS", "value": threads}]
+    if job.spec.hf_token_secret is not None:
+        ref = job.spec.hf_token_secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    # The user's variables come last and win over ours (a list with duplicates: the last one counts).
+    by_name = {item["name"]: item for item in env}
+    for var in job.spec.env:
+        item: dict[str, Any] = {"name": var.name}
+        if var.secret_key_ref is not None:
+            item["valueFrom"] = {
+                "secretKeyRef": {"name": var.secret_key_ref.name, "key": var.secret_key_ref.key}
+            }
+        else:
+            item["value"] = var.value or ""
+        by_name[var.name] = item
+    return list(by_name.values())
+
+
+def _tolerations(job: FineTuneJob, unreachable_seconds: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for tol in job.spec.scheduling.tolerations:
+        out.append(tol.model_dump(by_alias=True, exclude_none=True))
+    if job.spec.scheduling.spot:
+        for key, value in SPOT_TAINTS:
+            out.append({"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"})
+    keys = {t.get("key") for t in out}
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        if key not in keys:
+            out.append(
+                {
+                    "key": key,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": unreachable_seconds,
+                }
+            )
+    return out
+
+
+def _affinity(job: FineTuneJob) -> dict[str, Any] | None:
+    affinity = json.loads(json.dumps(job.spec.scheduling.affinity)) if job.spec.scheduling.affinity else None
+    if not job.spec.scheduling.spot:
+        return affinity
+    affinity = affinity or {}
+    node = affinity.setdefault("nodeAffinity", {})
+    preferred = node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+    for key, value in SPOT_NODE_LABELS:
+        preferred.append(
+            {
+                "weight": 50,
+                "preference": {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]},
+            }
+        )
+    return affinity
+
+
+def trainer_args(job: FineTuneJob, effective: EffectiveTraining | None, resume: bool) -> list[str]:
+    batch, accumulation = effective_batch(job, effective)
+    return [
+        "--config",
+        f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+        "--output-dir",
+        f"{CHECKPOINT_MOUNT}/{OUTPUT_SUBDIR}",
+        "--resume",
+        "auto" if resume else "never",
+        "--per-device-train-batch-size",
+        str(batch),
+        "--gradient-accumulation-steps",
+        str(accumulation),
+    ]
+
+
+def build_pod(
+    job: FineTuneJob,
+    uid: str,
+    attempt: int,
+    *,
+    effective: EffectiveTraining | None = None,
+    resume: bool = True,
+    last_checkpoint_time: str | None = None,
+    last_checkpoint_step: int | None = None,
+    unreachable_toleration_seconds: int = DEFAULT_UNREACHABLE_TOLERATION_SECONDS,
+    cause: str | None = None,
+) -> dict[str, Any]:
+    """The trainer pod `<job>-<attempt>`. `finetune-trainer` is PID 1 (exec form) so it gets SIGTERM."""
+    spec = job.spec
+    meta = _meta(job, uid, pod_name(job.metadata.name, attempt), "trainer")
+    meta["labels"][LABEL_ATTEMPT] = str(attempt)
+    meta["finalizers"] = [POD_FINALIZER]
+    annotations = {"finetune.dev/attempt-cause": cause or "initial"}
+    if last_checkpoint_time:
+        annotations[ANNOTATION_LAST_CHECKPOINT] = last_checkpoint_time
+    if last_checkpoint_step is not None:
+        annotations[ANNOTATION_LAST_CHECKPOINT_STEP] = str(last_checkpoint_step)
+    meta["annotations"] = annotations
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["finetune-trainer"],
+        "args": trainer_args(job, effective, resume),
+        "env": _env(job, attempt),
+        "resources": _resources(job, effective),
+        "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+        ],
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": spec.checkpoint.termination_grace_period_seconds,
+        "serviceAccountName": service_account_name(job),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(job)}},
+            {"name": "config", "configMap": {"name": config_map_name(job)}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        "tolerations": _tolerations(job, unreachable_toleration_seconds),
+    }
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    affinity = _affinity(job)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,0 +1,707 @@
+"""decisions.py: every row of design.md §3's "why a pod ended → what next" table, the ambiguous cases, budgets,
+adaptations, and the reconcile state machine (single writer, restart safety, suspension)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from finetune_api.models import FineTuneJobSpec, FineTuneJobStatus
+from finetune_operator import decisions as d
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+T = d.format_time
+
+
+def spec(**overrides: Any) -> FineTuneJobSpec:
+    doc: dict[str, Any] = {
+        "model": {"name_or_path": "/models/tiny"},
+        "dataset": {"path": "/data/train.jsonl"},
+        "training": {"max_steps": 40, "save_steps": 5, "per_device_train_batch_size": 8},
+        "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
+    }
+    for key, value in overrides.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    return FineTuneJobSpec.model_validate(doc)
+
+
+def status(**fields: Any) -> FineTuneJobStatus:
+    return FineTuneJobStatus.model_validate(fields)
+
+
+def pod(
+    name: str = "job-1",
+    *,
+    phase: str = "Running",
+    node: str | None = "node-a",
+    exit_code: int | None = None,
+    reason: str | None = None,
+    message: dict[str, Any] | str | None = None,
+    disruption: str | None = None,
+    deleted: bool = False,
+    waiting: str | None = None,
+    running: bool = False,
+    unschedulable_for: float | None = None,
+    finalizer: bool = True,
+    annotations: dict[str, str] | None = None,
+    owner: str = "uid-1",
+) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    if exit_code is not None:
+        term: dict[str, Any] = {"exitCode": exit_code, "finishedAt": "2026-01-01T11:59:59Z"}
+        if reason:
+            term["reason"] = reason
+        if message is not None:
+            term["message"] = json.dumps(message) if isinstance(message, dict) else message
+        state["terminated"] = term
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+    elif waiting:
+        state["waiting"] = {"reason": waiting, "message": f"{waiting} detail"}
+    elif running:
+        state["running"] = {"startedAt": "2026-01-01T11:00:00Z"}
+    conditions = []
+    if disruption:
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": disruption})
+    if unschedulable_for is not None:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: insufficient nvidia.com/gpu",
+                "lastTransitionTime": T(NOW - timedelta(seconds=unschedulable_for)),
+            }
+        )
+    meta: dict[str, Any] = {
+        "name": name,
+        "uid": f"pod-{name}",
+        "labels": {d.LABEL_JOB: "job", d.LABEL_ATTEMPT: name.rsplit("-", 1)[-1]},
+        "finalizers": [d.POD_FINALIZER] if finalizer else [],
+        "ownerReferences": [{"uid": owner}],
+        "annotations": annotations or {},
+    }
+    if deleted:
+        meta["deletionTimestamp"] = T(NOW - timedelta(seconds=1))
+        meta["deletionGracePeriodSeconds"] = 30
+    body: dict[str, Any] = {
+        "metadata": meta,
+        "spec": {"nodeName": node} if node else {},
+        "status": {
+            "phase": phase,
+            "conditions": conditions,
+            "containerStatuses": [{"name": "trainer", "state": state}] if state else [],
+        },
+    }
+    return body
+
+
+def classify(p: dict[str, Any] | None, node: d.NodeView | None = None, **kw: Any) -> d.Outcome | None:
+    return d.classify_end(d.pod_view(p) if p is not None else None, node, NOW, **kw)
+
+
+READY = d.NodeView("node-a")
+
+
+# =============================================================================== classify: the table
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "PreemptionByScheduler",
+        "EvictionByEvictionAPI",
+        "DeletionByTaintManager",
+        "DeletionByPodGC",
+        "TerminationByKubelet",
+    ],
+)
+def test_disruption_target_is_preemption(reason: str) -> None:
+    out = classify(pod(exit_code=75, disruption=reason, message={"reason": "Preempted", "step": 12,
+                                                                  "checkpoint_step": 12}), READY)
+    assert out is not None and out.end == "Preempted" and out.reason == reason
+    assert out.step == 12 and out.checkpoint_step == 12
+
+
+def test_exit_75_without_condition_is_preemption() -> None:
+    out = classify(pod(exit_code=75), READY)
+    assert out is not None and (out.end, out.reason) == ("Preempted", "SIGTERM")
+
+
+def test_deleted_by_user_is_preemption() -> None:
+    out = classify(pod(exit_code=75, deleted=True), READY)
+    assert out is not None and (out.end, out.reason) == ("Preempted", "PodDeleted")
+
+
+def test_pod_gone_unseen_is_preemption() -> None:
+    out = classify(None)
+    assert out is not None and (out.end, out.reason) == ("Preempted", "PodVanished")
+
+
+def test_kubelet_eviction_reason_is_preemption() -> None:
+    p = pod(exit_code=137)
+    p["status"]["reason"] = "Evicted"
+    out = classify(p, READY)
+    assert out is not None and out.end == "Preempted"
+
+
+def test_oomkilled_is_host_oom() -> None:
+    out = classify(pod(exit_code=137, reason="OOMKilled"), READY)
+    assert out is not None and (out.end, out.reason) == ("HostOOM", "OOMKilled")
+
+
+def test_exit_137_without_disruption_is_host_oom() -> None:
+    out = classify(pod(exit_code=137, reason="Error"), READY)
+    assert out is not None and (out.end, out.reason) == ("HostOOM", "Killed")
+
+
+def test_exit_137_with_disruption_is_preemption_past_grace() -> None:
+    out = classify(pod(exit_code=137, reason="Error", disruption="EvictionByEvictionAPI"), READY,
+                   grace_seconds=120)
+    assert out is not None and out.end == "Preempted" and "120 s" in out.message
+
+
+def test_oom_during_emergency_save_is_host_oom() -> None:
+    """Evicted, then OOM-killed while writing the emergency checkpoint: memory is the real problem."""
+    out = classify(pod(exit_code=137, reason="OOMKilled", disruption="EvictionByEvictionAPI"), READY)
+    assert out is not None and out.end == "HostOOM" and "emergency save" in out.message
+
+
+def test_cuda_oom_exit_76_carries_batch() -> None:
+    msg = {"reason": "CudaOOM", "step": 3, "checkpoint_step": 2, "per_device_train_batch_size": 8,
+           "gradient_accumulation_steps": 1}
+    out = classify(pod(exit_code=76, message=msg), READY)
+    assert out is not None and out.end == "CudaOOM" and out.batch == 8 and out.accumulation == 1
+
+
+def test_exit_0_completed() -> None:
+    out = classify(pod(exit_code=0, message={"reason": "Completed", "step": 40}), READY)
+    assert out is not None and out.end == "Completed" and out.step == 40
+
+
+def test_exit_0_without_message_completed() -> None:
+    out = classify(pod(exit_code=0), READY)
+    assert out is not None and out.end == "Completed"
+
+
+def test_exit_0_with_other_reason_is_error() -> None:
+    out = classify(pod(exit_code=0, message={"reason": "Error", "message": "final adapter missing"}), READY)
+    assert out is not None and out.end == "Error" and "final adapter missing" in out.message
+
+
+def test_exit_0_while_evicted_is_still_success() -> None:
+    out = classify(pod(exit_code=0, disruption="EvictionByEvictionAPI"), READY)
+    assert out is not None and out.end == "Completed"
+
+
+@pytest.mark.parametrize(
+    "waiting", ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName",
+                "ErrImageNeverPull"]
+)
+def test_image_and_config_waiting_reasons_are_config_errors(waiting: str) -> None:
+    out = classify(pod(phase="Pending", waiting=waiting), READY)
+    assert out is not None and out.end == "ConfigError" and out.reason == waiting
+
+
+def test_exit_78_is_config_error() -> None:
+    out = classify(pod(exit_code=78, message={"reason": "ConfigError", "message": "dataset has no column 'text'"}),
+                   READY)
+    assert out is not None and out.end == "ConfigError" and "no column" in out.message
+
+
+def test_other_exit_is_error_with_log_tail() -> None:
+    out = classify(pod(exit_code=1, reason="Error", message="Traceback...\nRuntimeError: boom\n"), READY)
+    assert out is not None and (out.end, out.reason) == ("Error", "ExitCode1") and "RuntimeError: boom" in out.message
+
+
+def test_running_pod_has_no_outcome() -> None:
+    assert classify(pod(running=True), READY) is None
+
+
+def test_terminating_pod_still_saving_has_no_outcome() -> None:
+    assert classify(pod(running=True, deleted=True, disruption="EvictionByEvictionAPI"), READY) is None
+
+
+def test_pod_deleted_while_pending_is_preemption() -> None:
+    out = classify(pod(phase="Pending", node=None, deleted=True, unschedulable_for=5))
+    assert out is not None and (out.end, out.reason) == ("Preempted", "DeletedWhilePending")
+
+
+def test_pending_unschedulable_too_long_fails() -> None:
+    p = pod(phase="Pending", node=None, unschedulable_for=301)
+    assert classify(p, pending_timeout_seconds=0) is None  # 0 = wait forever
+    assert classify(p, pending_timeout_seconds=600) is None
+    out = classify(p, pending_timeout_seconds=300)
+    assert out is not None and out.end == "Unschedulable" and "gpu" in out.message
+
+
+def test_failed_pod_without_container_status_is_preemption() -> None:
+    p = pod(phase="Failed")
+    p["status"]["reason"] = "OutOfcpu"
+    out = classify(p, READY)
+    assert out is not None and (out.end, out.reason) == ("Preempted", "OutOfcpu")
+
+
+# =============================================================================== node lost
+
+
+def test_node_lost_rule() -> None:
+    since = NOW - timedelta(seconds=100)
+    assert d.node_lost(d.NodeView("n", exists=False), NOW, 120)
+    assert d.node_lost(d.NodeView("n", ready="True", out_of_service=True), NOW, 120)
+    assert not d.node_lost(d.NodeView("n", ready="Unknown", ready_since=since), NOW, 120)
+    assert d.node_lost(d.NodeView("n", ready="Unknown", ready_since=since), NOW, 60)
+    assert d.node_lost(d.NodeView("n", ready="False", ready_since=since), NOW, 60)
+    assert not d.node_lost(d.NodeView("n", ready="True", ready_since=since), NOW, 0)
+    assert not d.node_lost(None, NOW, 0)
+
+
+def test_pod_on_lost_node_is_preemption_with_force_delete() -> None:
+    node = d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=200))
+    out = classify(pod(running=True, deleted=True, disruption="DeletionByTaintManager"), node, node_lost_seconds=60)
+    assert out is not None and (out.end, out.reason, out.force_delete) == ("Preempted", "NodeLost", True)
+    out = classify(pod(running=True), d.NodeView("node-a", exists=False))
+    assert out is not None and out.reason == "NodeLost" and "deleted" in out.message
+
+
+def test_node_view_reads_ready_and_taints() -> None:
+    node = {"status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                       "lastTransitionTime": "2026-01-01T11:00:00Z"}]},
+            "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}}
+    view = d.node_view("n", node)
+    assert view.ready == "Unknown" and view.out_of_service and view.ready_since is not None
+    assert not d.node_view("n", None).exists
+
+
+# =============================================================================== plan
+
+
+def outcome(end: d.End, **kw: Any) -> d.Outcome:
+    return d.Outcome(end, kw.pop("reason", end), kw.pop("message", end), **kw)
+
+
+def test_preemption_restarts_at_once_always() -> None:
+    for n in (0, 1, 5, 50, 999):
+        plan = d.plan_next(spec(), status(restarts={"preemption": n}), outcome("Preempted"))
+        assert (plan.action, plan.cause, plan.delay_seconds) == ("restart", "preemption", 0.0)
+
+
+def test_preemption_budget() -> None:
+    s = spec(restartPolicy={"maxPreemptions": 3})
+    plan = d.plan_next(s, status(restarts={"preemption": 3}), outcome("Preempted"))
+    assert (plan.action, plan.reason) == ("fail", "PreemptionBudgetExhausted")
+    assert "maxPreemptions=3" in plan.message
+
+
+def test_preemptions_do_not_spend_error_budget() -> None:
+    s = spec(restartPolicy={"maxFailures": 0})
+    plan = d.plan_next(s, status(restarts={"preemption": 10}), outcome("Preempted"))
+    assert plan.action == "restart"
+
+
+def test_error_backoff_doubles_and_caps() -> None:
+    s = spec(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300, "maxFailures": 100})
+    delays = [d.plan_next(s, status(restarts={"error": n}), outcome("Error")).delay_seconds for n in range(7)]
+    assert delays == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_error_budget_exhausted() -> None:
+    s = spec(restartPolicy={"maxFailures": 2})
+    assert d.plan_next(s, status(restarts={"error": 1}), outcome("Error")).action == "restart"
+    plan = d.plan_next(s, status(restarts={"error": 2}), outcome("Error", message="exit 1: boom"))
+    assert (plan.action, plan.reason) == ("fail", "FailureBudgetExhausted")
+    assert "boom" in plan.message and "maxFailures=2" in plan.message
+
+
+def test_host_oom_raises_memory_by_factor() -> None:
+    plan = d.plan_next(spec(), status(), outcome("HostOOM"))
+    assert plan.action == "restart" and plan.cause == "hostOOM"
+    assert plan.effective is not None and plan.effective.memory == "1536Mi"
+    assert plan.change == "memory 1Gi → 1536Mi"
+
+
+def test_host_oom_uses_effective_memory_and_cap() -> None:
+    s = spec(resources={"memory": "1Gi", "maxMemory": "2Gi"})
+    plan = d.plan_next(s, status(effective={"memory": "1536Mi"}), outcome("HostOOM"))
+    assert plan.effective is not None and plan.effective.memory == "2Gi"  # min(cap, 2304Mi)
+    plan = d.plan_next(s, status(effective={"memory": "2Gi"}), outcome("HostOOM"))
+    assert (plan.action, plan.reason) == ("fail", "OOMAtMemoryCap") and "maxMemory" in plan.message
+
+
+def test_host_oom_default_cap_is_memory_times_two_factor() -> None:
+    s = spec(resources={"memory": "1Gi"}, restartPolicy={"oomMemoryFactor": 2.0})
+    assert d.memory_cap(s) == 4 * 2**30
+    plan = d.plan_next(s, status(effective={"memory": "4Gi"}), outcome("HostOOM"))
+    assert plan.reason == "OOMAtMemoryCap"
+
+
+def test_host_oom_without_memory_limit_restarts_unchanged() -> None:
+    s = spec(resources={"memory": None})
+    plan = d.plan_next(s, status(), outcome("HostOOM"))
+    assert plan.action == "restart" and plan.effective is None and "no memory limit" in plan.message
+
+
+def test_cuda_oom_halves_batch_doubles_accumulation() -> None:
+    plan = d.plan_next(spec(), status(), outcome("CudaOOM", batch=8, accumulation=1))
+    assert plan.effective is not None
+    assert (plan.effective.per_device_train_batch_size, plan.effective.gradient_accumulation_steps) == (4, 2)
+    assert "effective batch 8 unchanged" in (plan.change or "")
+
+
+def test_cuda_oom_without_message_uses_effective_then_spec() -> None:
+    plan = d.plan_next(spec(), status(effective={"perDeviceTrainBatchSize": 4, "gradientAccumulationSteps": 2}),
+                       outcome("CudaOOM"))
+    assert plan.effective is not None
+    assert (plan.effective.per_device_train_batch_size, plan.effective.gradient_accumulation_steps) == (2, 4)
+
+
+def test_cuda_oom_odd_batch_keeps_effective_batch_exact() -> None:
+    assert d.halve_batch(6) == 3 and d.halve_batch(3) == 1 and d.halve_batch(9) == 3 and d.halve_batch(7) == 1
+    plan = d.plan_next(spec(), status(), outcome("CudaOOM", batch=3, accumulation=2))
+    assert plan.effective is not None and plan.effective.gradient_accumulation_steps == 6
+
+
+def test_cuda_oom_at_batch_one_fails() -> None:
+    plan = d.plan_next(spec(), status(), outcome("CudaOOM", batch=1, accumulation=8))
+    assert (plan.action, plan.reason) == ("fail", "CudaOOMAtBatchOne")
+
+
+def test_oom_budget_is_shared_by_host_and_cuda() -> None:
+    s = spec(restartPolicy={"maxOomRestarts": 2})
+    st = status(restarts={"hostOOM": 1, "cudaOOM": 1, "preemption": 50, "error": 0})
+    for end in ("HostOOM", "CudaOOM"):
+        plan = d.plan_next(s, st, outcome(end, batch=8))  # type: ignore[arg-type]
+        assert (plan.action, plan.reason) == ("fail", "OOMBudgetExhausted")
+
+
+def test_config_error_and_unschedulable_fail_at_once() -> None:
+    for end in ("ConfigError", "Unschedulable"):
+        plan = d.plan_next(spec(), status(), outcome(end, reason="ImagePullBackOff"))  # type: ignore[arg-type]
+        assert plan.action == "fail" and plan.cause is None
+
+
+def test_completed_succeeds_even_when_suspending() -> None:
+    assert d.plan_next(spec(suspend=True), status(), outcome("Completed")).action == "succeed"
+
+
+def test_suspend_turns_any_end_into_stop_without_counting() -> None:
+    for end in ("Preempted", "Error", "HostOOM"):
+        plan = d.plan_next(spec(suspend=True), status(), outcome(end))  # type: ignore[arg-type]
+        assert plan.action == "stop" and plan.cause is None
+
+
+def test_lost_steps() -> None:
+    # reported step 17, committed 15 at the end → 2 steps to redo
+    st = status(step=17, lastCheckpointStep=15)
+    assert d.lost_steps(st, outcome("Error")) == 2
+    # the termination message wins where it knows more
+    assert d.lost_steps(st, outcome("Preempted", step=18, checkpoint_step=18)) == 0
+    # nothing reported since the previous end: the stale step is not counted twice
+    st = status(step=17, lastEndStep=17, lastCheckpointStep=10)
+    assert d.lost_steps(st, outcome("Error")) == 0
+    # never committed: everything is lost
+    assert d.lost_steps(status(step=4), outcome("Error")) == 4
+
+
+# =============================================================================== decision patch
+
+
+def test_decision_patch_records_counters_pending_and_backoff() -> None:
+    st = status(phase="Running", attempt=2, podName="job-2", step=17, lastCheckpointStep=15,
+                restarts={"preemption": 1}, restartsTotal=1, lostSteps=3)
+    out = outcome("Error", reason="ExitCode1", finished_at=NOW - timedelta(seconds=2))
+    plan = d.plan_next(spec(), st, out)
+    patch = d.decision_patch(st, out, plan, "job-2", NOW)
+    assert patch["phase"] == "Restarting"
+    assert patch["restarts"] == {"preemption": 1, "hostOOM": 0, "cudaOOM": 0, "error": 1}
+    assert patch["restartsTotal"] == 2
+    assert patch["lostSteps"] == 5
+    assert patch["lastEndStep"] == 17
+    assert patch["pending"]["podName"] == "job-2" and patch["pending"]["cause"] == "error"
+    assert patch["pending"]["notBefore"] == T(NOW + timedelta(seconds=10)) == patch["nextAttemptTime"]
+    assert patch["lastPodEndTime"] == T(NOW - timedelta(seconds=2))
+    running = next(c for c in patch["conditions"] if c["type"] == "Running")
+    assert running["status"] == "False"
+
+
+def test_decision_patch_fail_is_terminal() -> None:
+    st = status(phase="Running", attempt=1, podName="job-1")
+    out = outcome("ConfigError", reason="ImagePullBackOff", message="cannot pull")
+    patch = d.decision_patch(st, out, d.plan_next(spec(), st, out), "job-1", NOW)
+    assert patch["phase"] == "Failed" and patch["pending"] is None and "completionTime" in patch
+    failed = next(c for c in patch["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "ImagePullBackOff"
+    assert "restarts" not in patch
+
+
+def test_conditions_keep_transition_time_when_unchanged() -> None:
+    first = d.conditions_for("Running", "A", "a", NOW, [])
+    from finetune_api.models import Condition
+
+    later = d.conditions_for("Running", "B", "b", NOW + timedelta(hours=1),
+                             [Condition.model_validate(c) for c in first])
+    assert [c["lastTransitionTime"] for c in later] == [c["lastTransitionTime"] for c in first]
+
+
+# =============================================================================== reconcile
+
+
+def world(
+    st: FineTuneJobStatus | None = None,
+    pods: list[dict[str, Any]] | None = None,
+    sp: FineTuneJobSpec | None = None,
+    nodes: dict[str, d.NodeView] | None = None,
+    now: datetime = NOW,
+    volume_fresh: bool = True,
+) -> d.World:
+    return d.World(
+        name="job",
+        uid="uid-1",
+        generation=1,
+        spec=sp or spec(),
+        status=st or status(observedGeneration=1),
+        pods=tuple(d.pod_view(p) for p in pods or []),
+        nodes=nodes if nodes is not None else {"node-a": READY},
+        now=now,
+        volume_fresh=volume_fresh,
+        node_lost_seconds=60,
+    )
+
+
+def kinds(step: d.Step) -> list[str]:
+    return [type(a).__name__ for a in step.actions]
+
+
+def only(step: d.Step, cls: type) -> Any:
+    found = [a for a in step.actions if isinstance(a, cls)]
+    assert len(found) == 1, step.actions
+    return found[0]
+
+
+def test_new_job_creates_attempt_one_fresh() -> None:
+    step = d.reconcile(world())
+    create = only(step, d.CreatePod)
+    assert (create.attempt, create.resume) == (1, False)
+    assert create.status_patch["podName"] == "job-1" and create.status_patch["phase"] == "Pending"
+    assert "startTime" in create.status_patch
+
+
+def test_new_job_on_existing_volume_resumes() -> None:
+    assert only(d.reconcile(world(volume_fresh=False)), d.CreatePod).resume is True
+
+
+def test_observed_generation_is_recorded() -> None:
+    step = d.reconcile(world(st=status(observedGeneration=None)))
+    assert d.PatchStatus({"observedGeneration": 1}) in step.actions
+
+
+def test_operator_restart_after_create_adopts_pod() -> None:
+    """Pod created, then the operator died before writing status: adopt it, create nothing."""
+    step = d.reconcile(world(pods=[pod("job-1", phase="Pending", node=None)]))
+    assert kinds(step) == ["AdoptPod"] and only(step, d.AdoptPod).status_patch["podName"] == "job-1"
+
+
+def test_foreign_pod_with_our_name_is_not_adopted() -> None:
+    step = d.reconcile(world(pods=[pod("job-1", owner="someone-else")]))
+    assert "AdoptPod" not in kinds(step) and "CreatePod" not in kinds(step)
+
+
+def test_running_pod_becomes_running_phase_and_annotated() -> None:
+    st = status(observedGeneration=1, phase="Pending", attempt=1, podName="job-1",
+                lastCheckpoint={"step": 10, "time": "2026-01-01T11:58:00Z"})
+    step = d.reconcile(world(st=st, pods=[pod(running=True)]))
+    assert only(step, d.PatchStatus).patch["phase"] == "Running"
+    ann = only(step, d.AnnotatePod)
+    assert ann.annotations == {d.ANNOTATION_LAST_CHECKPOINT: "2026-01-01T11:58:00Z",
+                               d.ANNOTATION_LAST_CHECKPOINT_STEP: "10"}
+    assert step.requeue_seconds == d.WATCH_NODE_SECONDS
+
+
+def test_running_pod_with_current_annotation_needs_nothing() -> None:
+    st = status(observedGeneration=1, phase="Running", attempt=1, podName="job-1",
+                lastCheckpoint={"step": 10, "time": "t1"})
+    step = d.reconcile(world(st=st, pods=[pod(running=True, annotations={d.ANNOTATION_LAST_CHECKPOINT: "t1"})]))
+    assert step.actions == []
+
+
+def running_status(**kw: Any) -> FineTuneJobStatus:
+    base: dict[str, Any] = {"observedGeneration": 1, "phase": "Running", "attempt": 1, "podName": "job-1",
+                            "step": 12, "lastCheckpointStep": 10}
+    base.update(kw)
+    return status(**base)
+
+
+def test_preempted_pod_records_decision_then_waits_for_gone_then_creates() -> None:
+    ended = pod(exit_code=75, disruption="EvictionByEvictionAPI", deleted=True,
+                message={"reason": "Preempted", "step": 12, "checkpoint_step": 12})
+    step = d.reconcile(world(st=running_status(), pods=[ended]))
+    assert kinds(step) == ["PatchStatus", "Decided", "Event"]
+    patch = only(step, d.PatchStatus).patch
+    assert patch["restarts"]["preemption"] == 1 and patch["pending"]["notBefore"] == T(NOW)
+    assert "lostSteps" not in patch  # the emergency checkpoint covered everything
+
+    # next pass: the decision is pending; release the tracked, deleting pod and wait (no new pod yet)
+    st2 = running_status(**{k: v for k, v in patch.items() if k != "conditions"})
+    step = d.reconcile(world(st=st2, pods=[ended]))
+    assert kinds(step) == ["ReleasePod"]
+    # still there, untracked, terminating: wait
+    ended_untracked = pod(exit_code=75, disruption="EvictionByEvictionAPI", deleted=True, finalizer=False)
+    step = d.reconcile(world(st=st2, pods=[ended_untracked]))
+    assert step.actions == [] and step.requeue_seconds is not None
+    # gone: create attempt 2 with --resume auto, clear the pending decision
+    step = d.reconcile(world(st=st2, pods=[]))
+    create = only(step, d.CreatePod)
+    assert (create.attempt, create.resume) == (2, True)
+    assert create.status_patch["pending"] is None and create.status_patch["podName"] == "job-2"
+    assert create.status_patch["phase"] == "Restarting"
+
+
+def test_decided_pod_is_not_classified_twice() -> None:
+    """Duplicate events / an operator restart after the decision: the counters are not charged again."""
+    ended = pod(exit_code=1, reason="Error")
+    first = only(d.reconcile(world(st=running_status(), pods=[ended])), d.PatchStatus).patch
+    st2 = running_status(**{k: v for k, v in first.items() if k != "conditions"})
+    again = d.reconcile(world(st=st2, pods=[ended]))
+    assert "Decided" not in kinds(again)
+    assert kinds(again) == ["ReleasePod", "DeletePod"]  # an ended pod is removed at once (force: it's stopped)
+    assert only(again, d.DeletePod).force
+
+
+def test_backoff_waits_until_not_before() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "cause": "error", "reason": "ExitCode1",
+                                                       "podName": "job-1", "notBefore": T(NOW + timedelta(seconds=20))})
+    step = d.reconcile(world(st=st, pods=[]))
+    assert step.actions == [] and step.requeue_seconds == pytest.approx(20)
+    step = d.reconcile(world(st=st, pods=[], now=NOW + timedelta(seconds=21)))
+    assert only(step, d.CreatePod).attempt == 2
+
+
+def test_restart_after_crash_between_create_and_status_adopts() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "cause": "preemption", "reason": "x",
+                                                       "podName": "job-1", "notBefore": T(NOW + timedelta(seconds=5))})
+    step = d.reconcile(world(st=st, pods=[pod("job-2", phase="Pending", node=None)]))
+    assert kinds(step) == ["AdoptPod"]
+
+
+def test_single_writer_never_creates_while_another_pod_exists() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "reason": "x", "podName": "job-1"})
+    stray = pod("job-0", running=True)  # a leftover pod still running: must go first
+    step = d.reconcile(world(st=st, pods=[stray]))
+    assert "CreatePod" not in kinds(step)
+    assert only(step, d.DeletePod).force is False  # graceful: it may be saving
+
+
+def test_node_lost_pod_is_force_deleted_and_replaced() -> None:
+    lost = {"node-a": d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=90))}
+    stuck = pod(running=True, deleted=True, disruption="DeletionByTaintManager")
+    step = d.reconcile(world(st=running_status(), pods=[stuck], nodes=lost))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["pending"]["reason"] == "NodeLost" and patch["restarts"]["preemption"] == 1
+    st2 = running_status(**{k: v for k, v in patch.items() if k != "conditions"})
+    step = d.reconcile(world(st=st2, pods=[stuck], nodes=lost))
+    assert kinds(step) == ["ReleasePod", "DeletePod"] and only(step, d.DeletePod).force
+
+
+def test_node_not_yet_lost_waits_and_requeues() -> None:
+    nodes = {"node-a": d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=55))}
+    step = d.reconcile(world(st=running_status(), pods=[pod(running=True)], nodes=nodes))
+    assert step.actions == [] and step.requeue_seconds == pytest.approx(5.5)  # node_lost_seconds=60
+
+
+def test_vanished_pod_is_preemption() -> None:
+    step = d.reconcile(world(st=running_status(), pods=[]))
+    assert only(step, d.PatchStatus).patch["pending"]["reason"] == "PodVanished"
+
+
+def test_config_error_fails_and_deletes_stuck_pod() -> None:
+    st = running_status(phase="Pending", step=None)
+    step = d.reconcile(world(st=st, pods=[pod(phase="Pending", waiting="ImagePullBackOff")]))
+    assert only(step, d.PatchStatus).patch["phase"] == "Failed"
+    event = only(step, d.Event)
+    assert event.type == "Warning" and event.reason == "ImagePullBackOff"
+    assert "ReleasePod" in kinds(step) and "DeletePod" in kinds(step)
+
+
+def test_success_keeps_pod_for_logs() -> None:
+    step = d.reconcile(world(st=running_status(), pods=[pod(exit_code=0, message={"reason": "Completed",
+                                                                                   "step": 40})]))
+    assert only(step, d.PatchStatus).patch["phase"] == "Succeeded"
+    assert "DeletePod" not in kinds(step) and "ReleasePod" in kinds(step)
+    st = running_status(phase="Succeeded")
+    assert d.reconcile(world(st=st, pods=[pod(exit_code=0, finalizer=False)])).actions == []
+
+
+def test_failed_job_stops_running_pods() -> None:
+    step = d.reconcile(world(st=running_status(phase="Failed"), pods=[pod(running=True)]))
+    assert kinds(step) == ["DeletePod"]
+
+
+def test_suspend_deletes_gracefully_then_stops_without_counting() -> None:
+    sp = spec(suspend=True)
+    step = d.reconcile(world(st=running_status(), pods=[pod(running=True)], sp=sp))
+    delete = only(step, d.DeletePod)
+    assert delete.grace_seconds is None and not delete.force
+    # the trainer saves and exits 75: Suspended, no restart counted
+    stopped = pod(exit_code=75, deleted=True, message={"reason": "Preempted", "step": 12, "checkpoint_step": 12})
+    step = d.reconcile(world(st=running_status(), pods=[stopped], sp=sp))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Suspended" and "restarts" not in patch and patch["pending"] is None
+    # stays suspended, nothing created
+    st = running_status(phase="Suspended")
+    assert "CreatePod" not in kinds(d.reconcile(world(st=st, pods=[], sp=sp)))
+    # resume: a new attempt, resuming
+    step = d.reconcile(world(st=st, pods=[]))
+    create = only(step, d.CreatePod)
+    assert (create.attempt, create.resume, create.status_patch["phase"]) == (2, True, "Pending")
+
+
+def test_suspend_while_restart_pending_cancels_it() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "reason": "x", "podName": "job-1"})
+    step = d.reconcile(world(st=st, pods=[], sp=spec(suspend=True)))
+    assert "CreatePod" not in kinds(step)
+    phases = [a.patch.get("phase") for a in step.actions if isinstance(a, d.PatchStatus)]
+    assert "Suspended" in phases
+
+
+def test_suspend_before_first_pod() -> None:
+    step = d.reconcile(world(sp=spec(suspend=True)))
+    assert "CreatePod" not in kinds(step) and only(step, d.PatchStatus).patch["phase"] == "Suspended"
+
+
+def test_recovery_is_reported_once_trainer_reports_again() -> None:
+    st = running_status(phase="Restarting", attempt=2, podName="job-2", step=12, lastEndStep=12,
+                        lastPodEndTime=T(NOW - timedelta(seconds=14)))
+    assert "Recovered" not in kinds(d.reconcile(world(st=st, pods=[pod("job-2", running=True)])))
+    st = running_status(phase="Restarting", attempt=2, podName="job-2", step=13, lastEndStep=12,
+                        lastPodEndTime=T(NOW - timedelta(seconds=14)))
+    step = d.reconcile(world(st=st, pods=[pod("job-2", running=True)]))
+    assert only(step, d.Recovered).seconds == pytest.approx(14)
+    assert only(step, d.PatchStatus).patch["phase"] == "Running"
+
+
+def test_unschedulable_times_out_into_failed() -> None:
+    sp = spec(restartPolicy={"pendingTimeoutSeconds": 60})
+    st = running_status(phase="Pending", step=None)
+    step = d.reconcile(world(st=st, pods=[pod(phase="Pending", node=None, unschedulable_for=30)], sp=sp))
+    assert only(step, d.PatchStatus).patch["reason"] == "Unschedulable"  # message only, still waiting
+    assert step.requeue_seconds == pytest.approx(30.5)
+    step = d.reconcile(world(st=st, pods=[pod(phase="Pending", node=None, unschedulable_for=61)], sp=sp))
+    assert only(step, d.PatchStatus).patch["phase"] == "Failed"
+
+
+def test_budget_exhaustion_fails_with_event() -> None:
+    sp = spec(restartPolicy={"maxFailures": 1})
+    st = running_status(restarts={"error": 1}, restartsTotal=1)
+    step = d.reconcile(world(st=st, pods=[pod(exit_code=1, message="RuntimeError: boom")], sp=sp))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Failed" and patch["reason"] == "FailureBudgetExhausted"
+    assert "boom" in patch["message"]
+    event = only(step, d.Event)
+    assert event.type == "Warning" and event.reason == "FailureBudgetExhausted"
+
+
+def test_time_helpers_roundtrip() -> None:
+    assert d.parse_time(T(NOW)) == NOW
+    assert d.parse_time("garbage") is None and d.parse_time(None) is None
+    assert d.parse_time("2026-01-01T12:00:00") == NOW
