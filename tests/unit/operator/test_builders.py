@@ -1,4 +1,4 @@
-"""builders.py: the manifests the operator creates, checked field by field against the issue's requirements."""
+"""builders.py: the manifests the operator creates, checked field by field."""
 
 from __future__ import annotations
 
@@ -22,8 +22,12 @@ def job(**spec: Any) -> FineTuneJob:
     }
     doc.update(spec)
     return FineTuneJob.model_validate(
-        {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
-         "metadata": {"name": "demo", "namespace": "ml"}, "spec": doc}
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "demo", "namespace": "ml"},
+            "spec": doc,
+        }
     )
 
 
@@ -36,13 +40,18 @@ def env(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_pvc_from_spec_kept_by_default() -> None:
-    pvc = b.build_pvc(job(checkpoint={"volumeSize": "3Gi", "storageClassName": "fast",
-                                      "accessMode": "ReadWriteOncePod"}), UID)
+    pvc = b.build_pvc(
+        job(checkpoint={"volumeSize": "3Gi", "storageClassName": "fast", "accessMode": "ReadWriteOncePod"}),
+        UID,
+    )
     assert pvc is not None
     assert pvc["metadata"]["name"] == "demo-checkpoints"
     assert "ownerReferences" not in pvc["metadata"]  # kept when the job is deleted
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "3Gi"}},
-                           "storageClassName": "fast"}
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteOncePod"],
+        "resources": {"requests": {"storage": "3Gi"}},
+        "storageClassName": "fast",
+    }
     assert pvc["metadata"]["annotations"][b.ANNOTATION_VOLUME_JOB_UID] == UID
 
 
@@ -61,8 +70,14 @@ def test_existing_claim_is_used_as_is() -> None:
 
 def test_role_allows_only_own_status() -> None:
     role = b.build_role(job(), UID)
-    assert role["rules"] == [{"apiGroups": ["finetune.dev"], "resources": ["finetunejobs/status"],
-                              "resourceNames": ["demo"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["finetune.dev"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["demo"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     binding = b.build_role_binding(job(), UID)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-trainer", "namespace": "ml"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -71,12 +86,15 @@ def test_role_allows_only_own_status() -> None:
 
 
 def test_config_map_renders_trainer_config_with_job_ref_and_effective() -> None:
-    cm = b.build_config_map(job(), UID, EffectiveTraining(per_device_train_batch_size=2,
-                                                          gradient_accumulation_steps=2))
+    cm = b.build_config_map(
+        job(), UID, EffectiveTraining(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    )
     config = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
     assert config.job is not None and (config.job.namespace, config.job.name) == ("ml", "demo")
     assert config.metrics_port == b.TRAINER_METRICS_PORT
-    assert config.training.per_device_train_batch_size == 2 and config.training.gradient_accumulation_steps == 2
+    assert (
+        config.training.per_device_train_batch_size == 2 and config.training.gradient_accumulation_steps == 2
+    )
     assert config.save_deadline_seconds == 115
 
 
@@ -86,9 +104,14 @@ def test_pod_identity_labels_owner_finalizer() -> None:
     assert meta["name"] == "demo-3" and meta["namespace"] == "ml"
     assert meta["labels"][LABEL_JOB] == "demo" and meta["labels"][LABEL_ATTEMPT] == "3"
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "finetune-operator"
-    assert meta["ownerReferences"][0] == {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
-                                          "name": "demo", "uid": UID, "controller": True,
-                                          "blockOwnerDeletion": True}
+    assert meta["ownerReferences"][0] == {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "demo",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     assert meta["finalizers"] == [POD_FINALIZER]
     assert meta["annotations"][ANNOTATION_LAST_CHECKPOINT] == "2026-01-01T00:00:00Z"
 
@@ -97,11 +120,23 @@ def test_pod_command_resume_and_adapted_batch() -> None:
     first = b.build_pod(job(), UID, 1, resume=False)
     c = container(first)
     assert c["command"] == ["finetune-trainer"]
-    assert c["args"][:6] == ["--config", "/etc/finetune/config.json", "--output-dir", "/checkpoints/run",
-                             "--resume", "never"]
-    later = b.build_pod(job(), UID, 2, resume=True,
-                        effective=EffectiveTraining(per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                                                    memory="3Gi"))
+    assert c["args"][:6] == [
+        "--config",
+        "/etc/finetune/config.json",
+        "--output-dir",
+        "/checkpoints/run",
+        "--resume",
+        "never",
+    ]
+    later = b.build_pod(
+        job(),
+        UID,
+        2,
+        resume=True,
+        effective=EffectiveTraining(
+            per_device_train_batch_size=2, gradient_accumulation_steps=2, memory="3Gi"
+        ),
+    )
     args = container(later)["args"]
     assert args[args.index("--resume") + 1] == "auto"
     assert args[args.index("--per-device-train-batch-size") + 1] == "2"
@@ -110,8 +145,14 @@ def test_pod_command_resume_and_adapted_batch() -> None:
 
 
 def test_pod_resources_and_grace() -> None:
-    pod = b.build_pod(job(resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "4", "memory": "8Gi"},
-                          checkpoint={"terminationGracePeriodSeconds": 240}), UID, 1)
+    pod = b.build_pod(
+        job(
+            resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "4", "memory": "8Gi"},
+            checkpoint={"terminationGracePeriodSeconds": 240},
+        ),
+        UID,
+        1,
+    )
     res = container(pod)["resources"]
     assert res["limits"] == {"amd.com/gpu": "2", "cpu": "4", "memory": "8Gi"}
     assert res["requests"] == res["limits"]
@@ -143,26 +184,48 @@ def test_pod_tolerates_lost_node_only_briefly() -> None:
 
 
 def test_pod_spot_scheduling_and_priority() -> None:
-    pod = b.build_pod(job(scheduling={"spot": True, "nodeSelector": {"pool": "gpu"},
-                                      "priorityClassName": "preemptible",
-                                      "tolerations": [{"key": "gpu", "operator": "Exists",
-                                                       "effect": "NoSchedule"}]}), UID, 1)
+    pod = b.build_pod(
+        job(
+            scheduling={
+                "spot": True,
+                "nodeSelector": {"pool": "gpu"},
+                "priorityClassName": "preemptible",
+                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+        ),
+        UID,
+        1,
+    )
     spec = pod["spec"]
     assert spec["nodeSelector"] == {"pool": "gpu"} and spec["priorityClassName"] == "preemptible"
     keys = [t["key"] for t in spec["tolerations"]]
-    assert "gpu" in keys and "cloud.google.com/gke-spot" in keys and "kubernetes.azure.com/scalesetpriority" in keys
+    assert (
+        "gpu" in keys
+        and "cloud.google.com/gke-spot" in keys
+        and "kubernetes.azure.com/scalesetpriority" in keys
+    )
     preferred = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    assert {p["preference"]["matchExpressions"][0]["key"] for p in preferred} >= {"karpenter.sh/capacity-type",
-                                                                                  "cloud.google.com/gke-spot"}
+    assert {p["preference"]["matchExpressions"][0]["key"] for p in preferred} >= {
+        "karpenter.sh/capacity-type",
+        "cloud.google.com/gke-spot",
+    }
     plain = b.build_pod(job(), UID, 1)["spec"]
     assert "affinity" not in plain and "nodeSelector" not in plain and "priorityClassName" not in plain
 
 
 def test_pod_env_hf_token_and_user_overrides() -> None:
-    pod = b.build_pod(job(hfTokenSecret={"name": "hf", "key": "token"},
-                          env=[{"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "FTO_TEST_FAIL_AT_STEP",
-                                                                           "value": "5"},
-                               {"name": "WANDB_API_KEY", "secretKeyRef": {"name": "wandb", "key": "k"}}]), UID, 1)
+    pod = b.build_pod(
+        job(
+            hfTokenSecret={"name": "hf", "key": "token"},
+            env=[
+                {"name": "OMP_NUM_THREADS", "value": "1"},
+                {"name": "FTO_TEST_FAIL_AT_STEP", "value": "5"},
+                {"name": "WANDB_API_KEY", "secretKeyRef": {"name": "wandb", "key": "k"}},
+            ],
+        ),
+        UID,
+        1,
+    )
     e = env(pod)
     assert e["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert e["OMP_NUM_THREADS"] == "1" and e["FTO_TEST_FAIL_AT_STEP"] == "5"

@@ -1,5 +1,5 @@
-"""decisions.py: every row of design.md §3's "why a pod ended → what next" table, the ambiguous cases, budgets,
-adaptations, and the reconcile state machine (single writer, restart safety, suspension)."""
+"""decisions.py: every row of design.md §3's "why a pod ended → what next" table, the ambiguous
+cases, budgets, adaptations, and the reconcile state machine (single writer, restart safety, suspension)."""
 
 from __future__ import annotations
 
@@ -118,8 +118,14 @@ READY = d.NodeView("node-a")
     ],
 )
 def test_disruption_target_is_preemption(reason: str) -> None:
-    out = classify(pod(exit_code=75, disruption=reason, message={"reason": "Preempted", "step": 12,
-                                                                  "checkpoint_step": 12}), READY)
+    out = classify(
+        pod(
+            exit_code=75,
+            disruption=reason,
+            message={"reason": "Preempted", "step": 12, "checkpoint_step": 12},
+        ),
+        READY,
+    )
     assert out is not None and out.end == "Preempted" and out.reason == reason
     assert out.step == 12 and out.checkpoint_step == 12
 
@@ -157,8 +163,9 @@ def test_exit_137_without_disruption_is_host_oom() -> None:
 
 
 def test_exit_137_with_disruption_is_preemption_past_grace() -> None:
-    out = classify(pod(exit_code=137, reason="Error", disruption="EvictionByEvictionAPI"), READY,
-                   grace_seconds=120)
+    out = classify(
+        pod(exit_code=137, reason="Error", disruption="EvictionByEvictionAPI"), READY, grace_seconds=120
+    )
     assert out is not None and out.end == "Preempted" and "120 s" in out.message
 
 
@@ -169,8 +176,13 @@ def test_oom_during_emergency_save_is_host_oom() -> None:
 
 
 def test_cuda_oom_exit_76_carries_batch() -> None:
-    msg = {"reason": "CudaOOM", "step": 3, "checkpoint_step": 2, "per_device_train_batch_size": 8,
-           "gradient_accumulation_steps": 1}
+    msg = {
+        "reason": "CudaOOM",
+        "step": 3,
+        "checkpoint_step": 2,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+    }
     out = classify(pod(exit_code=76, message=msg), READY)
     assert out is not None and out.end == "CudaOOM" and out.batch == 8 and out.accumulation == 1
 
@@ -196,8 +208,14 @@ def test_exit_0_while_evicted_is_still_success() -> None:
 
 
 @pytest.mark.parametrize(
-    "waiting", ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName",
-                "ErrImageNeverPull"]
+    "waiting",
+    [
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+    ],
 )
 def test_image_and_config_waiting_reasons_are_config_errors(waiting: str) -> None:
     out = classify(pod(phase="Pending", waiting=waiting), READY)
@@ -205,14 +223,19 @@ def test_image_and_config_waiting_reasons_are_config_errors(waiting: str) -> Non
 
 
 def test_exit_78_is_config_error() -> None:
-    out = classify(pod(exit_code=78, message={"reason": "ConfigError", "message": "dataset has no column 'text'"}),
-                   READY)
+    out = classify(
+        pod(exit_code=78, message={"reason": "ConfigError", "message": "dataset has no column 'text'"}), READY
+    )
     assert out is not None and out.end == "ConfigError" and "no column" in out.message
 
 
 def test_other_exit_is_error_with_log_tail() -> None:
     out = classify(pod(exit_code=1, reason="Error", message="Traceback...\nRuntimeError: boom\n"), READY)
-    assert out is not None and (out.end, out.reason) == ("Error", "ExitCode1") and "RuntimeError: boom" in out.message
+    assert (
+        out is not None
+        and (out.end, out.reason) == ("Error", "ExitCode1")
+        and "RuntimeError: boom" in out.message
+    )
 
 
 def test_running_pod_has_no_outcome() -> None:
@@ -259,16 +282,23 @@ def test_node_lost_rule() -> None:
 
 def test_pod_on_lost_node_is_preemption_with_force_delete() -> None:
     node = d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=200))
-    out = classify(pod(running=True, deleted=True, disruption="DeletionByTaintManager"), node, node_lost_seconds=60)
+    out = classify(
+        pod(running=True, deleted=True, disruption="DeletionByTaintManager"), node, node_lost_seconds=60
+    )
     assert out is not None and (out.end, out.reason, out.force_delete) == ("Preempted", "NodeLost", True)
     out = classify(pod(running=True), d.NodeView("node-a", exists=False))
     assert out is not None and out.reason == "NodeLost" and "deleted" in out.message
 
 
 def test_node_view_reads_ready_and_taints() -> None:
-    node = {"status": {"conditions": [{"type": "Ready", "status": "Unknown",
-                                       "lastTransitionTime": "2026-01-01T11:00:00Z"}]},
-            "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}}
+    node = {
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-01-01T11:00:00Z"}
+            ]
+        },
+        "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]},
+    }
     view = d.node_view("n", node)
     assert view.ready == "Unknown" and view.out_of_service and view.ready_since is not None
     assert not d.node_view("n", None).exists
@@ -350,8 +380,11 @@ def test_cuda_oom_halves_batch_doubles_accumulation() -> None:
 
 
 def test_cuda_oom_without_message_uses_effective_then_spec() -> None:
-    plan = d.plan_next(spec(), status(effective={"perDeviceTrainBatchSize": 4, "gradientAccumulationSteps": 2}),
-                       outcome("CudaOOM"))
+    plan = d.plan_next(
+        spec(),
+        status(effective={"perDeviceTrainBatchSize": 4, "gradientAccumulationSteps": 2}),
+        outcome("CudaOOM"),
+    )
     assert plan.effective is not None
     assert (plan.effective.per_device_train_batch_size, plan.effective.gradient_accumulation_steps) == (2, 4)
 
@@ -408,8 +441,16 @@ def test_lost_steps() -> None:
 
 
 def test_decision_patch_records_counters_pending_and_backoff() -> None:
-    st = status(phase="Running", attempt=2, podName="job-2", step=17, lastCheckpointStep=15,
-                restarts={"preemption": 1}, restartsTotal=1, lostSteps=3)
+    st = status(
+        phase="Running",
+        attempt=2,
+        podName="job-2",
+        step=17,
+        lastCheckpointStep=15,
+        restarts={"preemption": 1},
+        restartsTotal=1,
+        lostSteps=3,
+    )
     out = outcome("Error", reason="ExitCode1", finished_at=NOW - timedelta(seconds=2))
     plan = d.plan_next(spec(), st, out)
     patch = d.decision_patch(st, out, plan, "job-2", NOW)
@@ -439,8 +480,9 @@ def test_conditions_keep_transition_time_when_unchanged() -> None:
     first = d.conditions_for("Running", "A", "a", NOW, [])
     from finetune_api.models import Condition
 
-    later = d.conditions_for("Running", "B", "b", NOW + timedelta(hours=1),
-                             [Condition.model_validate(c) for c in first])
+    later = d.conditions_for(
+        "Running", "B", "b", NOW + timedelta(hours=1), [Condition.model_validate(c) for c in first]
+    )
     assert [c["lastTransitionTime"] for c in later] == [c["lastTransitionTime"] for c in first]
 
 
@@ -508,33 +550,57 @@ def test_foreign_pod_with_our_name_is_not_adopted() -> None:
 
 
 def test_running_pod_becomes_running_phase_and_annotated() -> None:
-    st = status(observedGeneration=1, phase="Pending", attempt=1, podName="job-1",
-                lastCheckpoint={"step": 10, "time": "2026-01-01T11:58:00Z"})
+    st = status(
+        observedGeneration=1,
+        phase="Pending",
+        attempt=1,
+        podName="job-1",
+        lastCheckpoint={"step": 10, "time": "2026-01-01T11:58:00Z"},
+    )
     step = d.reconcile(world(st=st, pods=[pod(running=True)]))
     assert only(step, d.PatchStatus).patch["phase"] == "Running"
     ann = only(step, d.AnnotatePod)
-    assert ann.annotations == {d.ANNOTATION_LAST_CHECKPOINT: "2026-01-01T11:58:00Z",
-                               d.ANNOTATION_LAST_CHECKPOINT_STEP: "10"}
+    assert ann.annotations == {
+        d.ANNOTATION_LAST_CHECKPOINT: "2026-01-01T11:58:00Z",
+        d.ANNOTATION_LAST_CHECKPOINT_STEP: "10",
+    }
     assert step.requeue_seconds == d.WATCH_NODE_SECONDS
 
 
 def test_running_pod_with_current_annotation_needs_nothing() -> None:
-    st = status(observedGeneration=1, phase="Running", attempt=1, podName="job-1",
-                lastCheckpoint={"step": 10, "time": "t1"})
-    step = d.reconcile(world(st=st, pods=[pod(running=True, annotations={d.ANNOTATION_LAST_CHECKPOINT: "t1"})]))
+    st = status(
+        observedGeneration=1,
+        phase="Running",
+        attempt=1,
+        podName="job-1",
+        lastCheckpoint={"step": 10, "time": "t1"},
+    )
+    step = d.reconcile(
+        world(st=st, pods=[pod(running=True, annotations={d.ANNOTATION_LAST_CHECKPOINT: "t1"})])
+    )
     assert step.actions == []
 
 
 def running_status(**kw: Any) -> FineTuneJobStatus:
-    base: dict[str, Any] = {"observedGeneration": 1, "phase": "Running", "attempt": 1, "podName": "job-1",
-                            "step": 12, "lastCheckpointStep": 10}
+    base: dict[str, Any] = {
+        "observedGeneration": 1,
+        "phase": "Running",
+        "attempt": 1,
+        "podName": "job-1",
+        "step": 12,
+        "lastCheckpointStep": 10,
+    }
     base.update(kw)
     return status(**base)
 
 
 def test_preempted_pod_records_decision_then_waits_for_gone_then_creates() -> None:
-    ended = pod(exit_code=75, disruption="EvictionByEvictionAPI", deleted=True,
-                message={"reason": "Preempted", "step": 12, "checkpoint_step": 12})
+    ended = pod(
+        exit_code=75,
+        disruption="EvictionByEvictionAPI",
+        deleted=True,
+        message={"reason": "Preempted", "step": 12, "checkpoint_step": 12},
+    )
     step = d.reconcile(world(st=running_status(), pods=[ended]))
     assert kinds(step) == ["PatchStatus", "Decided", "Event"]
     patch = only(step, d.PatchStatus).patch
@@ -564,13 +630,24 @@ def test_decided_pod_is_not_classified_twice() -> None:
     st2 = running_status(**{k: v for k, v in first.items() if k != "conditions"})
     again = d.reconcile(world(st=st2, pods=[ended]))
     assert "Decided" not in kinds(again)
-    assert kinds(again) == ["ReleasePod", "DeletePod"]  # an ended pod is removed at once (force: it's stopped)
+    assert kinds(again) == [
+        "ReleasePod",
+        "DeletePod",
+    ]  # an ended pod is removed at once (force: it's stopped)
     assert only(again, d.DeletePod).force
 
 
 def test_backoff_waits_until_not_before() -> None:
-    st = running_status(phase="Restarting", pending={"action": "restart", "cause": "error", "reason": "ExitCode1",
-                                                       "podName": "job-1", "notBefore": T(NOW + timedelta(seconds=20))})
+    st = running_status(
+        phase="Restarting",
+        pending={
+            "action": "restart",
+            "cause": "error",
+            "reason": "ExitCode1",
+            "podName": "job-1",
+            "notBefore": T(NOW + timedelta(seconds=20)),
+        },
+    )
     step = d.reconcile(world(st=st, pods=[]))
     assert step.actions == [] and step.requeue_seconds == pytest.approx(20)
     step = d.reconcile(world(st=st, pods=[], now=NOW + timedelta(seconds=21)))
@@ -578,8 +655,16 @@ def test_backoff_waits_until_not_before() -> None:
 
 
 def test_restart_after_crash_between_create_and_status_adopts() -> None:
-    st = running_status(phase="Restarting", pending={"action": "restart", "cause": "preemption", "reason": "x",
-                                                       "podName": "job-1", "notBefore": T(NOW + timedelta(seconds=5))})
+    st = running_status(
+        phase="Restarting",
+        pending={
+            "action": "restart",
+            "cause": "preemption",
+            "reason": "x",
+            "podName": "job-1",
+            "notBefore": T(NOW + timedelta(seconds=5)),
+        },
+    )
     step = d.reconcile(world(st=st, pods=[pod("job-2", phase="Pending", node=None)]))
     assert kinds(step) == ["AdoptPod"]
 
@@ -624,8 +709,9 @@ def test_config_error_fails_and_deletes_stuck_pod() -> None:
 
 
 def test_success_keeps_pod_for_logs() -> None:
-    step = d.reconcile(world(st=running_status(), pods=[pod(exit_code=0, message={"reason": "Completed",
-                                                                                   "step": 40})]))
+    step = d.reconcile(
+        world(st=running_status(), pods=[pod(exit_code=0, message={"reason": "Completed", "step": 40})])
+    )
     assert only(step, d.PatchStatus).patch["phase"] == "Succeeded"
     assert "DeletePod" not in kinds(step) and "ReleasePod" in kinds(step)
     st = running_status(phase="Succeeded")
@@ -643,7 +729,9 @@ def test_suspend_deletes_gracefully_then_stops_without_counting() -> None:
     delete = only(step, d.DeletePod)
     assert delete.grace_seconds is None and not delete.force
     # the trainer saves and exits 75: Suspended, no restart counted
-    stopped = pod(exit_code=75, deleted=True, message={"reason": "Preempted", "step": 12, "checkpoint_step": 12})
+    stopped = pod(
+        exit_code=75, deleted=True, message={"reason": "Preempted", "step": 12, "checkpoint_step": 12}
+    )
     step = d.reconcile(world(st=running_status(), pods=[stopped], sp=sp))
     patch = only(step, d.PatchStatus).patch
     assert patch["phase"] == "Suspended" and "restarts" not in patch and patch["pending"] is None
@@ -670,11 +758,23 @@ def test_suspend_before_first_pod() -> None:
 
 
 def test_recovery_is_reported_once_trainer_reports_again() -> None:
-    st = running_status(phase="Restarting", attempt=2, podName="job-2", step=12, lastEndStep=12,
-                        lastPodEndTime=T(NOW - timedelta(seconds=14)))
+    st = running_status(
+        phase="Restarting",
+        attempt=2,
+        podName="job-2",
+        step=12,
+        lastEndStep=12,
+        lastPodEndTime=T(NOW - timedelta(seconds=14)),
+    )
     assert "Recovered" not in kinds(d.reconcile(world(st=st, pods=[pod("job-2", running=True)])))
-    st = running_status(phase="Restarting", attempt=2, podName="job-2", step=13, lastEndStep=12,
-                        lastPodEndTime=T(NOW - timedelta(seconds=14)))
+    st = running_status(
+        phase="Restarting",
+        attempt=2,
+        podName="job-2",
+        step=13,
+        lastEndStep=12,
+        lastPodEndTime=T(NOW - timedelta(seconds=14)),
+    )
     step = d.reconcile(world(st=st, pods=[pod("job-2", running=True)]))
     assert only(step, d.Recovered).seconds == pytest.approx(14)
     assert only(step, d.PatchStatus).patch["phase"] == "Running"
