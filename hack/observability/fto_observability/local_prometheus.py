@@ -1,0 +1,191 @@
+"""Start Debian's `prometheus` on a free loopback port, scraping given targets, and query it.
+
+Used by the tests (an empty TSDB parses every dashboard query; the integration test scrapes the real operator)
+and by people: `hack/observability/local_prometheus.py --target 127.0.0.1:8080`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+def make_config(
+    targets: Sequence[str],
+    rule_files: Sequence[str | os.PathLike[str]] = (),
+    scrape_interval: str = "1s",
+    evaluation_interval: str = "1s",
+    job_name: str = "finetune-operator",
+    extra_scrape_configs: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """prometheus.yml: one static job over `targets` (host:port, /metrics), honoring the targets' labels.
+
+    honor_labels: the operator labels series with the FineTuneJob's `namespace`, which must not be
+    renamed to exported_namespace by a target label.
+    """
+    scrape_configs: list[dict[str, Any]] = []
+    if targets:
+        scrape_configs.append({
+            "job_name": job_name, "honor_labels": True, "metrics_path": "/metrics",
+            "static_configs": [{"targets": list(targets)}],
+        })
+    scrape_configs.extend(extra_scrape_configs)
+    return {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval,
+                   "scrape_timeout": scrape_interval},
+        "rule_files": [str(Path(f).resolve()) for f in rule_files],
+        "scrape_configs": scrape_configs,
+    }
+
+
+class LocalPrometheus:
+    """A Prometheus process with its own TSDB under `workdir` (a temp dir by default), on 127.0.0.1."""
+
+    def __init__(
+        self,
+        targets: Sequence[str] = (),
+        rule_files: Sequence[str | os.PathLike[str]] = (),
+        scrape_interval: str = "1s",
+        evaluation_interval: str = "1s",
+        workdir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        extra_scrape_configs: Sequence[dict[str, Any]] = (),
+    ):
+        binary = prometheus_binary()
+        if binary is None:
+            raise PrometheusError("prometheus is not installed (run hack/observability/install.sh)")
+        self.binary = binary
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fto-prometheus-")
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = make_config(targets, rule_files, scrape_interval, evaluation_interval,
+                                  extra_scrape_configs=extra_scrape_configs)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "prometheus.log"
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self, timeout: float = 30) -> LocalPrometheus:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        args = [
+            self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d", "--log.level=warn",
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise PrometheusError(f"prometheus exited {self.proc.returncode}: {self.log()[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise PrometheusError(f"prometheus not ready in {timeout} s: {self.log()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalPrometheus:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # --- HTTP API -------------------------------------------------------------------------------------
+    def api(self, path: str, **params: str) -> Any:
+        """GET /api/v1/<path>; returns `data`, raises PrometheusError with Prometheus' message on error."""
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as e:
+            try:
+                body = json.load(e)
+            except ValueError:
+                raise PrometheusError(f"{path}: HTTP {e.code}") from e
+        if body.get("status") != "success":
+            raise PrometheusError(f"{body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self.api("query", **params)
+        result = data["result"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": result}]
+        return list(result)
+
+    def query_range(self, expr: str, start: float, end: float, step: str = "1s") -> list[dict[str, Any]]:
+        return list(self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
+                             step=step)["result"])
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        return list(self.api(f"label/{label}/values", **{"match[]": match}))
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.api("alerts")["alerts"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        return [r for g in self.api("rules")["groups"] for r in g["rules"]]
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self.api("targets")["activeTargets"])
+
+    def reload(self) -> None:
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=30):
+            pass

@@ -1,0 +1,67 @@
+"""Fixtures for the observability tests: fto_observability importable, promtool, helm, an empty Prometheus."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+OBS = REPO / "hack" / "observability"
+if str(OBS) not in sys.path:
+    sys.path.insert(0, str(OBS))
+
+from fto_observability.local_prometheus import LocalPrometheus  # noqa: E402
+
+INSTALL_HINT = "Debian's prometheus is not installed: run hack/observability/install.sh"
+
+
+def _missing(what: str) -> None:
+    """Skip on a developer machine; in CI (CI set) a missing tool is a failure, not a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI must run hack/observability/install.sh)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if not path:
+        _missing(INSTALL_HINT)
+    assert path
+    return path
+
+
+def find_helm() -> str | None:
+    """helm from $FTO_HELM, $PATH, or the cluster build cache (hack/cluster.sh build)."""
+    path = os.environ.get("FTO_HELM") or shutil.which("helm")
+    if path:
+        return path
+    cache = os.environ.get("FTO_CACHE", os.path.expanduser("~/.cache/finetune-operator"))
+    found = sorted(glob.glob(f"{cache}/k8s/*/bin/helm"))
+    return found[-1] if found else None
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    path = find_helm()
+    if not path:
+        pytest.skip("helm not found (hack/cluster.sh build puts it in ~/.cache/finetune-operator/k8s/*/bin)")
+    assert path
+    return path
+
+
+@pytest.fixture(scope="session")
+def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrometheus]:
+    """A real Prometheus with an empty TSDB: its query API parses (and type-checks) any PromQL we send."""
+    if not shutil.which("prometheus"):
+        _missing(INSTALL_HINT)
+    prom = LocalPrometheus(workdir=tmp_path_factory.mktemp("prom-empty"))
+    prom.start()
+    yield prom
+    prom.stop()
