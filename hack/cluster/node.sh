@@ -40,7 +40,7 @@ CTRD_SOCK=$CTRD_DIR/containerd.sock
 KUBELET_DIR=$FTO_STATE/kubelet
 CNI_DIR=$FTO_STATE/cni
 # Host paths the kubelet and containerd use whatever we configure; `down` removes the ones we created.
-FIXED_HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/log/pods /run/containerd /var/lib/cni "$HOSTPATH_PV_DIR")
+FIXED_HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/log/pods /run/containerd /var/lib/cni "$HOSTPATH_PV_DIR" /run/netns)
 COMPONENTS=(etcd kube-apiserver fto-node-heartbeat kube-controller-manager kube-scheduler containerd kubelet)
 # A second, virtual node that is always Ready (heartbeat/main.go says why): so a vanished real node is
 # an ordinary node failure, not "the whole cluster is down" (where Kubernetes stops evicting on purpose).
@@ -524,8 +524,14 @@ cmd_down() {
   unmount_under "$FTO_STATE" "$CTRD_ROOT" /var/lib/kubelet /run/containerd
   net_down
   remove_kubepods_cgroups
+  # `ip netns add` bind-mounts /run/netns onto itself the first time: undo that if it was us and it is empty.
+  if ! grep -qx /run/netns "$FTO_STATE/preexisting-paths" 2>/dev/null && [[ -d /run/netns && -z $(ls -A /run/netns) ]]; then
+    while mountpoint -q /run/netns; do umount /run/netns 2>/dev/null || umount -l /run/netns || break; done
+    rmdir /run/netns 2>/dev/null || true
+  fi
   local p
   for p in "${FIXED_HOST_PATHS[@]}"; do
+    [[ $p == /run/netns ]] && continue
     grep -qx "$p" "$FTO_STATE/preexisting-paths" 2>/dev/null && continue
     [[ -e $p ]] && { mountpoint -q "$p" || rm -rf "$p"; }
   done
