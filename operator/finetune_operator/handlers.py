@@ -1,0 +1,487 @@
+"""Thin kopf handlers: read the world, ask decisions.reconcile what to do, do it, repeat.
+
+One kopf daemon per FineTuneJob runs that loop, so a job's decisions are serialized (no two handlers racing
+on the same job). Pod events and relevant job changes wake the loop at once; otherwise it looks again when
+`reconcile` asked (backoff deadline, pending timeout, node check) or every 30 s. All state that matters is
+in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator continues
+where the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from finetune_api.models import GROUP, KIND, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
+from finetune_api.trainer_config import InvalidManifest, parse_job
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from finetune_operator import builders, decisions
+from finetune_operator.decisions import (
+    LABEL_JOB,
+    POD_FINALIZER,
+    AdoptPod,
+    AnnotatePod,
+    CreatePod,
+    Decided,
+    DeletePod,
+    Event,
+    PatchStatus,
+    Recovered,
+    ReleasePod,
+    World,
+)
+from finetune_operator.metrics import OperatorMetrics
+
+log = logging.getLogger("finetune_operator")
+
+IDLE_RECHECK_SECONDS = 30.0
+MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
+
+
+@dataclass
+class OperatorConfig:
+    node_lost_seconds: float = 120.0
+    unreachable_toleration_seconds: int = builders.DEFAULT_UNREACHABLE_TOLERATION_SECONDS
+    instance: str = field(default_factory=socket.gethostname)
+
+
+@dataclass
+class Runtime:
+    """Process-wide state: the API clients, the settings, the metrics, the per-job wake-up events."""
+
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
+    api: client.ApiClient | None = None
+
+    def apis(self) -> tuple[Any, Any, Any]:  # the client's stubs reject plain-dict bodies
+        if self.api is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self.api = client.ApiClient()
+        return (
+            client.CoreV1Api(self.api),
+            client.CustomObjectsApi(self.api),
+            client.RbacAuthorizationV1Api(self.api),
+        )
+
+
+RUNTIME = Runtime()
+
+
+# ============================================================================================ kopf setup
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handler progress and the last-handled spec live in annotations, not in status: status belongs to the
+    # job's own fields (and the trainer patches it).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="finetune.dev")
+    settings.persistence.finalizer = "finetune.dev/operator"
+    settings.posting.level = logging.WARNING  # our own Events say what happened; kopf posts only problems
+    settings.execution.max_workers = 32
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    RUNTIME.apis()
+
+
+@kopf.on.probe(id="jobs")
+def probe_jobs(**_: Any) -> int:
+    return len(RUNTIME.wakes)
+
+
+# ============================================================================================ events
+
+
+def _fingerprint(body: kopf.Body) -> Any:
+    status = body.get("status") or {}
+    phase = status.get("phase")
+    ckpt = status.get("lastCheckpoint") or {}
+    return (
+        body.get("metadata", {}).get("generation"),
+        body.get("metadata", {}).get("deletionTimestamp"),
+        phase,
+        json.dumps(status.get("pending"), sort_keys=True),
+        ckpt.get("time"),
+        status.get("step") if phase in (None, "Pending", "Restarting") else None,
+        status.get("podName"),
+    )
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_event(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    namespace = namespace or "default"
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        RUNTIME.metrics.forget_job(namespace, name)
+        RUNTIME.fingerprints.pop(key, None)
+        return
+    RUNTIME.metrics.observe_job(namespace, name, dict(body.get("status") or {}))
+    fingerprint = _fingerprint(body)
+    if RUNTIME.fingerprints.get(key) != fingerprint:
+        RUNTIME.fingerprints[key] = fingerprint
+        wake = RUNTIME.wakes.get(key)
+        if wake is not None:
+            wake.set()
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
+async def pod_event(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    namespace = namespace or "default"
+    key = (namespace, labels[LABEL_JOB])
+    wake = RUNTIME.wakes.get(key)
+    if wake is not None:
+        wake.set()
+        return
+    meta = body.get("metadata", {})
+    if meta.get("deletionTimestamp") and POD_FINALIZER in (meta.get("finalizers") or []):
+        # A pod whose job is gone (deleted with it): nobody will record its end, let it go.
+        await asyncio.get_running_loop().run_in_executor(None, _release_orphan, dict(body), namespace)
+
+
+def _release_orphan(pod: dict[str, Any], namespace: str) -> None:
+    core, custom, _ = RUNTIME.apis()
+    job_name = pod["metadata"]["labels"][LABEL_JOB]
+    owners = {o.get("uid") for o in pod["metadata"].get("ownerReferences") or []}
+    try:
+        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job_name)
+        if job["metadata"]["uid"] in owners and not job["metadata"].get("deletionTimestamp"):
+            return  # its job lives: its loop will handle the pod
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    _release(core, namespace, pod["metadata"]["name"])
+
+
+# ============================================================================================ the loop
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, id="reconcile")
+async def job_loop(
+    namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+) -> None:
+    namespace = namespace or "default"
+    key = (namespace, name)
+    wake = RUNTIME.wakes.setdefault(key, asyncio.Event())
+    loop = asyncio.get_running_loop()
+    failures = 0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                requeue = await loop.run_in_executor(None, run_once, namespace, name)
+                failures = 0
+            except Exception as error:  # keep the loop alive; the API may be briefly unavailable
+                failures += 1
+                requeue = min(60.0, 1.0 * 2**failures)
+                logger.warning(
+                    f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
+                )
+            if requeue is None:  # the job is gone
+                return
+            deadline = time.monotonic() + (IDLE_RECHECK_SECONDS if requeue <= 0 else requeue)
+            while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=min(1.0, left))
+    finally:
+        RUNTIME.wakes.pop(key, None)
+
+
+def run_once(namespace: str, name: str) -> float | None:
+    """Reconcile until nothing is left to do; the seconds until the next look (None: the job is gone)."""
+    for _ in range(MAX_PASSES):
+        world = read_world(namespace, name)
+        if world is None:
+            return None
+        job, uid, state = world
+        step = decisions.reconcile(state)
+        if not step.actions:
+            return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
+        execute(job, uid, state, step.actions)
+    return 1.0
+
+
+def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World] | None:
+    core, custom, _ = RUNTIME.apis()
+    try:
+        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    meta = body.get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return None  # the garbage collector takes the pods (owner references) and, if asked, the volume
+    uid = meta["uid"]
+    try:
+        job = parse_job({**body, "status": None}, f"{namespace}/{name}")
+    except InvalidManifest as error:
+        _fail_invalid(custom, namespace, name, body, str(error))
+        return None
+    job.metadata.namespace = namespace
+    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    pods_raw = _json(
+        core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
+    )
+    pods = tuple(decisions.pod_view(p) for p in pods_raw.get("items") or [])
+    nodes: dict[str, decisions.NodeView] = {}
+    for pod in pods:
+        if pod.node_name and pod.node_name not in nodes:
+            try:
+                node = _json(core.read_node(pod.node_name, _preload_content=False))
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                node = None
+            nodes[pod.node_name] = decisions.node_view(pod.node_name, node)
+    volume_fresh = True
+    if job.spec.checkpoint.existing_claim_name:
+        volume_fresh = False
+    elif status.attempt == 0:
+        try:
+            pvc = core.read_namespaced_persistent_volume_claim(builders.pvc_name(job), namespace)
+            annotations = pvc.metadata.annotations or {}
+            volume_fresh = annotations.get(builders.ANNOTATION_VOLUME_JOB_UID) == uid
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    world = World(
+        name=name,
+        uid=uid,
+        generation=int(meta.get("generation") or 0),
+        spec=job.spec,
+        status=status,
+        pods=pods,
+        nodes=nodes,
+        now=datetime.now(UTC),
+        volume_fresh=volume_fresh,
+        node_lost_seconds=RUNTIME.config.node_lost_seconds,
+    )
+    return job, uid, world
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return dict(json.loads(response.data))
+
+
+def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], text: str) -> None:
+    status = body.get("status") or {}
+    if status.get("phase") == "Failed" and status.get("reason") == "InvalidSpec":
+        return
+    custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": {"phase": "Failed", "reason": "InvalidSpec", "message": text[:1024]}},
+    )
+
+
+# ============================================================================================ actions
+
+
+def execute(job: FineTuneJob, uid: str, world: World, actions: list[decisions.Action]) -> None:
+    core, custom, rbac = RUNTIME.apis()
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    for action in actions:
+        if isinstance(action, PatchStatus):
+            _patch_status(custom, namespace, name, action.patch)
+        elif isinstance(action, CreatePod):
+            _create_attempt(core, rbac, job, uid, world, action)
+            _patch_status(custom, namespace, name, action.status_patch)
+            _event(core, job, uid, "Normal", action.event_reason, action.event_message)
+            log.info(
+                "created pod",
+                extra={
+                    "finetunejob": f"{namespace}/{name}",
+                    "attempt": action.attempt,
+                    "resume": action.resume,
+                },
+            )
+        elif isinstance(action, AdoptPod):
+            _patch_status(custom, namespace, name, action.status_patch)
+            log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
+        elif isinstance(action, DeletePod):
+            _delete_pod(core, namespace, action)
+        elif isinstance(action, ReleasePod):
+            _release(core, namespace, action.name)
+        elif isinstance(action, Event):
+            _event(core, job, uid, action.type, action.reason, action.message)
+        elif isinstance(action, AnnotatePod):
+            try:
+                core.patch_namespaced_pod(
+                    action.name, namespace, {"metadata": {"annotations": action.annotations}}
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        elif isinstance(action, Decided):
+            log.info(
+                "decision: %s (%s) → %s",
+                action.outcome.reason,
+                action.outcome.end,
+                action.plan.action,
+                extra={
+                    "finetunejob": f"{namespace}/{name}",
+                    "cause": action.plan.cause,
+                    "change": action.plan.change,
+                    "lost_steps": action.plan.lost_steps,
+                    "delay_seconds": action.plan.delay_seconds,
+                },
+            )
+        elif isinstance(action, Recovered):
+            RUNTIME.metrics.observe_recovery(namespace, name, action.seconds)
+            log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
+
+
+def _patch_status(custom: Any, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
+
+
+def _create_or_keep(create: Any, *args: Any) -> None:
+    try:
+        create(*args)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def _create_attempt(
+    core: Any,
+    rbac: Any,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    action: CreatePod,
+) -> None:
+    namespace = job.metadata.namespace or "default"
+    effective = world.status.effective
+    pvc = builders.build_pvc(job, uid)
+    if pvc is not None:
+        _create_or_keep(core.create_namespaced_persistent_volume_claim, namespace, pvc)
+    _create_or_keep(
+        core.create_namespaced_service_account, namespace, builders.build_service_account(job, uid)
+    )
+    _create_or_keep(rbac.create_namespaced_role, namespace, builders.build_role(job, uid))
+    _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
+    cm = builders.build_config_map(job, uid, effective)
+    try:
+        core.create_namespaced_config_map(namespace, cm)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
+    ckpt = world.status.last_checkpoint
+    pending = world.status.pending
+    pod = builders.build_pod(
+        job,
+        uid,
+        action.attempt,
+        effective=effective,
+        resume=action.resume,
+        last_checkpoint_time=ckpt.time if ckpt else None,
+        last_checkpoint_step=ckpt.step if ckpt else None,
+        unreachable_toleration_seconds=RUNTIME.config.unreachable_toleration_seconds,
+        cause=(pending.cause or pending.reason) if pending else None,
+    )
+    try:
+        core.create_namespaced_pod(namespace, pod)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        existing = core.read_namespaced_pod(pod["metadata"]["name"], namespace)
+        owners = {o.uid for o in existing.metadata.owner_references or []}
+        if uid not in owners:
+            raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
+        # ours (created by an earlier pass whose status write was lost): adopt it
+
+
+def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:
+    try:
+        if action.grace_seconds is None:
+            core.delete_namespaced_pod(action.name, namespace)
+        else:
+            core.delete_namespaced_pod(action.name, namespace, grace_period_seconds=action.grace_seconds)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _release(core: Any, namespace: str, name: str) -> None:
+    """Remove our finalizer with a JSON patch guarded by a test op (other finalizers are left alone)."""
+    for _ in range(5):
+        try:
+            pod = core.read_namespaced_pod(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        finalizers = list(pod.metadata.finalizers or [])
+        if POD_FINALIZER not in finalizers:
+            return
+        index = finalizers.index(POD_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": POD_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            core.patch_namespaced_pod(name, namespace, ops)
+            return
+        except ApiException as error:
+            if error.status == 404:
+                return
+            if error.status not in (409, 422):
+                raise
+
+
+def _event(core: Any, job: FineTuneJob, uid: str, type_: str, reason: str, message: str) -> None:
+    namespace = job.metadata.namespace or "default"
+    now = datetime.now(UTC)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{job.metadata.name}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": job.metadata.name,
+            "namespace": namespace,
+            "uid": uid,
+        },
+        "type": type_,
+        "reason": reason[:128],
+        "message": message[:1024],
+        "firstTimestamp": decisions.format_time(now),
+        "lastTimestamp": decisions.format_time(now),
+        "count": 1,
+        "action": "Reconcile",
+        "source": {"component": "finetune-operator"},
+        "reportingComponent": "finetune.dev/operator",
+        "reportingInstance": RUNTIME.config.instance[:128],
+    }
+    try:
+        core.create_namespaced_event(namespace, body)
+    except ApiException as error:  # an Event is worth a log line, never a failed reconcile
+        log.warning("could not post event %s: %s", reason, error.reason)
+    log.info("event %s: %s", reason, message, extra={"finetunejob": f"{namespace}/{job.metadata.name}"})
+
+
+__all__ = ["RUNTIME", "OperatorConfig", "Runtime", "run_once"]
