@@ -34,9 +34,12 @@ PARAMS: dict[str, Param] = {
         "1800s",
         "{{ mul (default 600 $r.checkpointIntervalSeconds) (default 3 $r.noCheckpointFactor) }}s",
         "checkpointIntervalSeconds x noCheckpointFactor",
-        "FineTuneJobNoCheckpoint fires after this long Running without a committed checkpoint: "
+        "FineTuneJobNoCheckpoint fires after this long training without a committed checkpoint: "
         "N (noCheckpointFactor, 3) x the expected interval (checkpointIntervalSeconds, 600).",
     ),
+    "training_gap": Param("10m", '{{ default "10m" $r.trainingGap }}', "trainingGap",
+                          "FineTuneJobNoCheckpoint counts a job as training while its step changes at "
+                          "least once per this window (longer than your slowest step)."),
     "restart_window": Param("15m", '{{ default "15m" $r.restartLoopWindow }}', "restartLoopWindow",
                             "Window of FineTuneJobRestartLoop."),
     "restart_threshold": Param(
@@ -81,11 +84,13 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(
         "FineTuneJobNoCheckpoint",
-        f"""(
-  min_over_time(finetune_jobs{{phase="Running"}}[<<no_checkpoint_window>>]) == 1
-  and on ({BY})
-  (finetune_jobs{{phase="Running"}} offset <<no_checkpoint_window>>) == 1
-)
+        # "Running" per job = training: its step changed in every <<training_gap>> over the whole window
+        # (a job that waited Pending part of the window, or whose trainer is stuck, is not at risk).
+        f"""min_over_time(
+  (changes(finetune_training_step[<<training_gap>>]) > bool 0)[<<no_checkpoint_window>>:1m]
+) == 1
+and on ({BY})
+(finetune_training_step offset <<no_checkpoint_window>>)
 unless on ({BY})
 (
   increase(finetune_checkpoints_saved_total[<<no_checkpoint_window>>]) > 0
@@ -94,10 +99,10 @@ unless on ({BY})
      unless finetune_checkpoints_saved_total offset <<no_checkpoint_window>>)
 )""",
         "1m", "warning",
-        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} has committed no checkpoint for "
-        "<<no_checkpoint_window>> while Running.",
-        "The job has been Running for the whole window without committing a checkpoint: a preemption now "
-        "would lose all the work since the last one.",
+        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} has trained for "
+        "<<no_checkpoint_window>> without committing a checkpoint.",
+        "The job has been training (its step advancing) for the whole window without a committed "
+        "checkpoint: a preemption now would lose all the work since the last one.",
         "Check the trainer's logs for save errors (disk full, permission denied on the checkpoint volume), "
         "the save interval in spec.checkpoint against the step time, and `kubectl describe ftj` for the "
         "last committed checkpoint.",
@@ -138,12 +143,16 @@ and on ({BY})
     ),
     Rule(
         "FineTuneJobFailed",
-        f'max by ({BY}) (finetune_jobs{{phase="Failed"}}) == 1',
+        # `by (namespace, finetunejob)`: one alert per job if finetune_jobs has a finetunejob label, else
+        # (it counts jobs per namespace today) one per namespace whose value is the number of Failed jobs.
+        f'sum by ({BY}) (finetune_jobs{{phase="Failed"}}) > 0',
         "1m", "warning",
-        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} failed.",
-        "The job reached phase Failed: a config error, or its error/OOM budget is spent. It will not retry.",
-        "`kubectl describe ftj` shows status.reason and the message; fix the spec and re-create the job "
-        "(it resumes from its last committed checkpoint if the volume was kept).",
+        "{{ $value }} FineTuneJob(s) failed in {{ $labels.namespace }}"
+        "{{ with $labels.finetunejob }} ({{ . }}){{ end }}.",
+        "A job reached phase Failed: a config error, or its error/OOM budget is spent. It will not retry.",
+        "`kubectl get ftj -n <namespace>` lists the Failed ones; `kubectl describe ftj <name>` shows "
+        "status.reason and the message. Fix the spec and re-create the job (it resumes from its last "
+        "committed checkpoint if the volume was kept).",
     ),
 )
 

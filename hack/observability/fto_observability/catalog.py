@@ -29,6 +29,11 @@ class Metric:
     help: str
     source: Literal["operator", "trainer"] = "operator"
 
+    @property
+    def exported_labels(self) -> tuple[str, ...]:
+        """Labels the process itself sets (the trainer sets none: its pod says which job it trains)."""
+        return self.labels if self.source == "operator" else ()
+
     def series_names(self) -> tuple[str, ...]:
         """The sample names a scrape shows for this metric."""
         if self.type == "histogram":
@@ -47,8 +52,9 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
            "Checkpoints committed since the job was created."),
     Metric("finetune_restarts_total", "counter", (NS, JOB, "cause"),
            "Trainer pods replaced, by cause (preemption, hostOOM, cudaOOM, error)."),
-    Metric("finetune_jobs", "gauge", (NS, JOB, "phase"),
-           "1 for the job's current phase, 0 for the others."),
+    # Per namespace, not per job (finetune_operator.metrics): the alerts and panels that read it aggregate
+    # `by (namespace, finetunejob)`, which also works if it becomes a per-job 0/1 state set.
+    Metric("finetune_jobs", "gauge", (NS, "phase"), "FineTuneJobs by phase."),
     Metric("finetune_training_step", "gauge", (NS, JOB),
            "The last optimizer step the trainer reported."),
     Metric("finetune_lost_steps_total", "counter", (NS, JOB),
@@ -59,19 +65,29 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
            "Bytes of the newest committed checkpoint."),
 )
 
-#: Exposed by the trainer pod itself (PodMonitor). The scrape adds `namespace` and `finetunejob`
-#: from the pod (see the PodMonitor's relabelings) when the trainer does not set them.
+#: Exposed by the trainer pod itself on its `metrics` port (9400), without labels: the scrape adds `namespace`
+#: (the pod's) and `finetunejob` (from the pod's finetune.dev/job label; the PodMonitor's relabelings).
+_T = (NS, JOB)
 TRAINER_METRICS: tuple[Metric, ...] = (
-    Metric("finetune_trainer_step_duration_seconds", "gauge", (NS, JOB),
-           "Seconds the last optimizer step took.", "trainer"),
-    Metric("finetune_trainer_tokens_per_second", "gauge", (NS, JOB),
-           "Training throughput over the last logging interval.", "trainer"),
-    Metric("finetune_trainer_step", "gauge", (NS, JOB),
-           "The trainer's current optimizer step.", "trainer"),
-    Metric("finetune_trainer_last_save_duration_seconds", "gauge", (NS, JOB),
-           "Seconds the last committed checkpoint took to save.", "trainer"),
-    Metric("finetune_trainer_last_save_bytes", "gauge", (NS, JOB),
+    Metric("finetune_trainer_step", "gauge", _T, "Last completed optimizer step.", "trainer"),
+    Metric("finetune_trainer_total_steps", "gauge", _T, "Optimizer steps of the whole run.", "trainer"),
+    Metric("finetune_trainer_loss", "gauge", _T, "Last logged training loss.", "trainer"),
+    Metric("finetune_trainer_step_duration_seconds", "histogram", _T,
+           "Wall time of one optimizer step (saves excluded).", "trainer"),
+    Metric("finetune_trainer_tokens_per_second", "gauge", _T,
+           "Input tokens per second over the last step.", "trainer"),
+    Metric("finetune_trainer_checkpoint_save_duration_seconds", "histogram", _T,
+           "Checkpoint write + verify + fsync + commit, as the trainer times it.", "trainer"),
+    Metric("finetune_trainer_last_save_duration_seconds", "gauge", _T,
+           "Duration of the last committed save.", "trainer"),
+    Metric("finetune_trainer_last_checkpoint_size_bytes", "gauge", _T,
            "Bytes of the last committed checkpoint.", "trainer"),
+    Metric("finetune_trainer_last_checkpoint_step", "gauge", _T,
+           "Step of the newest committed checkpoint.", "trainer"),
+    Metric("finetune_trainer_checkpoints", "gauge", _T,
+           "Committed checkpoints currently retained.", "trainer"),
+    Metric("finetune_trainer_checkpoints_committed_total", "counter", _T,
+           "Checkpoints committed by this trainer process.", "trainer"),
 )
 
 ALL_METRICS: tuple[Metric, ...] = OPERATOR_METRICS + TRAINER_METRICS

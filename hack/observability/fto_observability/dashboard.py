@@ -13,8 +13,10 @@ from typing import Any
 UID = "finetune-operator"
 TITLE = "finetune-operator / FineTuneJobs"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-#: The selector every query carries: the dashboard's namespace and finetunejob variables.
+#: The selector every query carries: the dashboard's namespace and finetunejob variables
+#: (NSSEL for metrics without a finetunejob label: finetune_jobs counts jobs per namespace and phase).
 SEL = 'namespace=~"$namespace", finetunejob=~"$finetunejob"'
+NSSEL = 'namespace=~"$namespace"'
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Panel:
 
 
 def _q(expr: str) -> str:
-    return expr.replace("{SEL}", "{" + SEL + "}")
+    return expr.replace("{SEL}", "{" + SEL + "}").replace("{NSSEL}", "{" + NSSEL + "}")
 
 
 def _quantiles(metric: str, by: str = "le") -> tuple[Target, ...]:
@@ -60,17 +62,25 @@ ROW_TRAINER = "Trainer (PodMonitor)"
 PANELS: tuple[Panel, ...] = (
     # --- jobs -------------------------------------------------------------------------------------------
     Panel("Jobs by phase", "stat",
-          (Target(_q("count by (phase) (finetune_jobs{SEL} == 1)"), "{{phase}}", instant=True),),
-          "How many of the selected FineTuneJobs are in each phase now (finetune_jobs is 1 for a job's "
-          "current phase).", width=8, height=5, row=ROW_JOBS),
+          (Target(_q("sum by (phase) (finetune_jobs{NSSEL})"), "{{phase}}", instant=True),),
+          "FineTuneJobs in the selected namespaces by phase now (finetune_jobs; it counts jobs per "
+          "namespace, so the FineTuneJob variable does not filter it).", width=8, height=6, row=ROW_JOBS),
     Panel("Jobs by phase over time", "timeseries",
-          (Target(_q("count by (phase) (finetune_jobs{SEL} == 1)"), "{{phase}}"),),
-          "The same count over time: Restarting spikes are disruptions, a growing Failed band needs a look.",
-          width=8, height=5, row=ROW_JOBS, stack=True),
-    Panel("Current phase per job", "table",
-          (Target(_q("max by (namespace, finetunejob, phase) (finetune_jobs{SEL} == 1)"), "",
-                  instant=True, format="table"),),
-          "One line per job with its current phase.", width=8, height=5, row=ROW_JOBS),
+          (Target(_q("sum by (phase) (finetune_jobs{NSSEL})"), "{{phase}}"),),
+          "The same count over time: Restarting bands are disruptions, a growing Failed band needs a look.",
+          width=8, height=6, row=ROW_JOBS, stack=True),
+    Panel("Per job", "table",
+          (Target(_q("max by (namespace, finetunejob) (finetune_training_step{SEL})"), "step",
+                  instant=True, format="table"),
+           Target(_q("sum by (namespace, finetunejob) (finetune_restarts_total{SEL})"), "restarts",
+                  instant=True, format="table"),
+           Target(_q("sum by (namespace, finetunejob) (finetune_lost_steps_total{SEL})"), "lost steps",
+                  instant=True, format="table"),
+           Target(_q("max by (namespace, finetunejob) (finetune_checkpoints{SEL})"), "checkpoints",
+                  instant=True, format="table")),
+          "One line per job: step, restarts (all causes), steps lost, committed checkpoints retained.",
+          width=8, height=6, row=ROW_JOBS,
+          options={"sortBy": [{"displayName": "finetunejob", "desc": False}]}),
     Panel("Training progress (optimizer step)", "timeseries",
           (Target(_q("max by (namespace, finetunejob) (finetune_training_step{SEL})"),
                   "{{namespace}}/{{finetunejob}}"),),
@@ -133,20 +143,42 @@ PANELS: tuple[Panel, ...] = (
           unit="bytes", width=12, row=ROW_CHECKPOINTS),
     # --- trainer ---------------------------------------------------------------------------------------
     Panel("Trainer step time", "timeseries",
-          (Target(_q("avg by (namespace, finetunejob) (finetune_trainer_step_duration_seconds{SEL})"),
-                  "{{namespace}}/{{finetunejob}}"),),
-          "Seconds per optimizer step, from the trainer pod's own metrics port (needs the PodMonitor).",
+          (Target(_q("sum by (namespace, finetunejob) "
+                     "(rate(finetune_trainer_step_duration_seconds_sum{SEL}[$__rate_interval])) / "
+                     "sum by (namespace, finetunejob) "
+                     "(rate(finetune_trainer_step_duration_seconds_count{SEL}[$__rate_interval]))"),
+                  "{{namespace}}/{{finetunejob}} mean"),
+           Target(_q("histogram_quantile(0.95, sum by (namespace, finetunejob, le) "
+                     "(rate(finetune_trainer_step_duration_seconds_bucket{SEL}[$__rate_interval])))"),
+                  "{{namespace}}/{{finetunejob}} p95")),
+          "Seconds per optimizer step (saves excluded), from the trainer pod's own metrics port "
+          "(finetune_trainer_step_duration_seconds; needs the PodMonitor).",
           unit="s", width=8, row=ROW_TRAINER),
     Panel("Trainer tokens/s", "timeseries",
           (Target(_q("sum by (namespace, finetunejob) (finetune_trainer_tokens_per_second{SEL})"),
                   "{{namespace}}/{{finetunejob}}"),),
-          "Training throughput in tokens per second, from the trainer pod (needs the PodMonitor).",
+          "Input tokens per second over the last step, from the trainer pod "
+          "(finetune_trainer_tokens_per_second; needs the PodMonitor).",
           width=8, row=ROW_TRAINER),
+    Panel("Training loss", "timeseries",
+          (Target(_q("max by (namespace, finetunejob) (finetune_trainer_loss{SEL})"),
+                  "{{namespace}}/{{finetunejob}}"),),
+          "The last logged training loss (finetune_trainer_loss; needs the PodMonitor). After a resume it "
+          "continues where the checkpoint left it.", width=8, row=ROW_TRAINER),
     Panel("Trainer last save", "timeseries",
           (Target(_q("max by (namespace, finetunejob) (finetune_trainer_last_save_duration_seconds{SEL})"),
                   "{{namespace}}/{{finetunejob}}"),),
-          "Seconds the trainer's last committed save took, as the trainer sees it (needs the PodMonitor).",
-          unit="s", width=8, row=ROW_TRAINER),
+          "Seconds the trainer's last committed save took, as the trainer times it "
+          "(finetune_trainer_last_save_duration_seconds; needs the PodMonitor).",
+          unit="s", width=12, row=ROW_TRAINER),
+    Panel("Trainer progress vs last checkpoint", "timeseries",
+          (Target(_q("max by (namespace, finetunejob) (finetune_trainer_step{SEL})"),
+                  "{{finetunejob}} step"),
+           Target(_q("max by (namespace, finetunejob) (finetune_trainer_last_checkpoint_step{SEL})"),
+                  "{{finetunejob}} last checkpoint")),
+          "The trainer's step against the step of its newest committed checkpoint: the gap is the work a "
+          "preemption right now would lose (finetune_trainer_step, finetune_trainer_last_checkpoint_step).",
+          width=12, row=ROW_TRAINER),
 )
 
 
@@ -167,9 +199,10 @@ def _variables() -> list[dict[str, Any]]:
     return [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
-        query_var("namespace", "Namespace", "label_values(finetune_jobs, namespace)"),
+        # finetune_restarts_total has a series per job and cause from the moment the operator sees a job.
+        query_var("namespace", "Namespace", "label_values(finetune_restarts_total, namespace)"),
         query_var("finetunejob", "FineTuneJob",
-                  'label_values(finetune_jobs{namespace=~"$namespace"}, finetunejob)'),
+                  'label_values(finetune_restarts_total{namespace=~"$namespace"}, finetunejob)'),
     ]
 
 
@@ -202,8 +235,12 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         "fieldConfig": {"defaults": {"unit": p.unit, "custom": custom}, "overrides": []},
     }
     if p.kind == "table":
-        panel["transformations"] = [{"id": "organize", "options": {
-            "excludeByName": {"Time": True, "Value": True}}}]
+        # One row per job: merge the instant queries on their labels, one column per query.
+        renames = {f"Value #{chr(ord('A') + i)}": t.legend for i, t in enumerate(p.targets)}
+        panel["transformations"] = [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": renames}},
+        ]
     return panel
 
 

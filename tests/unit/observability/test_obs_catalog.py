@@ -25,7 +25,7 @@ def test_naming_conventions(m: catalog.Metric) -> None:
     if "size" in m.name:
         assert m.name.endswith("_bytes")
     assert set(m.labels) <= ALLOWED_LABELS, "bounded label cardinality; never `job`"
-    assert m.labels[:2] == ("namespace", "finetunejob")
+    assert m.labels[0] == "namespace"
     assert m.help.strip()
 
 
@@ -35,26 +35,40 @@ def test_phases_and_causes_match_the_api() -> None:
     assert tuple(models.RESTART_CAUSES) == catalog.CAUSES
 
 
-def _operator_metrics() -> dict[str, tuple[str | None, tuple[str, ...]]]:
-    """name → (type, labels) of every prometheus_client metric finetune_operator.metrics defines."""
-    mod = pytest.importorskip("finetune_operator.metrics",
-                              reason="finetune_operator.metrics not written yet (the operator's side)")
-    from prometheus_client.metrics import MetricWrapperBase
-
-    found: dict[str, tuple[str | None, tuple[str, ...]]] = {}
-    for value in vars(mod).values():
-        objs: list[Any] = list(value) if isinstance(value, (list, tuple)) else [value]
-        for obj in objs:
-            if isinstance(obj, MetricWrapperBase):
-                name = obj._name + ("_total" if obj._type == "counter" else "")
-                found[name] = (obj._type, tuple(obj._labelnames))
-    if not found:
-        pytest.skip("finetune_operator.metrics exposes no module-level prometheus_client metrics")
+def _families(registry: Any) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name as exported → (type, label names) of every family a registry collects."""
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for fam in registry.collect():
+        labels: set[str] = set()
+        for s in fam.samples:
+            labels |= set(s.labels) - {"le", "quantile"}
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        found[name] = (fam.type, tuple(sorted(labels)))
     return found
 
 
+def _documented(metrics: tuple[catalog.Metric, ...]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {m.name: (m.type, tuple(sorted(m.exported_labels))) for m in metrics}
+
+
 def test_catalog_agrees_with_the_operator() -> None:
-    exported = _operator_metrics()
-    documented: dict[str, tuple[str | None, tuple[str, ...]]] = {
-        m.name: (m.type, m.labels) for m in catalog.OPERATOR_METRICS}
-    assert exported == documented
+    """Feed the operator's OperatorMetrics a job (two saves, a recovery) and compare what it exports."""
+    mod = pytest.importorskip("finetune_operator.metrics", reason="finetune_operator.metrics not written yet")
+    from prometheus_client import CollectorRegistry
+
+    m = mod.OperatorMetrics(CollectorRegistry())
+    status: dict[str, Any] = {
+        "phase": "Running", "step": 40, "checkpoints": 2, "lostSteps": 3,
+        "restarts": {"preemption": 1, "hostOOM": 0, "cudaOOM": 0, "error": 0},
+        "lastCheckpoint": {"step": 20, "time": "2025-01-01T00:00:00Z", "saveSeconds": 0.2, "bytes": 1000},
+    }
+    m.observe_job("ml", "a", status)
+    m.observe_job("ml", "a", {**status, "lastCheckpoint": {**status["lastCheckpoint"], "step": 40}})
+    m.observe_recovery("ml", "a", 1.5)
+    assert _families(m.registry) == _documented(catalog.OPERATOR_METRICS)
+
+
+def test_catalog_agrees_with_the_trainer() -> None:
+    mod = pytest.importorskip("finetune_trainer.reporting", reason="finetune_trainer not importable here")
+    tm = mod.TrainerMetrics(port=0)
+    assert _families(tm.registry) == _documented(catalog.TRAINER_METRICS)

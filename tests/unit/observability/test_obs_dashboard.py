@@ -63,9 +63,11 @@ def test_query_uses_only_documented_metrics_and_the_variables(
     assert names, "every panel query reads at least one finetune_* metric"
     unknown = names - set(catalog.SERIES)
     assert not unknown, f"not documented in catalog.py: {unknown}"
-    # Every selector filters on the dashboard's variables.
+    # Every selector filters on the dashboard's variables (on the job too wherever the metric has it).
     for m in re.finditer(r"\b(finetune_[a-zA-Z0-9_]+)(\{[^}]*\})?", target.expr):
-        assert m.group(2) == "{" + dashboard.SEL + "}", f"{m.group(1)} without the variable selector"
+        has_job = "finetunejob" in catalog.SERIES[m.group(1)].labels
+        expected = dashboard.SEL if has_job else dashboard.NSSEL
+        assert m.group(2) == "{" + expected + "}", f"{m.group(1)} without the variable selector"
     allowed = {"namespace", "finetunejob", "__rate_interval", "__interval", "__range"}
     assert promql.variables(target.expr) <= allowed
 
