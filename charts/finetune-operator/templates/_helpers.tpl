@@ -64,11 +64,24 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 {{- end }}
 
-{{/* Arguments of `finetune-operator` (the image's entrypoint). */}}
+{{/* Arguments of `finetune-operator` (the image's entrypoint; see operator/finetune_operator/main.py). */}}
 {{- define "finetune-operator.args" -}}
+{{- with .Values.operator }}
+{{- if .watchNamespaces }}
+{{- range .watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- else }}
 - --all-namespaces
-- --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
-{{- with .Values.operator.extraArgs }}
+{{- end }}
+- --metrics-port={{ .metricsPort }}
+- --health-port={{ .healthPort }}
+- --log-level={{ .logLevel }}
+- --log-format={{ .logFormat }}
+- --node-lost-seconds={{ .nodeLostSeconds }}
+- --unreachable-toleration-seconds={{ .unreachableTolerationSeconds }}
+{{- with .extraArgs }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}

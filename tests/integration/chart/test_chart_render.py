@@ -65,7 +65,9 @@ def test_default_values_render_the_operator(helm: str) -> None:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"]["port"] in ports, probe
-    assert f"--liveness=http://0.0.0.0:{ports['health']}/healthz" in c["args"]
+    assert "--all-namespaces" in c["args"]
+    assert f"--health-port={ports['health']}" in c["args"]
+    assert f"--metrics-port={ports['metrics']}" in c["args"]
 
     # The metrics Service selects exactly the operator pod and targets its metrics port by name.
     svc = one(objects, "Service")
@@ -111,6 +113,11 @@ def test_full_values_render(helm: str) -> None:
     )  # a digest wins over the tag
     assert c["imagePullPolicy"] == "Always"
     assert "--verbose" in c["args"]
+    assert "--namespace=ml-team-a" in c["args"] and "--namespace=ml-team-b" in c["args"]
+    assert "--all-namespaces" not in c["args"]
+    assert {"--log-format=text", "--node-lost-seconds=300", "--unreachable-toleration-seconds=60"} <= set(
+        c["args"]
+    )
     assert {"name": "EXTRA", "value": "1"} in c["env"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9090, "health": 9091}
     assert "readinessProbe" not in c and c["livenessProbe"]["periodSeconds"] == 30
@@ -158,6 +165,21 @@ def test_existing_service_account_needs_a_name(helm: str) -> None:
     assert "serviceAccount.name is required" in r.stderr
 
 
+def test_metrics_and_health_ports_must_differ(helm: str) -> None:
+    r = run(
+        helm,
+        "template",
+        "fto",
+        str(CHART),
+        "--kube-version",
+        "1.37.2",
+        "--set",
+        "operator.metricsPort=9000,operator.healthPort=9000",
+        check=False,
+    )
+    assert r.returncode != 0 and "must differ" in r.stderr
+
+
 def test_settings_change_rolls_the_pod(helm: str) -> None:
     a = one(template(helm), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     b = one(template(helm, "--set", "operator.logLevel=debug"), "Deployment")["spec"]["template"]["metadata"]
@@ -186,6 +208,9 @@ BAD_VALUES = [
     (["--set", "operator.healthPort=70000"], "/operator/healthPort"),
     (["--set-string", "operator.metricsPort=8080"], "/operator/metricsPort"),
     (["--set", "operator.extraArgs=--x"], "/operator/extraArgs"),
+    (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
+    (["--set", "operator.logFormat=xml"], "/operator/logFormat"),
+    (["--set", "operator.nodeLostSeconds=0"], "/operator/nodeLostSeconds"),
     (["--set", "operator.env[0].value=x"], "/operator/env/0"),
     (["--set", "serviceAccount.create=yes"], "/serviceAccount/create"),
     (["--set", "rbac.enabled=true"], "/rbac"),
