@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run a local Prometheus scraping the given targets, with the finetune-operator alert rules loaded.
 
-    hack/observability/local_prometheus.py --target 127.0.0.1:8080            # the operator's /metrics
-    hack/observability/local_prometheus.py --target 127.0.0.1:8080 --target 10.88.0.12:9400 --port 9090
+    hack/observability/local_prometheus.py --target 127.0.0.1:8000            # the operator's /metrics
+    hack/observability/local_prometheus.py --target 127.0.0.1:8000 --port 9090 \
+        --trainers /var/tmp/finetune-operator/cluster/kubeconfig   # + trainer pods (all namespaces)
 
 Prints the URL and runs until Ctrl-C (its TSDB is a temp dir, removed at exit, unless --data DIR).
 Needs Debian's `prometheus` (hack/observability/install.sh).
@@ -18,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fto_observability.local_prometheus import LocalPrometheus  # noqa: E402
+from fto_observability.local_prometheus import LocalPrometheus, trainer_scrape_config  # noqa: E402
 
 DEFAULT_RULES = HERE.parents[1] / "deploy" / "prometheus" / "finetune-operator.rules.yml"
 
@@ -28,14 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", action="append", default=[], help="host:port serving /metrics (repeatable)")
     ap.add_argument("--rules", action="append", default=None, help=f"rules file (default {DEFAULT_RULES})")
     ap.add_argument("--no-rules", action="store_true", help="load no rules")
+    ap.add_argument("--trainers", metavar="KUBECONFIG", default=None,
+                    help="also scrape trainer pods found through this kubeconfig's API server")
+    ap.add_argument("--namespace", action="append", default=[], help="trainer pods only in these namespaces")
     ap.add_argument("--port", type=int, default=None, help="listen port on 127.0.0.1 (default: a free one)")
     ap.add_argument("--scrape-interval", default="2s")
     ap.add_argument("--data", default=None, help="keep the TSDB and config in this directory")
     a = ap.parse_args(argv)
     if not a.target:
-        a.target = ["127.0.0.1:8080"]
+        a.target = ["127.0.0.1:8000"]
     rules = [] if a.no_rules else (a.rules or [str(DEFAULT_RULES)])
-    prom = LocalPrometheus(a.target, rules, a.scrape_interval, a.scrape_interval, workdir=a.data, port=a.port)
+    extra = [trainer_scrape_config(a.trainers, a.namespace)] if a.trainers else []
+    prom = LocalPrometheus(a.target, rules, a.scrape_interval, a.scrape_interval, workdir=a.data, port=a.port,
+                           extra_scrape_configs=extra)
     prom.start()
     print(f"prometheus on {prom.url} scraping {', '.join(a.target)} every {a.scrape_interval} "
           f"(data in {prom.workdir}); Ctrl-C stops it", flush=True)

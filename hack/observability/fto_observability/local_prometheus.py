@@ -67,6 +67,40 @@ def make_config(
     }
 
 
+def trainer_scrape_config(
+    kubeconfig: str | os.PathLike[str],
+    namespaces: Sequence[str] = (),
+    job_label: str = "finetune.dev/job",
+    port_name: str = "metrics",
+    scrape_interval: str | None = None,
+) -> dict[str, Any]:
+    """Scrape trainer pods found through the API server, labelled as the chart's PodMonitor labels them.
+
+    The same relabelings as charts/finetune-operator/templates/podmonitor.yaml: pods with the job label,
+    their `metrics` port, `namespace` = the pod's, `finetunejob` = the job label, `pod`.
+    """
+    meta = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in job_label)
+    sd: dict[str, Any] = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
+    if namespaces:
+        sd["namespaces"] = {"names": list(namespaces)}
+    cfg: dict[str, Any] = {
+        "job_name": "finetune-trainers",
+        "honor_labels": True,
+        "kubernetes_sd_configs": [sd],
+        "relabel_configs": [
+            {"source_labels": [meta], "regex": ".+", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port_name,
+             "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": [meta], "target_label": "finetunejob"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+    if scrape_interval:
+        cfg["scrape_interval"] = scrape_interval
+    return cfg
+
+
 class LocalPrometheus:
     """A Prometheus process with its own TSDB under `workdir` (a temp dir by default), on 127.0.0.1."""
 
