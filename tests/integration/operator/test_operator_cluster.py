@@ -1,0 +1,83 @@
+"""The operator end to end on the local real cluster: real trainer pods on the tiny model, real disruptions.
+
+    FTO_CLUSTER=existing .venv/bin/python -m pytest tests/integration/operator -m cluster
+
+Each test gets its own namespace and its own operator process (`finetune-operator --namespace NS`).
+The undisturbed run's final adapter (test_happy_path) is the reference every disruption test must reproduce
+bit for bit; run the file in order (the default) to get that comparison.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.operator.conftest import LocalProvider, OperatorProcess
+from tests.scenarios import operator_scenarios as sc
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
+REFERENCE: dict[str, str] = {}
+
+
+def _reference(request: pytest.FixtureRequest) -> str | None:
+    return REFERENCE.get("adapter") or request.config.cache.get("fto/operator/reference_adapter", None)
+
+
+def test_invalid_spec_is_rejected(provider: LocalProvider) -> None:
+    sc.invalid_spec(provider)
+
+
+def test_happy_path(
+    provider: LocalProvider, operator: OperatorProcess, request: pytest.FixtureRequest
+) -> None:
+    digest = sc.happy_path(provider)
+    REFERENCE["adapter"] = digest
+    request.config.cache.set("fto/operator/reference_adapter", digest)
+    metrics = operator.metrics()
+    assert re.search(r'finetune_training_step\{finetunejob="happy",namespace="[^"]+"\} 24\.0', metrics), (
+        metrics
+    )
+    assert 'finetune_jobs{namespace="' in metrics and 'phase="Succeeded"} 1.0' in metrics
+    sc.delete_job_cleans_up(provider, "happy")
+    assert 'finetunejob="happy"' not in operator.metrics()
+
+
+def test_drain(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.preempt_by_drain(provider, _reference(request))
+
+
+def test_noexecute_taint(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.preempt_by_taint(provider, _reference(request))
+
+
+def test_priority_preemption(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.preempt_by_priority(provider, _reference(request))
+
+
+def test_pod_deleted_by_user(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.preempt_by_user_delete(provider, _reference(request))
+
+
+def test_node_gone(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.node_gone(provider, _reference(request))
+
+
+def test_host_oom_raises_memory(provider: LocalProvider) -> None:
+    sc.host_oom(provider)
+
+
+def test_cuda_oom_halves_batch(provider: LocalProvider) -> None:
+    sc.cuda_oom(provider)
+
+
+def test_application_error_exhausts_budget(provider: LocalProvider) -> None:
+    sc.app_error_budget(provider)
+
+
+def test_operator_restarts(provider: LocalProvider) -> None:
+    sc.operator_restarts(provider)
+
+
+def test_suspend_resume(provider: LocalProvider) -> None:
+    sc.suspend_resume(provider)

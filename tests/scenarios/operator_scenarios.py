@@ -1,0 +1,420 @@
+"""Operator scenarios as plain functions of a cluster provider, shared by the local-cluster integration tests
+(tests/integration/operator) and the kind e2e suite (tests/e2e): one scenario module, several providers.
+
+A provider (see `Provider`) gives the Kubernetes client, a namespace, the trainer image that holds the tiny
+model, and the disruptions it can perform; a scenario skips itself (`Unsupported`) when the provider cannot
+do what it needs (e.g. restarting an operator that runs in-cluster from the chart).
+
+Each scenario applies a small FineTuneJob on the tiny offline model (20-40 steps), disturbs it, and checks
+the job's status, Events and the final adapter on the volume.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kubernetes.client.rest import ApiException
+
+from tests.harness import disruptions
+from tests.harness.kube import Kube, wait_for
+
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+TINY_DIR = "/opt/finetune-tiny"  # where tests/integration/operator/Containerfile.tiny puts the tiny model
+
+
+class Unsupported(Exception):
+    """The provider cannot perform what this scenario needs."""
+
+
+class Provider(Protocol):
+    kube: Kube
+    namespace: str
+    node_name: str
+    trainer_image: str
+
+    def read_volume_file(self, namespace: str, claim: str, path: str) -> bytes: ...
+
+    def restart_operator(self, kill: bool = True) -> None: ...  # raise Unsupported if not possible
+
+    def stop_operator(self) -> None: ...
+
+    def start_operator(self) -> None: ...
+
+    def vanish_node(self) -> None: ...
+
+    def restore_node(self) -> None: ...
+
+
+# ============================================================================================ helpers
+
+
+def tiny_job(
+    name: str,
+    image: str,
+    *,
+    steps: int = 24,
+    save_steps: int = 4,
+    step_sleep: float = 0.25,
+    env: dict[str, str] | None = None,
+    memory: str = "1536Mi",
+    **spec_overrides: Any,
+) -> dict[str, Any]:
+    """A FineTuneJob on the tiny model: a few seconds of training, a checkpoint every `save_steps`."""
+    variables = {"FTO_TEST_STEP_SLEEP_SECONDS": str(step_sleep), "OMP_NUM_THREADS": "1"}
+    variables.update(env or {})
+    spec: dict[str, Any] = {
+        "model": {"name_or_path": f"{TINY_DIR}/model"},
+        "dataset": {"path": f"{TINY_DIR}/data.jsonl"},
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]},
+        "training": {
+            "max_steps": steps,
+            "save_steps": save_steps,
+            "save_total_limit": 2,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_length": 64,
+            "logging_steps": 1,
+            "learning_rate": 1e-3,
+            "seed": 7,
+        },
+        "checkpoint": {"volumeSize": "1Gi", "terminationGracePeriodSeconds": 30, "deleteWithJob": True},
+        "resources": {"gpus": 0, "cpu": "300m", "memory": memory},
+        "restartPolicy": {"backoffSeconds": 1, "maxBackoffSeconds": 4},
+        "image": image,
+        "imagePullPolicy": "Never",
+        "env": [{"name": k, "value": v} for k, v in variables.items()],
+    }
+    for key, value in spec_overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply_job(p: Provider, manifest: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = p.kube.custom.create_namespaced_custom_object(
+        GROUP, VERSION, p.namespace, PLURAL, copy.deepcopy(manifest)
+    )
+    return result
+
+
+def get_job(p: Provider, name: str) -> dict[str, Any]:
+    job: dict[str, Any] = p.kube.custom.get_namespaced_custom_object(
+        GROUP, VERSION, p.namespace, PLURAL, name
+    )
+    return job
+
+
+def status(p: Provider, name: str) -> dict[str, Any]:
+    return dict(get_job(p, name).get("status") or {})
+
+
+def wait_status(
+    p: Provider, name: str, check: Callable[[dict[str, Any]], bool], timeout: float = 180, what: str = ""
+) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        nonlocal last
+        last = status(p, name)
+        if last.get("phase") == "Failed" and not check(last):
+            raise AssertionError(f"{name} failed: {last.get('reason')}: {last.get('message')}")
+        return last if check(last) else None
+
+    try:
+        return wait_for(probe, timeout, interval=0.5, what=what or f"{name} status")
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}; status: {summary(last)}") from None
+
+
+def summary(s: dict[str, Any]) -> str:
+    keys = ("phase", "attempt", "podName", "step", "lastCheckpointStep", "restarts", "reason", "message")
+    return str({k: s.get(k) for k in keys})
+
+
+def wait_phase(p: Provider, name: str, phase: str, timeout: float = 180) -> dict[str, Any]:
+    return wait_status(p, name, lambda s: s.get("phase") == phase, timeout, f"{name} phase {phase}")
+
+
+def wait_checkpoint(p: Provider, name: str, step: int, timeout: float = 180) -> dict[str, Any]:
+    """Until a checkpoint at or after `step` is committed and the trainer still runs."""
+    return wait_status(
+        p,
+        name,
+        lambda s: (s.get("lastCheckpointStep") or 0) >= step and s.get("phase") == "Running",
+        timeout,
+        f"{name} committed checkpoint >= {step}",
+    )
+
+
+def events(p: Provider, name: str) -> list[Any]:
+    items = p.kube.core.list_namespaced_event(
+        p.namespace, field_selector=f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"
+    ).items
+    return sorted(items, key=lambda e: e.metadata.creation_timestamp)
+
+
+def pods(p: Provider, name: str) -> list[Any]:
+    return list(p.kube.core.list_namespaced_pod(p.namespace, label_selector=f"finetune.dev/job={name}").items)
+
+
+def final_adapter_sha256(p: Provider, name: str) -> str:
+    data = p.read_volume_file(p.namespace, f"{name}-checkpoints", "run/final/adapter_model.safetensors")
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_succeeded(p: Provider, name: str, steps: int) -> dict[str, Any]:
+    s = wait_phase(p, name, "Succeeded", timeout=240)
+    assert s["step"] == steps, summary(s)
+    assert s.get("progress") == f"{steps}/{steps}", summary(s)
+    assert s.get("completionTime") and s.get("observedGeneration") == 1
+    complete = {c["type"]: c for c in s.get("conditions") or []}
+    assert complete["Complete"]["status"] == "True" and complete["Failed"]["status"] == "False"
+    return s
+
+
+def printer_columns(p: Provider, name: str) -> dict[str, str]:
+    """`kubectl get ftj NAME -o wide` as {COLUMN: value} (columns are separated by 2+ spaces)."""
+    header, row = p.kube.kubectl("-n", p.namespace, "get", "ftj", name, "-o", "wide").stdout.splitlines()[:2]
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[max(0, i - 2) : i] == "  ")]
+    bounds = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, bounds, strict=True)}
+
+
+# ============================================================================================ scenarios
+
+
+def happy_path(p: Provider, name: str = "happy") -> str:
+    """apply → Succeeded; final adapter on the volume; status, conditions, Events, printer columns.
+    Returns the final adapter's sha256 (the reference for the disruption scenarios)."""
+    apply_job(p, tiny_job(name, p.trainer_image))
+    s = assert_succeeded(p, name, 24)
+    assert s["attempt"] == 1 and s["restartsTotal"] == 0 and s.get("lostSteps", 0) == 0, summary(s)
+    assert s["lastCheckpointStep"] == 24 or s["lastCheckpointStep"] >= 20, summary(s)
+    assert s.get("checkpoints") in (1, 2), summary(s)
+    reasons = [e.reason for e in events(p, name)]
+    assert "AttemptCreated" in reasons and "Succeeded" in reasons, reasons
+    cols = printer_columns(p, name)
+    assert cols.get("PHASE") == "Succeeded" and cols.get("STEP") == "24/24" and cols.get("RESTARTS") == "0", (
+        cols
+    )
+    assert cols.get("ATTEMPT") == "1", cols
+    # the last pod stays (for `kubectl logs`), without our finalizer
+    (pod,) = pods(p, name)
+    assert pod.status.phase == "Succeeded" and not pod.metadata.finalizers
+    return final_adapter_sha256(p, name)
+
+
+def _disrupt_and_check(
+    p: Provider,
+    name: str,
+    disrupt: Callable[[str], Callable[[], None] | None],
+    reference: str | None,
+    expect_reason: str | None = None,
+    node_wide: bool = False,
+) -> dict[str, Any]:
+    """Start a job, wait for a committed checkpoint, disrupt its pod, and check it resumes and finishes."""
+    apply_job(p, tiny_job(name, p.trainer_image))
+    before = wait_checkpoint(p, name, 8)
+    victim = before["podName"]
+    undo = disrupt(victim)
+    try:
+        decided = wait_status(
+            p, name, lambda s: (s.get("restarts") or {}).get("preemption", 0) >= 1, 180, f"{name} preemption"
+        )
+    finally:
+        if undo is not None:
+            undo()
+    s = assert_succeeded(p, name, 24)
+    restarts = s["restarts"]
+    assert restarts["preemption"] == 1 and restarts["error"] == 0, summary(s)
+    assert restarts["hostOOM"] == 0 and restarts["cudaOOM"] == 0, summary(s)
+    assert s["attempt"] == 2, summary(s)
+    if expect_reason:
+        reasons = " ".join(f"{e.reason}: {e.message}" for e in events(p, name))
+        assert expect_reason in reasons, reasons
+    # the replacement resumed from a committed checkpoint (the trainer says so in its log)
+    log = p.kube.logs(p.namespace, f"{name}-2")
+    assert "resum" in log.lower(), log[-2000:]
+    if reference is not None:
+        assert final_adapter_sha256(p, name) == reference, "resumed run differs from the undisturbed one"
+    del decided
+    return s
+
+
+def preempt_by_drain(p: Provider, reference: str | None, name: str = "drain") -> dict[str, Any]:
+    def disrupt(victim: str) -> Callable[[], None]:
+        disruptions.drain(p.kube, p.node_name, p.namespace)
+        return lambda: disruptions.uncordon(p.kube, p.node_name)
+
+    return _disrupt_and_check(p, name, disrupt, reference, "EvictionByEvictionAPI")
+
+
+def preempt_by_taint(p: Provider, reference: str | None, name: str = "taint") -> dict[str, Any]:
+    def disrupt(victim: str) -> Callable[[], None]:
+        disruptions.taint_noexecute(p.kube, p.node_name)
+        return lambda: disruptions.untaint(p.kube, p.node_name)
+
+    return _disrupt_and_check(p, name, disrupt, reference, "DeletionByTaintManager")
+
+
+def preempt_by_priority(p: Provider, reference: str | None, name: str = "preempt") -> dict[str, Any]:
+    holder: list[disruptions.Preemptor] = []
+
+    def disrupt(victim: str) -> Callable[[], None]:
+        holder.append(disruptions.preempt(p.kube, p.namespace, victim))
+        # the preemptor holds the CPU the replacement needs: let it go once the victim is gone
+        return lambda: holder[0].release(wait=False)
+
+    return _disrupt_and_check(p, name, disrupt, reference, "PreemptionByScheduler")
+
+
+def preempt_by_user_delete(p: Provider, reference: str | None, name: str = "userdelete") -> dict[str, Any]:
+    def disrupt(victim: str) -> None:
+        p.kube.core.delete_namespaced_pod(victim, p.namespace)
+
+    return _disrupt_and_check(p, name, disrupt, reference, "PodDeleted")
+
+
+def node_gone(p: Provider, reference: str | None, name: str = "nodegone") -> dict[str, Any]:
+    def disrupt(victim: str) -> Callable[[], None]:
+        p.vanish_node()
+        return p.restore_node
+
+    return _disrupt_and_check(p, name, disrupt, reference, "NodeLost")
+
+
+def host_oom(p: Provider, name: str = "hostoom") -> dict[str, Any]:
+    """A memory limit the trainer cannot live with → OOMKilled → restarted with more memory (bounded)."""
+    apply_job(
+        p,
+        tiny_job(
+            name,
+            p.trainer_image,
+            memory="200Mi",
+            resources={"maxMemory": "2Gi"},
+            restartPolicy={"oomMemoryFactor": 4.0, "maxOomRestarts": 3},
+        ),
+    )
+    s = wait_phase(p, name, "Succeeded", timeout=300)
+    assert s["restarts"]["hostOOM"] >= 1 and s["restarts"]["preemption"] == 0 and s["restarts"]["error"] == 0
+    from finetune_api.quantity import parse_quantity
+
+    assert parse_quantity(s["effective"]["memory"]) > parse_quantity("200Mi"), summary(s)
+    assert parse_quantity(s["effective"]["memory"]) <= parse_quantity("2Gi"), summary(s)
+    last = p.kube.pod(p.namespace, s["podName"])
+    assert last.spec.containers[0].resources.limits["memory"] == s["effective"]["memory"]
+    reasons = " ".join(e.message for e in events(p, name) if e.reason == "RestartHostOOM")
+    assert "memory 200Mi →" in reasons, reasons
+    return s
+
+
+def cuda_oom(p: Provider, name: str = "cudaoom") -> dict[str, Any]:
+    """An injected CUDA OOM at batch > 2 → batch 4 → 2, accumulation 1 → 2 (same effective batch)."""
+    apply_job(p, tiny_job(name, p.trainer_image, env={"FTO_TEST_CUDA_OOM_IF_BATCH_ABOVE": "2"}))
+    s = assert_succeeded(p, name, 24)
+    assert s["restarts"]["cudaOOM"] == 1 and s["restartsTotal"] == 1, summary(s)
+    assert s["effective"]["perDeviceTrainBatchSize"] == 2 and s["effective"]["gradientAccumulationSteps"] == 2
+    args = p.kube.pod(p.namespace, f"{name}-2").spec.containers[0].args
+    assert args[args.index("--per-device-train-batch-size") + 1] == "2"
+    return s
+
+
+def app_error_budget(p: Provider, name: str = "apperror") -> dict[str, Any]:
+    """An application error every attempt → backoff 1, 2 s → budget (2) exhausted → Failed + Event."""
+    apply_job(
+        p,
+        tiny_job(
+            name,
+            p.trainer_image,
+            env={"FTO_TEST_FAIL_AT_STEP": "3"},
+            restartPolicy={"maxFailures": 2, "backoffSeconds": 1, "maxBackoffSeconds": 2},
+        ),
+    )
+    s = wait_phase(p, name, "Failed", timeout=240)
+    assert s["reason"] == "FailureBudgetExhausted" and s["restarts"]["error"] == 2, summary(s)
+    assert "injected failure" in s["message"], summary(s)
+    assert s["restarts"]["preemption"] == 0 and s["attempt"] == 3
+    failed = [e for e in events(p, name) if e.reason == "FailureBudgetExhausted"]
+    assert failed and failed[0].type == "Warning"
+    return s
+
+
+def operator_restarts(p: Provider, name: str = "oprestart") -> dict[str, Any]:
+    """Kill the operator mid-job, and again between a pod's end and its replacement: no duplicate pod,
+    no lost or doubled counter."""
+    apply_job(p, tiny_job(name, p.trainer_image, steps=24, step_sleep=0.3))
+    wait_checkpoint(p, name, 4)
+    p.restart_operator(kill=True)  # mid-job
+    s = wait_checkpoint(p, name, 8)
+    # mid-restart: stop the operator, end the pod, start the operator again
+    p.stop_operator()
+    p.kube.core.delete_namespaced_pod(s["podName"], p.namespace)
+    time.sleep(6)  # the trainer saves and exits; the pod object stays (our finalizer) until recorded
+    p.start_operator()
+    s = assert_succeeded(p, name, 24)
+    assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and s["attempt"] == 2, summary(s)
+    seen = {pod.metadata.name for pod in pods(p, name)}
+    assert seen == {f"{name}-2"}, seen
+    created = [e for e in events(p, name) if e.reason == "AttemptCreated"]
+    assert len(created) == 2, [e.message for e in created]
+    return s
+
+
+def invalid_spec(p: Provider, name: str = "invalid") -> None:
+    """The apiserver rejects an invalid FineTuneJob (CRD schema + CEL): nothing is created."""
+    bad = tiny_job(name, p.trainer_image)
+    bad["spec"]["training"]["save_steps"] = 100  # > max_steps: no checkpoint would ever be written
+    try:
+        apply_job(p, bad)
+    except ApiException as error:
+        assert error.status == 422 and "save_steps" in str(error.body), error.body
+    else:
+        raise AssertionError("an invalid FineTuneJob was accepted")
+    time.sleep(2)
+    assert not pods(p, name)
+    assert not p.kube.core.list_namespaced_persistent_volume_claim(p.namespace).items
+
+
+def suspend_resume(p: Provider, name: str = "suspend") -> dict[str, Any]:
+    apply_job(p, tiny_job(name, p.trainer_image))
+    wait_checkpoint(p, name, 4)
+    p.kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, p.namespace, PLURAL, name, {"spec": {"suspend": True}}
+    )
+    s = wait_phase(p, name, "Suspended", timeout=90)
+    wait_for(lambda: not pods(p, name), 60, what=f"{name} pods gone")
+    assert s["restartsTotal"] == 0
+    p.kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, p.namespace, PLURAL, name, {"spec": {"suspend": False}}
+    )
+    s = assert_succeeded(p, name, 24)
+    assert s["restartsTotal"] == 0 and s["attempt"] == 2, summary(s)
+    return s
+
+
+def delete_job_cleans_up(p: Provider, name: str) -> None:
+    """Deleting the job deletes its pods and (deleteWithJob) its volume."""
+    p.kube.custom.delete_namespaced_custom_object(GROUP, VERSION, p.namespace, PLURAL, name)
+    wait_for(lambda: not pods(p, name), 60, what=f"{name} pods deleted")
+
+    def pvc_gone() -> bool:
+        try:
+            p.kube.core.read_namespaced_persistent_volume_claim(f"{name}-checkpoints", p.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(pvc_gone, 60, what=f"{name} volume deleted")

@@ -1,0 +1,27 @@
+"""main.py: command line and structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from finetune_operator.main import JsonFormatter, parse_args
+
+
+def test_args_defaults_and_scope(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("FTO_NAMESPACES", raising=False)
+    args = parse_args([])
+    assert args.namespace == [] and args.metrics_port == 8000 and args.health_port == 8080
+    assert args.node_lost_seconds == 120 and args.unreachable_toleration_seconds == 30
+    assert parse_args(["-n", "a", "--namespace", "b"]).namespace == ["a", "b"]
+    monkeypatch.setenv("FTO_NAMESPACES", "x,y")
+    assert parse_args([]).namespace == ["x", "y"]
+
+
+def test_json_log_lines_carry_extras() -> None:
+    record = logging.LogRecord("finetune_operator", logging.INFO, "f", 1, "decision: %s", ("NodeLost",), None)
+    record.finetunejob = "ns/job"
+    record.settings = object()  # kopf's extras are dropped
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "decision: NodeLost" and line["finetunejob"] == "ns/job"
+    assert line["level"] == "info" and "settings" not in line
