@@ -104,3 +104,15 @@ def test_a_bad_query_is_refused(empty_prometheus: LocalPrometheus) -> None:
         empty_prometheus.query("sum by (le (rate(finetune_jobs[5m]))")
     with pytest.raises(PrometheusError):
         empty_prometheus.query('histogram_quantile(0.5, finetune_jobs{phase="x"}[5m])')
+
+
+def test_docs_describe_every_panel_and_alert() -> None:
+    from fto_observability import alerts
+
+    text = paths.DOCS.read_text()
+    for p in dashboard.PANELS:
+        assert f"**{p.title}**" in text, f"docs/observability.md does not describe panel {p.title!r}"
+    for r in alerts.RULES:
+        assert f"### {r.alert}\n" in text, f"docs/observability.md has no section for {r.alert}"
+    for m in catalog.ALL_METRICS:
+        assert f"`{m.name}`" in text, f"docs/observability.md does not name {m.name}"
