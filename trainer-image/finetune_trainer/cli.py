@@ -235,15 +235,6 @@ class Run:
         except ConfigError as error:
             print(f"config error: {error}", file=sys.stderr, flush=True)
             return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
-        if self.is_main:
-            stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
-            if stale:
-                log(
-                    "removed_stale_checkpoints",
-                    checkpoints=[p.name for p in stale],
-                    resume_point=resume.name if resume else "fresh start",
-                    reason="newer than the resume point: not committed or damaged",
-                )
         log(
             "config_loaded",
             seconds=round(time.monotonic() - started, 3),
@@ -355,6 +346,16 @@ class Run:
             faults=faults,
         )
         from transformers.trainer_callback import PrinterCallback
+
+        if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
+            stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
+            if stale:
+                log(
+                    "removed_stale_checkpoints",
+                    checkpoints=[p.name for p in stale],
+                    resume_point=resume.name if resume else "fresh start",
+                    reason="newer than the resume point: not committed or damaged",
+                )
 
         trainer.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
         self.preemption.start_watchdog(config.save_deadline_seconds, self.on_save_deadline)
