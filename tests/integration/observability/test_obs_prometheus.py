@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,32 +22,15 @@ from fto_observability.local_prometheus import LocalPrometheus, trainer_scrape_c
 from tests.harness.cluster import Cluster
 from tests.harness.disruptions import evict
 from tests.harness.kube import Kube, wait_for
+from tests.integration.operator.conftest import OperatorProcess
+from tests.scenarios import operator_scenarios as sc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
 
 JOB = "obs"
-GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 #: The provoked case: > 1 restart in 5 minutes (the shipped rule: > 3 in 15 minutes).
 FAST = {"restart_window": "5m", "restart_threshold": "1",
         "no_checkpoint_window": "120s", "training_gap": "30s"}
-
-
-def job_manifest(image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": JOB},
-        "spec": {
-            "model": {"name_or_path": "/opt/finetune-tiny/model", "torch_dtype": "float32"},
-            "dataset": {"path": "/opt/finetune-tiny/data.jsonl", "text_field": "text"},
-            "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"]},
-            "training": {"max_steps": 100000, "per_device_train_batch_size": 4, "learning_rate": 5.0e-3,
-                         "max_length": 64, "logging_steps": 1, "save_strategy": "steps", "save_steps": 10,
-                         "save_total_limit": 2},
-            "checkpoint": {"volumeSize": "1Gi", "deleteWithJob": True, "terminationGracePeriodSeconds": 30},
-            "resources": {"gpus": 0, "cpu": "500m", "memory": "2Gi"},
-            "image": image, "imagePullPolicy": "Never",
-            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
-        },
-    }
 
 
 def fast_rules(path: Path) -> Path:
@@ -60,22 +44,6 @@ def fast_rules(path: Path) -> Path:
     return path
 
 
-def status(kube: Kube, ns: str) -> dict[str, Any]:
-    obj: Any = kube.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, JOB)
-    return dict(obj.get("status") or {})
-
-
-def wait_training(kube: Kube, ns: str, attempt: int, after_step: int, timeout: float = 300) -> dict[str, Any]:
-    """Wait until attempt `attempt` runs and committed a checkpoint past `after_step`."""
-    def ok() -> Any:
-        s = status(kube, ns)
-        ckpt = (s.get("lastCheckpoint") or {}).get("step") or 0
-        if s.get("attempt", 0) >= attempt and s.get("phase") == "Running" and ckpt > after_step:
-            return s
-        return None
-    return wait_for(ok, timeout, interval=1, what=f"attempt {attempt} training past step {after_step}")
-
-
 def has_value(result: list[dict[str, Any]]) -> bool:
     for series in result:
         values = [series["value"]] if "value" in series else series.get("values", [])
@@ -85,27 +53,35 @@ def has_value(result: list[dict[str, Any]]) -> bool:
 
 
 def test_dashboard_and_alerts_against_a_real_prometheus(
-    cluster: Cluster, kube: Kube, namespace: str, operator_process: Any, tiny_image: str,
+    cluster: Cluster, kube: Kube, namespace: str, operator: OperatorProcess, tiny_image: str,
     prometheus_installed: None, tmp_path: Path,
 ) -> None:
     t0 = time.time()
+    shipped = tmp_path / "shipped.rules.yml"
+    shipped.write_text(alerts.render_rules_file())
     prom = LocalPrometheus(
-        [operator_process.metrics_target],
-        [alerts_file := tmp_path / "shipped.rules.yml", fast_rules(tmp_path / "fast.rules.yml")],
+        [f"127.0.0.1:{operator.metrics_port}"], [shipped, fast_rules(tmp_path / "fast.rules.yml")],
         scrape_interval="1s", evaluation_interval="1s", workdir=tmp_path / "prom",
         extra_scrape_configs=[trainer_scrape_config(cluster.kubeconfig, [namespace])],
     )
-    alerts_file.write_text(alerts.render_rules_file())
+    p = SimpleNamespace(kube=kube, namespace=namespace)
     with prom:
-        manifest = job_manifest(tiny_image)
-        kube.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+        # Long enough to outlive two preemptions; a checkpoint every 5 steps.
+        sc.apply_job(p, sc.tiny_job(JOB, tiny_image, steps=2000, save_steps=5, step_sleep=0.2))
 
-        # Attempt 1 trains and commits; two preemptions (Eviction API, as a drain or spot handler does).
-        s = wait_training(kube, namespace, attempt=1, after_step=0)
-        for n in (2, 3):
+        # Attempt 1 trains and commits; two preemptions (Eviction API, as a drain or spot handler does),
+        # each followed by the next attempt committing a checkpoint past the previous one.
+        s = sc.wait_checkpoint(p, JOB, 1, timeout=300)
+        for attempt in (2, 3):
             evict(kube, namespace, s["podName"])
-            s = wait_training(kube, namespace, attempt=n, after_step=s["lastCheckpoint"]["step"])
-        assert status(kube, namespace)["restarts"]["preemption"] == 2
+            after = s.get("lastCheckpointStep") or 0
+
+            def resumed(st: dict[str, Any], a: int = attempt, c: int = after) -> bool:
+                ckpt = st.get("lastCheckpointStep") or 0
+                return bool(st.get("attempt", 0) >= a and st.get("phase") == "Running" and ckpt > c)
+
+            s = sc.wait_status(p, JOB, resumed, 300, f"attempt {attempt} committing past step {after}")
+        assert s["restarts"]["preemption"] == 2, sc.summary(s)
 
         # The trainer pods were scraped (pod IPs on the node's bridge are reachable from the host).
         trainer_targets = [t for t in prom.targets() if t["labels"].get("job") == "finetune-trainers"]
