@@ -2,7 +2,7 @@
 .PHONY: test demo crd lint clean-cluster
 
 test:  ## set up what is missing (cached), lint, run every test
-	hack/test.sh
+	hack/test.sh $(ARGS)
 
 demo:  ## build what is missing (cached), start the local cluster, run the preemption demo
 	hack/demo.sh

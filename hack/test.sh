@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The project's whole test run (README: `make test`): sets up what a fresh machine lacks, then lints and runs
-# every test. Each set-up step is cached, so a second run spends its time on the tests.
+# The project's whole test run (README: `make test`). On a fresh machine it first installs and builds what is
+# missing — every step cached, so a second run spends its time on the tests — then lints and runs every test:
+# unit, trainer (real processes, real signals), and integration tests on the local real cluster.
+#
+#   make test                      # everything
+#   make test ARGS='-m "not cluster"'   # no cluster (pytest arguments pass through)
+#   FTO_KEEP_CLUSTER=1 make test   # leave a cluster this run started up afterwards
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
 step "Python environment (hack/bootstrap.sh)"
 hack/bootstrap.sh
@@ -14,6 +20,25 @@ step "Lint and types"
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 
+export PATH=$repo/.venv/bin:$PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+if [[ ${FTO_CLUSTER:-auto} != off ]]; then
+  step "Local cluster prerequisites (hack/cluster.sh tools; hack/observability/install.sh)"
+  hack/cluster.sh tools
+  hack/observability/install.sh
+  step "Kubernetes components (hack/cluster.sh build: cached; a cold build takes 10-20 min)"
+  hack/cluster.sh build
+  if ! hack/cluster.sh status 2>/dev/null | grep -q '^node .*: Ready$'; then
+    step "Start the local cluster (hack/cluster.sh up)"
+    hack/cluster.sh up
+    # Stop only a cluster this run started (a developer's running cluster is left alone).
+    if [[ ${FTO_KEEP_CLUSTER:-0} != 1 ]]; then
+      trap 'step "Stop the local cluster (hack/cluster.sh down)"; hack/cluster.sh down' EXIT
+    fi
+  fi
+  step "Trainer and operator images (hack/cluster.sh images: incremental)"
+  hack/cluster.sh images
+  export FTO_CLUSTER=existing
+fi
+
 step "Tests"
-export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
