@@ -9,6 +9,7 @@ and the tiny trainer image (tests/integration/operator/build_tiny_image.sh, buil
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fto_observability import alerts, dashboard, promql
+from fto_observability import alerts, dashboard, promql, render
 from fto_observability.local_prometheus import LocalPrometheus, trainer_scrape_config
 
 from tests.harness.cluster import Cluster
@@ -96,6 +97,13 @@ def test_dashboard_and_alerts_against_a_real_prometheus(
             expr = promql.substitute(target.expr, values)
             if not has_value(prom.query(expr)):
                 empty.append(f"{panel.title} [{target.legend}]: {expr}")
+        # A picture of the dashboard from this run's data (FTO_OBS_RENDER=docs/observability-dashboard.svg).
+        end = time.time()
+        picture = render.svg(render.collect(prom, values, t0, end), f"finetune-operator: {namespace}/{JOB}, "
+                             "two preemptions (real Prometheus, local cluster)", t0, end)
+        (tmp_path / "dashboard.svg").write_text(picture)
+        if os.environ.get("FTO_OBS_RENDER"):
+            Path(os.environ["FTO_OBS_RENDER"]).write_text(picture)
         assert not empty, "panels without data:\n" + "\n".join(empty)
         for v in dashboard.build_dashboard()["templating"]["list"][1:]:
             sel, label = v["query"][len("label_values("):-1].rsplit(", ", 1)

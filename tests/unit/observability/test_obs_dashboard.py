@@ -116,3 +116,17 @@ def test_docs_describe_every_panel_and_alert() -> None:
         assert f"### {r.alert}\n" in text, f"docs/observability.md has no section for {r.alert}"
     for m in catalog.ALL_METRICS:
         assert f"`{m.name}`" in text, f"docs/observability.md does not name {m.name}"
+
+
+def test_render_svg_draws_every_panel() -> None:
+    import xml.etree.ElementTree as ET
+
+    from fto_observability import render
+
+    panels = [{"title": p.title, "unit": p.unit,
+               "series": [("a", [(0.0, 1.0), (60.0, 2.0)])] if i % 2 else []}
+              for i, p in enumerate(dashboard.PANELS)]
+    root = ET.fromstring(render.svg(panels, "t", 0.0, 60.0))
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert {p.title for p in dashboard.PANELS} <= texts
+    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == len(dashboard.PANELS) // 2
