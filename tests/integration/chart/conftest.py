@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# The trainer image with the tiny offline model (built on demand by the operator suite's script).
+from tests.integration.operator.conftest import tiny_image  # noqa: F401
+
 from .helm import find_helm
 
 
