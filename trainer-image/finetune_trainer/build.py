@@ -245,8 +245,10 @@ def sft_config(config: TrainerConfig, output_dir: Path, use_cuda: bool, world_si
         kwargs["dataset_text_field"] = "text"
     if t.gradient_checkpointing:
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
-    if world_size > 1 and not use_cuda:
-        kwargs["ddp_backend"] = "gloo"
+    if world_size > 1:
+        kwargs["ddp_find_unused_parameters"] = False  # LoRA: frozen base weights are not "unused"
+        if not use_cuda:
+            kwargs["ddp_backend"] = "gloo"
     try:
         return SFTConfig(**kwargs)
     except (ValueError, TypeError) as error:
