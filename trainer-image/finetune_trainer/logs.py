@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from finetune_api.contract import TERMINATION_MESSAGE_PATH, TerminationMessage
 
 _lock = threading.Lock()
-_stream: TextIO = sys.stderr
+_stream: TextIO | None = None  # default: sys.stderr at call time
 _fields: dict[str, Any] = {}
 
 
@@ -27,8 +27,9 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
     line = json.dumps(record, default=str, separators=(",", ":"))
     with _lock:
         try:
-            _stream.write(line + "\n")
-            _stream.flush()
+            stream = _stream or sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
         except (OSError, ValueError):
             pass
 

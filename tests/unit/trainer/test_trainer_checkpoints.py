@@ -1,0 +1,178 @@
+"""The checkpoint commit protocol without training: fake checkpoint files in the real formats (safetensors
+header, torch.save zip archives, JSON), no torch import."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+from finetune_api.contract import COMMIT_MARKER
+from finetune_trainer import checkpoints as ckpt
+
+
+def _safetensors(path: Path, n: int = 64) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * (4 * n))
+
+
+def _zip(path: Path, payload: bytes = b"x" * 300) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+
+
+def make_checkpoint(root: Path, step: int, world_size: int = 1, commit: bool = True) -> Path:
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    _safetensors(path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text('{"r": 8}')
+    for name in ("optimizer.pt", "scheduler.pt", "training_args.bin", *ckpt.rng_files(world_size)):
+        _zip(path / name)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if commit:
+        ckpt.commit_checkpoint(path, world_size, started_at=None)
+    return path
+
+
+def test_commit_writes_marker_with_files_and_sizes(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10, commit=False)
+    record = ckpt.commit_checkpoint(path, started_at=0.0)
+    marker = json.loads((path / COMMIT_MARKER).read_text())
+    assert marker["step"] == 10 and marker["files"] == record.files
+    assert set(marker["required"]) == set(ckpt.required_files(1))
+    assert (
+        marker["bytes"]
+        == record.bytes
+        == sum(p.stat().st_size for p in path.iterdir() if p.name != COMMIT_MARKER)
+    )
+    assert marker["committed_at"].endswith("Z") and record.save_seconds is not None
+    assert not list(path.glob(".*.tmp"))
+    assert ckpt.read_commit(path).step == 10
+
+
+@pytest.mark.parametrize("name", ckpt.required_files(1))
+@pytest.mark.parametrize("damage", ["missing", "truncated", "empty"])
+def test_commit_refuses_a_damaged_required_file(tmp_path: Path, name: str, damage: str) -> None:
+    path = make_checkpoint(tmp_path, 10, commit=False)
+    target = path / name
+    if damage == "missing":
+        target.unlink()
+    elif damage == "empty":
+        target.write_bytes(b"")
+    else:
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) - 7])
+    with pytest.raises(ckpt.CheckpointError, match=name):
+        ckpt.commit_checkpoint(path)
+    assert not (path / COMMIT_MARKER).exists()
+
+
+def test_commit_needs_every_rank_rng_state(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 4, world_size=2, commit=False)
+    (path / "rng_state_1.pth").unlink()
+    with pytest.raises(ckpt.CheckpointError, match=r"rng_state_1\.pth"):
+        ckpt.commit_checkpoint(path, world_size=2)
+
+
+def test_commit_refuses_trainer_state_of_another_step(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10, commit=False)
+    (path / "trainer_state.json").write_text('{"global_step": 9}')
+    with pytest.raises(ckpt.CheckpointError, match="global_step"):
+        ckpt.commit_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ckpt.required_files(1))
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_resume_skips_a_torn_newest_checkpoint_and_says_why(tmp_path: Path, name: str, damage: str) -> None:
+    make_checkpoint(tmp_path, 5)
+    newest = make_checkpoint(tmp_path, 10)
+    if damage == "missing":
+        (newest / name).unlink()
+    else:
+        data = (newest / name).read_bytes()
+        (newest / name).write_bytes(data[:-3])
+    choice = ckpt.find_resume_checkpoint(tmp_path)
+    assert choice.checkpoint is not None and choice.checkpoint.step == 5
+    assert [(p.name, name in why) for p, why in choice.skipped] == [("checkpoint-10", True)]
+
+
+def test_resume_never_uses_uncommitted_or_foreign_marker(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, 5)
+    make_checkpoint(tmp_path, 15, commit=False)
+    odd = make_checkpoint(tmp_path, 10)
+    marker = json.loads((odd / COMMIT_MARKER).read_text())
+    marker["step"] = 7
+    (odd / COMMIT_MARKER).write_text(json.dumps(marker))
+    (tmp_path / "checkpoint-20").mkdir()
+    (tmp_path / "checkpoint-20" / COMMIT_MARKER).write_text("{not json")
+    (tmp_path / "not-a-checkpoint").mkdir()
+    choice = ckpt.find_resume_checkpoint(tmp_path)
+    assert choice.checkpoint is not None and choice.checkpoint.step == 5
+    reasons = {p.name: why for p, why in choice.skipped}
+    assert set(reasons) == {"checkpoint-20", "checkpoint-15", "checkpoint-10"}
+    assert "unreadable" in reasons["checkpoint-20"]
+    assert "not committed" in reasons["checkpoint-15"]
+    assert "step 7" in reasons["checkpoint-10"]
+
+
+def test_empty_or_missing_dir_resumes_nothing(tmp_path: Path) -> None:
+    assert ckpt.find_resume_checkpoint(tmp_path / "nope").checkpoint is None
+    assert ckpt.find_resume_checkpoint(tmp_path).checkpoint is None
+
+
+def test_retention_keeps_newest_committed_and_best(tmp_path: Path) -> None:
+    for step in (5, 10, 15, 20):
+        make_checkpoint(tmp_path, step)
+    make_checkpoint(tmp_path, 3, commit=False)  # torn leftover, older than the newest commit: deleted
+    make_checkpoint(tmp_path, 25, commit=False)  # newer and uncommitted: maybe a save in progress, kept
+    deleted = ckpt.apply_retention(tmp_path, 2, keep=[tmp_path / "checkpoint-5"])
+    assert sorted(p.name for p in deleted) == ["checkpoint-10", "checkpoint-3"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["checkpoint-15", "checkpoint-20", "checkpoint-25", "checkpoint-5"]
+
+
+def test_retention_never_deletes_the_only_committed_checkpoint(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, 5)
+    torn = make_checkpoint(tmp_path, 10)
+    (torn / "optimizer.pt").unlink()  # newest is damaged: checkpoint-5 is the newest *intact* one
+    ckpt.apply_retention(tmp_path, 1)
+    assert (tmp_path / "checkpoint-5" / COMMIT_MARKER).exists()
+
+
+def test_retention_without_limit_keeps_all(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        make_checkpoint(tmp_path, step)
+    assert ckpt.apply_retention(tmp_path, None) == []
+
+
+def test_remove_newer_than_and_remove_uncommits_first(tmp_path: Path) -> None:
+    for step in (5, 10, 15):
+        make_checkpoint(tmp_path, step)
+    removed = ckpt.remove_newer_than(tmp_path, 5)
+    assert sorted(p.name for p in removed) == ["checkpoint-10", "checkpoint-15"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
+
+
+def test_publish_final_is_atomic_and_verifiable(tmp_path: Path) -> None:
+    def write(tmp: Path) -> None:
+        _safetensors(tmp / "adapter_model.safetensors")
+        (tmp / "merged").mkdir()
+        (tmp / "merged" / "config.json").write_text("{}")
+
+    assert ckpt.final_complete(tmp_path) is None
+    final = ckpt.publish_final(tmp_path, write, step=40)
+    assert final == tmp_path / "final" and not (tmp_path / ".final.partial").exists()
+    marker = ckpt.final_complete(tmp_path)
+    assert marker is not None and marker["step"] == 40 and "merged/config.json" in marker["files"]
+    (final / "adapter_model.safetensors").write_bytes(b"short")
+    assert ckpt.final_complete(tmp_path) is None
+
+
+def test_atomic_write_json_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "m.json"
+    ckpt.atomic_write_json(target, {"a": 1})
+    ckpt.atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

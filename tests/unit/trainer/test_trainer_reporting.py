@@ -1,0 +1,137 @@
+"""Progress reporting never blocks or stops training; the status patch has the agreed shape."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+from finetune_api.contract import TerminationMessage
+from finetune_api.trainer_config import JobRef
+from finetune_trainer.logs import TerminationWriter
+from finetune_trainer.reporting import StatusReporter, TrainerMetrics
+
+
+def test_updates_coalesce_and_never_block() -> None:
+    sent: list[dict[str, Any]] = []
+    gate = threading.Event()
+
+    def patch(body: dict[str, Any]) -> None:
+        gate.wait(5)
+        sent.append(body)
+
+    reporter = StatusReporter(patch, min_interval=0.0)
+    t0 = time.monotonic()
+    for step in range(1000):
+        reporter.update({"step": step, "progress": f"{step}/1000"})
+    assert time.monotonic() - t0 < 0.5  # the API being slow costs training nothing
+    gate.set()
+    reporter.close(timeout=5)
+    assert sent[-1] == {"step": 999, "progress": "999/1000"}
+    assert len(sent) <= 3  # coalesced, not one request per step
+
+
+def test_failures_are_logged_and_retried_with_newest_values(capsys: Any) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def patch(body: dict[str, Any]) -> None:
+        calls.append(body)
+        if len(calls) == 1:
+            raise ConnectionError("apiserver unreachable")
+
+    reporter = StatusReporter(patch, min_interval=0.01)
+    reporter.update({"step": 1, "lastCheckpointStep": 1})
+    deadline = time.monotonic() + 0.5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.005)
+    reporter.update({"step": 2})
+    reporter.close(timeout=5)
+    assert calls[0] == {"step": 1, "lastCheckpointStep": 1}
+    assert calls[-1] == {"step": 2, "lastCheckpointStep": 1}  # the failed checkpoint info is not lost
+    assert "status_report_failed" in capsys.readouterr().err
+
+
+def test_close_is_bounded_when_the_api_hangs() -> None:
+    reporter = StatusReporter(lambda body: time.sleep(30), min_interval=0.0)
+    reporter.update({"step": 1})
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    reporter.close(timeout=0.2)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_disabled_reporter_is_a_no_op() -> None:
+    reporter = StatusReporter(None)
+    reporter.update({"step": 1})
+    reporter.close()
+    assert not reporter.enabled
+
+
+def test_kubernetes_patcher_sends_merge_patch_to_status_subresource(monkeypatch: Any) -> None:
+    """Against a local HTTP server standing in for the apiserver (in-cluster config faked)."""
+    from kubernetes import client, config
+
+    seen: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PATCH(self) -> None:
+            length = int(self.headers["Content-Length"])
+            seen.update(
+                path=self.path,
+                content_type=self.headers["Content-Type"],
+                auth=self.headers.get("Authorization"),
+                body=json.loads(self.rfile.read(length)),
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def fake_incluster() -> None:
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{server.server_port}"
+        cfg.api_key = {"authorization": "Bearer sa-token"}
+        client.Configuration.set_default(cfg)
+
+    monkeypatch.setattr(config, "load_incluster_config", fake_incluster)
+    from finetune_trainer.reporting import kubernetes_patcher
+
+    try:
+        patch = kubernetes_patcher(JobRef(namespace="team-a", name="tiny"))
+        patch({"step": 3, "lastCheckpoint": {"step": 2, "bytes": 10}})
+    finally:
+        server.shutdown()
+        client.Configuration.set_default(client.Configuration())
+    assert seen["path"] == "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobs/tiny/status"
+    assert seen["content_type"] == "application/merge-patch+json"
+    assert seen["body"] == {"status": {"step": 3, "lastCheckpoint": {"step": 2, "bytes": 10}}}
+    assert seen["auth"] == "Bearer sa-token"
+
+
+def test_metrics_are_prefixed() -> None:
+    from prometheus_client import generate_latest
+
+    metrics = TrainerMetrics(port=0)
+    metrics.step.set(7)
+    metrics.save_seconds.observe(0.2)
+    text = generate_latest(metrics.registry).decode()
+    names = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names and all(name.startswith("finetune_trainer_") for name in names)
+    assert "finetune_trainer_step 7.0" in text
+
+
+def test_termination_writer_first_message_wins(tmp_path: Any) -> None:
+    path = tmp_path / "term"
+    writer = TerminationWriter(str(path))
+    writer.write(TerminationMessage(reason="Preempted", step=4, checkpoint="checkpoint-4"))
+    writer.write(TerminationMessage(reason="Error", message="later"))
+    assert json.loads(path.read_text()) == {"reason": "Preempted", "step": 4, "checkpoint": "checkpoint-4"}
+    TerminationWriter(None).write(TerminationMessage(reason="Completed"))  # no path: nothing, no error
