@@ -138,3 +138,35 @@ def test_resume_never_refuses_a_directory_with_committed_checkpoints(reference: 
     proc = run(reference.config, out, "--resume", "never", tag="never")
     assert proc.popen.returncode == 78
     assert "--resume never" in json.loads(proc.term_path.read_text())["message"]
+
+
+@pytest.mark.slow
+def test_chat_messages_eval_best_checkpoint_and_merged_model(tiny: Path, work: Path) -> None:
+    """The other spec paths in one short run: messages format, eval split, load_best_model_at_end (the best
+    checkpoint survives retention with save_total_limit 1), merge_adapter."""
+    config = yaml.safe_load((tiny / "trainer-config.yaml").read_text())
+    config["model"]["merge_adapter"] = True
+    config["dataset"].update({"format": "messages", "eval_fraction": 0.05})
+    config["training"].update(
+        {
+            "max_steps": 9,
+            "save_steps": 3,
+            "eval_strategy": "steps",
+            "eval_steps": 3,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "loss",
+            "save_total_limit": 1,
+        }
+    )
+    path = work / "chat.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = work / "out"
+    proc = run(path, out, tag="chat")
+    assert proc.popen.returncode == 0, proc.tail()
+    evals = [e for e in proc.events() if e.get("event") == "train_log" and "eval_loss" in e]
+    assert [e["step"] for e in evals] == [3, 6, 9]
+    best = min(evals, key=lambda e: e["eval_loss"])["step"]
+    kept = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert kept == sorted({best, 9})
+    assert (out / "final" / "merged" / "config.json").is_file()
+    assert (out / "final" / "adapter_model.safetensors").is_file()
