@@ -209,9 +209,11 @@ def happy_path(p: Provider, name: str = "happy") -> str:
         cols
     )
     assert cols.get("ATTEMPT") == "1", cols
-    # the last pod stays (for `kubectl logs`), without our finalizer
+    # the last pod stays (for `kubectl logs`), without our finalizer; the kubelet reports the container's
+    # exit before the pod's phase
     (pod,) = pods(p, name)
-    assert pod.status.phase == "Succeeded" and not pod.metadata.finalizers
+    assert not pod.metadata.finalizers, pod.metadata
+    p.kube.wait_pod(p.namespace, pod.metadata.name, lambda q: q.status.phase == "Succeeded", 30)
     return final_adapter_sha256(p, name)
 
 

@@ -14,7 +14,7 @@ bah() { buildah --root "$cache/buildah/root" --runroot "$cache/buildah/runroot" 
 start=$SECONDS
 bah inspect "$base" >/dev/null 2>&1 || { echo "missing $base: run hack/cluster.sh images" >&2; exit 1; }
 nice -n 10 buildah --root "$cache/buildah/root" --runroot "$cache/buildah/runroot" --storage-driver overlay \
-  bud --isolation chroot --network none --layers --pull=false --build-arg "TRAINER_IMAGE=$base" \
+  bud --isolation chroot --network host --layers --pull=false --build-arg "TRAINER_IMAGE=$base" \
   -f "$here/Containerfile.tiny" -t "$image" "$here" >"$cache/images/tiny-build.log" 2>&1 ||
   { tail -20 "$cache/images/tiny-build.log" >&2; exit 1; }
 layout=$cache/images/oci/${image//[\/:]/_}
