@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the dashboard JSON and the alert rules (chart template + plain file) from fto_observability.
 
-    hack/observability/generate.py          # (re)write the files
-    hack/observability/generate.py --check  # exit 1 and name the files that are out of date
+hack/observability/generate.py          # (re)write the files
+hack/observability/generate.py --check  # exit 1 and name the files that are out of date
 """
 
 from __future__ import annotations

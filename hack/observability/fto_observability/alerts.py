@@ -37,19 +37,37 @@ PARAMS: dict[str, Param] = {
         "FineTuneJobNoCheckpoint fires after this long training without a committed checkpoint: "
         "N (noCheckpointFactor, 3) x the expected interval (checkpointIntervalSeconds, 600).",
     ),
-    "training_gap": Param("10m", '{{ default "10m" $r.trainingGap }}', "trainingGap",
-                          "FineTuneJobNoCheckpoint counts a job as training while its step changes at "
-                          "least once per this window (longer than your slowest step)."),
-    "restart_window": Param("15m", '{{ default "15m" $r.restartLoopWindow }}', "restartLoopWindow",
-                            "Window of FineTuneJobRestartLoop."),
+    "training_gap": Param(
+        "10m",
+        '{{ default "10m" $r.trainingGap }}',
+        "trainingGap",
+        "FineTuneJobNoCheckpoint counts a job as training while its step changes at "
+        "least once per this window (longer than your slowest step).",
+    ),
+    "restart_window": Param(
+        "15m",
+        '{{ default "15m" $r.restartLoopWindow }}',
+        "restartLoopWindow",
+        "Window of FineTuneJobRestartLoop.",
+    ),
     "restart_threshold": Param(
-        "3", "{{ default 3 $r.restartLoopThreshold }}", "restartLoopThreshold",
-        "FineTuneJobRestartLoop fires above this many restarts (any cause) in the window."),
-    "latency_factor": Param("2", "{{ default 2 $r.saveLatencyFactor }}", "saveLatencyFactor",
-                            "FineTuneCheckpointSaveLatencyRegression: p95 over the last hour > factor x "
-                            "p95 over the day before."),
-    "latency_min_saves": Param("3", "{{ default 3 $r.saveLatencyMinSaves }}", "saveLatencyMinSaves",
-                               "Saves needed in the last hour before the latency rule judges."),
+        "3",
+        "{{ default 3 $r.restartLoopThreshold }}",
+        "restartLoopThreshold",
+        "FineTuneJobRestartLoop fires above this many restarts (any cause) in the window.",
+    ),
+    "latency_factor": Param(
+        "2",
+        "{{ default 2 $r.saveLatencyFactor }}",
+        "saveLatencyFactor",
+        "FineTuneCheckpointSaveLatencyRegression: p95 over the last hour > factor x p95 over the day before.",
+    ),
+    "latency_min_saves": Param(
+        "3",
+        "{{ default 3 $r.saveLatencyMinSaves }}",
+        "saveLatencyMinSaves",
+        "Saves needed in the last hour before the latency rule judges.",
+    ),
     "runbook_base": Param(
         "https://github.com/finetune-operator/finetune-operator/blob/main/docs/observability.md",
         '{{ default "https://github.com/finetune-operator/finetune-operator/blob/main/docs/observability.md"'
@@ -98,7 +116,8 @@ unless on ({BY})
   (finetune_checkpoints_saved_total > 0
      unless finetune_checkpoints_saved_total offset <<no_checkpoint_window>>)
 )""",
-        "1m", "warning",
+        "1m",
+        "warning",
         "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} has trained for "
         "<<no_checkpoint_window>> without committing a checkpoint.",
         "The job has been training (its step advancing) for the whole window without a committed "
@@ -114,7 +133,8 @@ unless on ({BY})
   or
   increase(finetune_restarts_total[<<restart_window>>])
 ) > <<restart_threshold>>""",
-        "0m", "warning",
+        "0m",
+        "warning",
         "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} restarted "
         "{{ $value | humanize }} times in <<restart_window>>.",
         "The job's trainer pod keeps being replaced. Causes are in finetune_restarts_total{cause} "
@@ -133,7 +153,8 @@ unless on ({BY})
 )
 and on ({BY})
 (sum by ({BY}) (increase({H}_count[{LATENCY_SHORT}])) >= <<latency_min_saves>>)""",
-        "15m", "warning",
+        "15m",
+        "warning",
         "Checkpoint saves of {{ $labels.namespace }}/{{ $labels.finetunejob }} got slower: "
         "p95 {{ $value | humanizeDuration }}.",
         f"The p95 save latency over the last {LATENCY_SHORT} is more than <<latency_factor>>x the p95 of the "
@@ -146,7 +167,8 @@ and on ({BY})
         # `by (namespace, finetunejob)`: one alert per job if finetune_jobs has a finetunejob label, else
         # (it counts jobs per namespace today) one per namespace whose value is the number of Failed jobs.
         f'sum by ({BY}) (finetune_jobs{{phase="Failed"}}) > 0',
-        "1m", "warning",
+        "1m",
+        "warning",
         "{{ $value }} FineTuneJob(s) failed in {{ $labels.namespace }}"
         "{{ with $labels.finetunejob }} ({{ . }}){{ end }}.",
         "A job reached phase Failed: a config error, or its error/OOM budget is spent. It will not retry.",

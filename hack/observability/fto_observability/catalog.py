@@ -44,25 +44,47 @@ class Metric:
 
 
 OPERATOR_METRICS: tuple[Metric, ...] = (
-    Metric("finetune_checkpoint_save_duration_seconds", "histogram", (NS, JOB),
-           "Seconds one checkpoint save took (trainer-reported, write + fsync + commit marker)."),
-    Metric("finetune_checkpoints", "gauge", (NS, JOB),
-           "Committed checkpoints currently retained on the job's volume."),
-    Metric("finetune_checkpoints_saved_total", "counter", (NS, JOB),
-           "Checkpoints committed since the job was created."),
-    Metric("finetune_restarts_total", "counter", (NS, JOB, "cause"),
-           "Trainer pods replaced, by cause (preemption, hostOOM, cudaOOM, error)."),
+    Metric(
+        "finetune_checkpoint_save_duration_seconds",
+        "histogram",
+        (NS, JOB),
+        "Seconds one checkpoint save took (trainer-reported, write + fsync + commit marker).",
+    ),
+    Metric(
+        "finetune_checkpoints",
+        "gauge",
+        (NS, JOB),
+        "Committed checkpoints currently retained on the job's volume.",
+    ),
+    Metric(
+        "finetune_checkpoints_saved_total",
+        "counter",
+        (NS, JOB),
+        "Checkpoints committed since the job was created.",
+    ),
+    Metric(
+        "finetune_restarts_total",
+        "counter",
+        (NS, JOB, "cause"),
+        "Trainer pods replaced, by cause (preemption, hostOOM, cudaOOM, error).",
+    ),
     # Per namespace, not per job (finetune_operator.metrics): the alerts and panels that read it aggregate
     # `by (namespace, finetunejob)`, which also works if it becomes a per-job 0/1 state set.
     Metric("finetune_jobs", "gauge", (NS, "phase"), "FineTuneJobs by phase."),
-    Metric("finetune_training_step", "gauge", (NS, JOB),
-           "The last optimizer step the trainer reported."),
-    Metric("finetune_lost_steps_total", "counter", (NS, JOB),
-           "Optimizer steps trained but not covered by a committed checkpoint when a pod ended."),
-    Metric("finetune_recovery_duration_seconds", "histogram", (NS, JOB),
-           "Seconds from a trainer pod's end to its replacement training again."),
-    Metric("finetune_checkpoint_size_bytes", "gauge", (NS, JOB),
-           "Bytes of the newest committed checkpoint."),
+    Metric("finetune_training_step", "gauge", (NS, JOB), "The last optimizer step the trainer reported."),
+    Metric(
+        "finetune_lost_steps_total",
+        "counter",
+        (NS, JOB),
+        "Optimizer steps trained but not covered by a committed checkpoint when a pod ended.",
+    ),
+    Metric(
+        "finetune_recovery_duration_seconds",
+        "histogram",
+        (NS, JOB),
+        "Seconds from a trainer pod's end to its replacement training again.",
+    ),
+    Metric("finetune_checkpoint_size_bytes", "gauge", (NS, JOB), "Bytes of the newest committed checkpoint."),
 )
 
 #: Exposed by the trainer pod itself on its `metrics` port (9400), without labels: the scrape adds `namespace`
@@ -72,22 +94,58 @@ TRAINER_METRICS: tuple[Metric, ...] = (
     Metric("finetune_trainer_step", "gauge", _T, "Last completed optimizer step.", "trainer"),
     Metric("finetune_trainer_total_steps", "gauge", _T, "Optimizer steps of the whole run.", "trainer"),
     Metric("finetune_trainer_loss", "gauge", _T, "Last logged training loss.", "trainer"),
-    Metric("finetune_trainer_step_duration_seconds", "histogram", _T,
-           "Wall time of one optimizer step (saves excluded).", "trainer"),
-    Metric("finetune_trainer_tokens_per_second", "gauge", _T,
-           "Input tokens per second over the last step.", "trainer"),
-    Metric("finetune_trainer_checkpoint_save_duration_seconds", "histogram", _T,
-           "Checkpoint write + verify + fsync + commit, as the trainer times it.", "trainer"),
-    Metric("finetune_trainer_last_save_duration_seconds", "gauge", _T,
-           "Duration of the last committed save.", "trainer"),
-    Metric("finetune_trainer_last_checkpoint_size_bytes", "gauge", _T,
-           "Bytes of the last committed checkpoint.", "trainer"),
-    Metric("finetune_trainer_last_checkpoint_step", "gauge", _T,
-           "Step of the newest committed checkpoint.", "trainer"),
-    Metric("finetune_trainer_checkpoints", "gauge", _T,
-           "Committed checkpoints currently retained.", "trainer"),
-    Metric("finetune_trainer_checkpoints_committed_total", "counter", _T,
-           "Checkpoints committed by this trainer process.", "trainer"),
+    Metric(
+        "finetune_trainer_step_duration_seconds",
+        "histogram",
+        _T,
+        "Wall time of one optimizer step (saves excluded).",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_tokens_per_second",
+        "gauge",
+        _T,
+        "Input tokens per second over the last step.",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_checkpoint_save_duration_seconds",
+        "histogram",
+        _T,
+        "Checkpoint write + verify + fsync + commit, as the trainer times it.",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_last_save_duration_seconds",
+        "gauge",
+        _T,
+        "Duration of the last committed save.",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_last_checkpoint_size_bytes",
+        "gauge",
+        _T,
+        "Bytes of the last committed checkpoint.",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_last_checkpoint_step",
+        "gauge",
+        _T,
+        "Step of the newest committed checkpoint.",
+        "trainer",
+    ),
+    Metric(
+        "finetune_trainer_checkpoints", "gauge", _T, "Committed checkpoints currently retained.", "trainer"
+    ),
+    Metric(
+        "finetune_trainer_checkpoints_committed_total",
+        "counter",
+        _T,
+        "Checkpoints committed by this trainer process.",
+        "trainer",
+    ),
 )
 
 ALL_METRICS: tuple[Metric, ...] = OPERATOR_METRICS + TRAINER_METRICS

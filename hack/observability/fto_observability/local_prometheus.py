@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -54,51 +55,120 @@ def make_config(
     """
     scrape_configs: list[dict[str, Any]] = []
     if targets:
-        scrape_configs.append({
-            "job_name": job_name, "honor_labels": True, "metrics_path": "/metrics",
-            "static_configs": [{"targets": list(targets)}],
-        })
+        scrape_configs.append(
+            {
+                "job_name": job_name,
+                "honor_labels": True,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": list(targets)}],
+            }
+        )
     scrape_configs.extend(extra_scrape_configs)
     return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval,
-                   "scrape_timeout": scrape_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+            "scrape_timeout": scrape_interval,
+        },
         "rule_files": [str(Path(f).resolve()) for f in rule_files],
         "scrape_configs": scrape_configs,
     }
 
 
 def trainer_scrape_config(
-    kubeconfig: str | os.PathLike[str],
-    namespaces: Sequence[str] = (),
-    job_label: str = "finetune.dev/job",
-    port_name: str = "metrics",
-    scrape_interval: str | None = None,
+    targets_file: str | os.PathLike[str], scrape_interval: str | None = None
 ) -> dict[str, Any]:
-    """Scrape trainer pods found through the API server, labelled as the chart's PodMonitor labels them.
+    """Scrape the trainer pods listed in `targets_file` (file_sd JSON, written by `TrainerDiscovery`).
 
-    The same relabelings as charts/finetune-operator/templates/podmonitor.yaml: pods with the job label,
-    their `metrics` port, `namespace` = the pod's, `finetunejob` = the job label, `pod`.
+    Debian's prometheus is built without kubernetes_sd_configs, so the pods are found through the API by
+    `TrainerDiscovery` and handed over as a file; the labels are what the chart's PodMonitor gives them.
     """
-    meta = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in job_label)
-    sd: dict[str, Any] = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
-    if namespaces:
-        sd["namespaces"] = {"names": list(namespaces)}
     cfg: dict[str, Any] = {
         "job_name": "finetune-trainers",
         "honor_labels": True,
-        "kubernetes_sd_configs": [sd],
-        "relabel_configs": [
-            {"source_labels": [meta], "regex": ".+", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port_name,
-             "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": [meta], "target_label": "finetunejob"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
     }
     if scrape_interval:
         cfg["scrape_interval"] = scrape_interval
     return cfg
+
+
+def trainer_targets(
+    pods: Sequence[Any], job_label: str = "finetune.dev/job", port_name: str = "metrics"
+) -> list[dict[str, Any]]:
+    """file_sd target groups for trainer pods (kubernetes client V1Pod objects), labelled like the PodMonitor:
+    pods with the job label and an IP, their `metrics` container port; namespace, finetunejob, pod."""
+    groups = []
+    for pod in pods:
+        labels = pod.metadata.labels or {}
+        ip = pod.status.pod_ip if pod.status else None
+        if job_label not in labels or not ip or (pod.status.phase not in ("Pending", "Running")):
+            continue
+        for c in pod.spec.containers:
+            for port in c.ports or []:
+                if port.name == port_name:
+                    groups.append(
+                        {
+                            "targets": [f"{ip}:{port.container_port}"],
+                            "labels": {
+                                "namespace": pod.metadata.namespace,
+                                "finetunejob": labels[job_label],
+                                "pod": pod.metadata.name,
+                            },
+                        }
+                    )
+    return groups
+
+
+class TrainerDiscovery:
+    """A thread that lists trainer pods every `interval` seconds and rewrites a file_sd targets file."""
+
+    def __init__(
+        self,
+        core_api: Any,
+        path: str | os.PathLike[str],
+        namespaces: Sequence[str] = (),
+        interval: float = 1.0,
+    ):
+        self.core, self.path, self.interval = core_api, Path(path), interval
+        self.namespaces = list(namespaces)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trainer-discovery", daemon=True)
+        self.errors = 0
+        self.write()
+
+    def pods(self) -> list[Any]:
+        sel = "finetune.dev/job"
+        if not self.namespaces:
+            return list(self.core.list_pod_for_all_namespaces(label_selector=sel).items)
+        return [
+            p for ns in self.namespaces for p in self.core.list_namespaced_pod(ns, label_selector=sel).items
+        ]
+
+    def write(self) -> None:
+        try:
+            groups = trainer_targets(self.pods())
+        except Exception:  # the API hiccups; keep the last file
+            self.errors += 1
+            if self.path.exists():
+                return
+            groups = []
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.path)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.write()
+
+    def start(self) -> TrainerDiscovery:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
 
 
 class LocalPrometheus:
@@ -122,8 +192,13 @@ class LocalPrometheus:
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config = make_config(targets, rule_files, scrape_interval, evaluation_interval,
-                                  extra_scrape_configs=extra_scrape_configs)
+        self.config = make_config(
+            targets,
+            rule_files,
+            scrape_interval,
+            evaluation_interval,
+            extra_scrape_configs=extra_scrape_configs,
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "prometheus.log"
 
@@ -133,9 +208,13 @@ class LocalPrometheus:
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
         args = [
-            self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=1d", "--log.level=warn",
+            self.binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -204,8 +283,9 @@ class LocalPrometheus:
         return list(result)
 
     def query_range(self, expr: str, start: float, end: float, step: str = "1s") -> list[dict[str, Any]]:
-        return list(self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
-                             step=step)["result"])
+        return list(
+            self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=step)["result"]
+        )
 
     def label_values(self, label: str, match: str) -> list[str]:
         return list(self.api(f"label/{label}/values", **{"match[]": match}))

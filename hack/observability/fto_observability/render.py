@@ -43,8 +43,9 @@ def _fmt(v: float, unit: str) -> str:
     return f"{v:.3g}{suffix}"
 
 
-def collect(prom: LocalPrometheus, values: Mapping[str, str], start: float, end: float,
-            step: str = "2s") -> list[dict[str, Any]]:
+def collect(
+    prom: LocalPrometheus, values: Mapping[str, str], start: float, end: float, step: str = "2s"
+) -> list[dict[str, Any]]:
     """Every panel's series over [start, end]: [{title, unit, series: [(legend, [(t, v)])]}]."""
     panels = []
     for p in dashboard.PANELS:
@@ -52,21 +53,26 @@ def collect(prom: LocalPrometheus, values: Mapping[str, str], start: float, end:
         for t in p.targets:
             expr = promql.substitute(t.expr, values)
             for s in prom.query_range(expr, start, end, step):
-                pts = [(float(ts), float(v)) for ts, v in s["values"] if not math.isnan(float(v))
-                       and not math.isinf(float(v))]
+                pts = [
+                    (float(ts), float(v))
+                    for ts, v in s["values"]
+                    if not math.isnan(float(v)) and not math.isinf(float(v))
+                ]
                 if pts:
                     series.append((_legend(t.legend, s["metric"]), pts))
         panels.append({"title": p.title, "unit": p.unit, "series": series})
     return panels
 
 
-def svg(panels: list[dict[str, Any]], title: str, start: float, end: float) -> str:
+def svg(panels: list[dict[str, Any]], title: str, start: float, end: float, gap: float = 6.0) -> str:
     rows = math.ceil(len(panels) / COLS)
     width, height = COLS * W + PAD, rows * H + 40
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="DejaVu Sans, Arial, sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{PAD}" y="24" font-size="16" font-weight="bold">{html.escape(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="DejaVu Sans, Arial, sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{PAD}" y="24" font-size="16" font-weight="bold">{html.escape(title)}</text>',
+    ]
     for i, panel in enumerate(panels):
         x0, y0 = PAD + (i % COLS) * W, 40 + (i // COLS) * H
         pw, ph = W - PAD, H - PAD
@@ -78,8 +84,10 @@ def svg(panels: list[dict[str, Any]], title: str, start: float, end: float) -> s
         out.append(f'<rect x="{ax}" y="{ay}" width="{aw}" height="{ah}" fill="#ffffff" stroke="#dddddd"/>')
         series = panel["series"]
         if not series:
-            out.append(f'<text x="{ax + aw / 2}" y="{ay + ah / 2}" text-anchor="middle" fill="#999999">'
-                       "no data</text>")
+            out.append(
+                f'<text x="{ax + aw / 2}" y="{ay + ah / 2}" text-anchor="middle" fill="#999999">'
+                "no data</text>"
+            )
             continue
         vals = [v for _, pts in series for _, v in pts]
         lo, hi = min(0.0, min(vals)), max(vals)
@@ -88,28 +96,43 @@ def svg(panels: list[dict[str, Any]], title: str, start: float, end: float) -> s
         for frac in (0.0, 0.5, 1.0):
             yy = ay + ah - frac * ah
             out.append(f'<line x1="{ax}" y1="{yy:.1f}" x2="{ax + aw}" y2="{yy:.1f}" stroke="#eeeeee"/>')
-            out.append(f'<text x="{ax - 4}" y="{yy + 4:.1f}" text-anchor="end" fill="#555555">'
-                       f"{html.escape(_fmt(lo + frac * (hi - lo), panel['unit']))}</text>")
+            out.append(
+                f'<text x="{ax - 4}" y="{yy + 4:.1f}" text-anchor="end" fill="#555555">'
+                f"{html.escape(_fmt(lo + frac * (hi - lo), panel['unit']))}</text>"
+            )
         span = max(end - start, 1.0)
         for k, (legend, pts) in enumerate(series[:8]):
             color = COLORS[k % len(COLORS)]
-            coords = " ".join(f"{ax + (t - start) / span * aw:.1f},{ay + ah - (v - lo) / (hi - lo) * ah:.1f}"
-                              for t, v in pts)
-            if len(pts) == 1:
-                cx, cy = coords.split(",")
-                out.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
-            else:
-                out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+            # A gap in the data (a pod gone, a series not yet there) breaks the line, as in Grafana.
+            segments: list[list[tuple[float, float]]] = [[]]
+            for t, v in pts:
+                if segments[-1] and t - segments[-1][-1][0] > gap:
+                    segments.append([])
+                segments[-1].append((t, v))
+            for seg in segments:
+                xy = [(ax + (t - start) / span * aw, ay + ah - (v - lo) / (hi - lo) * ah) for t, v in seg]
+                coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+                if len(seg) == 1:
+                    cx, cy = coords.split(",")
+                    out.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
+                else:
+                    out.append(
+                        f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>'
+                    )
             lx, ly = x0 + 6 + (k % 2) * (pw // 2), y0 + ph - 30 + (k // 2) * 12
             if k < 4:
                 out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{color}"/>')
                 label = html.escape(legend[:34])
                 out.append(f'<text x="{lx + 14}" y="{ly - 3}" fill="#333333">{label}</text>')
         if len(series) > 4:
-            out.append(f'<text x="{x0 + pw - 6}" y="{y0 + 15}" text-anchor="end" fill="#777777">'
-                       f"{len(series)} series</text>")
+            out.append(
+                f'<text x="{x0 + pw - 6}" y="{y0 + 15}" text-anchor="end" fill="#777777">'
+                f"{len(series)} series</text>"
+            )
         minutes = (end - start) / 60
-        out.append(f'<text x="{ax + aw}" y="{ay + ah + 12}" text-anchor="end" fill="#777777">'
-                   f"last {minutes:.0f} min</text>")
+        out.append(
+            f'<text x="{ax + aw}" y="{ay + ah + 12}" text-anchor="end" fill="#777777">'
+            f"last {minutes:.0f} min</text>"
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"

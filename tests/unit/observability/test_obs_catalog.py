@@ -58,7 +58,10 @@ def test_catalog_agrees_with_the_operator() -> None:
 
     m = mod.OperatorMetrics(CollectorRegistry())
     status: dict[str, Any] = {
-        "phase": "Running", "step": 40, "checkpoints": 2, "lostSteps": 3,
+        "phase": "Running",
+        "step": 40,
+        "checkpoints": 2,
+        "lostSteps": 3,
         "restarts": {"preemption": 1, "hostOOM": 0, "cudaOOM": 0, "error": 0},
         "lastCheckpoint": {"step": 20, "time": "2025-01-01T00:00:00Z", "saveSeconds": 0.2, "bytes": 1000},
     }

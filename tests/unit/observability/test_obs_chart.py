@@ -10,16 +10,31 @@ import yaml
 from fto_observability import paths
 
 KUBE_VERSION = "1.37.2"  # helm built from source believes the cluster is v1.20 when rendering offline
-MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
-                   "monitoring.coreos.com/v1/PrometheusRule")
-ALL_ON = ("monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true",
-          "monitoring.prometheusRule.enabled=true", "monitoring.dashboards.enabled=true")
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
+ALL_ON = (
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.dashboards.enabled=true",
+)
 MINE = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def render(helm: str, *sets: str, apis: tuple[str, ...] = MONITORING_APIS) -> list[dict[str, Any]]:
-    args = [helm, "template", "fto", str(paths.CHART), "--namespace", "fto-system",
-            "--kube-version", KUBE_VERSION]
+    args = [
+        helm,
+        "template",
+        "fto",
+        str(paths.CHART),
+        "--namespace",
+        "fto-system",
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for a in apis:
         args += ["--api-versions", a]
     for s in sets:
@@ -52,8 +67,12 @@ def test_without_the_crds_only_the_dashboard_renders(helm: str) -> None:
 
 
 def test_service_monitor_scrapes_the_metrics_service(helm: str) -> None:
-    objs = render(helm, *ALL_ON, "monitoring.serviceMonitor.labels.release=kps",
-                  "monitoring.serviceMonitor.interval=15s")
+    objs = render(
+        helm,
+        *ALL_ON,
+        "monitoring.serviceMonitor.labels.release=kps",
+        "monitoring.serviceMonitor.interval=15s",
+    )
     sm = one(objs, "ServiceMonitor")
     svc = one(objs, "Service", "-metrics")
     assert sm["metadata"]["namespace"] == "fto-system"
@@ -78,15 +97,22 @@ def test_pod_monitor_labels_trainer_series_with_the_job(helm: str) -> None:
     meta = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in key)
     assert {"sourceLabels": [meta], "targetLabel": "finetunejob"} in ep["relabelings"]
 
-    objs = render(helm, *ALL_ON, "monitoring.podMonitor.namespaces={ml,research}",
-                  "monitoring.podMonitor.jobPodLabel=example.com/ftj", "monitoring.podMonitor.port=prom")
+    objs = render(
+        helm,
+        *ALL_ON,
+        "monitoring.podMonitor.namespaces={ml,research}",
+        "monitoring.podMonitor.jobPodLabel=example.com/ftj",
+        "monitoring.podMonitor.port=prom",
+    )
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ml", "research"]}
     assert pm["spec"]["selector"]["matchExpressions"][0]["key"] == "example.com/ftj"
     [ep] = pm["spec"]["podMetricsEndpoints"]
     assert ep["port"] == "prom"
-    assert {"sourceLabels": ["__meta_kubernetes_pod_label_example_com_ftj"],
-            "targetLabel": "finetunejob"} in ep["relabelings"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_example_com_ftj"],
+        "targetLabel": "finetunejob",
+    } in ep["relabelings"]
 
 
 def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar(helm: str) -> None:
@@ -96,8 +122,12 @@ def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar(helm: str) ->
     assert cm["metadata"]["namespace"] == "fto-system"
     assert json.loads(cm["data"]["finetune-operator.json"]) == json.loads(paths.DASHBOARD_JSON.read_text())
 
-    objs = render(helm, *ALL_ON, "monitoring.dashboards.namespace=monitoring",
-                  "monitoring.dashboards.annotations.grafana_folder=ML")
+    objs = render(
+        helm,
+        *ALL_ON,
+        "monitoring.dashboards.namespace=monitoring",
+        "monitoring.dashboards.annotations.grafana_folder=ML",
+    )
     cm = one(objs, "ConfigMap", "-dashboards")
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "ML"}

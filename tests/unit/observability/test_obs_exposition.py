@@ -46,10 +46,17 @@ def _feed(op: Any, tm: Any, seconds: float) -> None:
             if n % 2 == 0:
                 saved_step = step
         status = {
-            "phase": phase, "step": step, "checkpoints": min(2, n // 2), "lostSteps": lost,
+            "phase": phase,
+            "step": step,
+            "checkpoints": min(2, n // 2),
+            "lostSteps": lost,
             "restarts": {"preemption": restarts, "hostOOM": 0, "cudaOOM": 0, "error": 0},
-            "lastCheckpoint": {"step": saved_step, "time": f"t{saved_step}",
-                               "saveSeconds": rng.uniform(0.05, 0.3), "bytes": 235_000},
+            "lastCheckpoint": {
+                "step": saved_step,
+                "time": f"t{saved_step}",
+                "saveSeconds": rng.uniform(0.05, 0.3),
+                "bytes": 235_000,
+            },
         }
         op.observe_job(NS, JOB, status)
         if n - 1 in preempt_at:
@@ -82,20 +89,37 @@ def test_every_panel_has_data_and_the_restart_loop_fires(empty_prometheus: Any, 
 
     fast = alerts.build_rules({"restart_window": "5m", "restart_threshold": "1"})
     (tmp_path / "fast.rules.yml").write_text(yaml.safe_dump(fast))
-    trainer_job = {"job_name": "finetune-trainers", "honor_labels": True,
-                   "static_configs": [{"targets": [f"127.0.0.1:{tm_port}"],
-                                       "labels": {"namespace": NS, "finetunejob": JOB, "pod": f"{JOB}-1"}}]}
+    trainer_job = {
+        "job_name": "finetune-trainers",
+        "honor_labels": True,
+        "static_configs": [
+            {
+                "targets": [f"127.0.0.1:{tm_port}"],
+                "labels": {"namespace": NS, "finetunejob": JOB, "pod": f"{JOB}-1"},
+            }
+        ],
+    }
     t0 = time.time()
-    with LocalPrometheus([f"127.0.0.1:{op_port}"], [tmp_path / "fast.rules.yml"], workdir=tmp_path / "prom",
-                         extra_scrape_configs=[trainer_job]) as prom:
+    with LocalPrometheus(
+        [f"127.0.0.1:{op_port}"],
+        [tmp_path / "fast.rules.yml"],
+        workdir=tmp_path / "prom",
+        extra_scrape_configs=[trainer_job],
+    ) as prom:
         _feed(op, tm, seconds=12)
         time.sleep(2)
         values = promql.test_values(NS, JOB, window=f"{int(time.time() - t0) + 30}s")
-        empty = [f"{p.title} [{t.legend}]" for p, t in dashboard.all_targets()
-                 if not _has_value(prom.query(promql.substitute(t.expr, values)))]
+        empty = [
+            f"{p.title} [{t.legend}]"
+            for p, t in dashboard.all_targets()
+            if not _has_value(prom.query(promql.substitute(t.expr, values)))
+        ]
         assert not empty, f"panels without data: {empty}"
 
-        fired = [a for a in prom.alerts() if a["labels"]["alertname"] == "FineTuneJobRestartLoop"
-                 and a["state"] == "firing"]
+        fired = [
+            a
+            for a in prom.alerts()
+            if a["labels"]["alertname"] == "FineTuneJobRestartLoop" and a["state"] == "firing"
+        ]
         assert [(a["labels"]["namespace"], a["labels"]["finetunejob"]) for a in fired] == [(NS, JOB)]
         assert all(r["health"] == "ok" for r in prom.rules())

@@ -37,8 +37,11 @@ def test_promtool_rule_unit_tests(promtool: str) -> None:
     series (tests/unit/observability/rules_test.yml)."""
     r = _promtool(promtool, "test", "rules", str(paths.PROMTOOL_TESTS))
     assert r.returncode == 0, r.stdout + r.stderr
-    tested = {t["alertname"] for g in yaml.safe_load(paths.PROMTOOL_TESTS.read_text())["tests"]
-              for t in g.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for g in yaml.safe_load(paths.PROMTOOL_TESTS.read_text())["tests"]
+        for t in g.get("alert_rule_test", [])
+    }
     assert tested == {r.alert for r in alerts.RULES}, "every alert has a promtool unit test"
 
 
@@ -47,9 +50,13 @@ def test_promtool_fails_a_wrong_expectation(promtool: str, tmp_path: Path) -> No
     doc = yaml.safe_load(paths.PROMTOOL_TESTS.read_text())
     doc["rule_files"] = [str(paths.RULES_FILE)]
     group = doc["tests"][0]
-    group["alert_rule_test"] = [{"alertname": "FineTuneJobRestartLoop", "eval_time": "2m",
-                                 "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": "ml",
-                                                                "finetunejob": "a"}}]}]
+    group["alert_rule_test"] = [
+        {
+            "alertname": "FineTuneJobRestartLoop",
+            "eval_time": "2m",
+            "exp_alerts": [{"exp_labels": {"severity": "warning", "namespace": "ml", "finetunejob": "a"}}],
+        }
+    ]
     doc["tests"] = [group]
     f = tmp_path / "t.yml"
     f.write_text(yaml.safe_dump(doc))
@@ -60,8 +67,11 @@ def test_promtool_fails_a_wrong_expectation(promtool: str, tmp_path: Path) -> No
 def test_every_rule_is_documented_and_labelled() -> None:
     rules = [r for g in alerts.build_rules()["groups"] for r in g["rules"]]
     assert {r["alert"] for r in rules} == {
-        "FineTuneJobNoCheckpoint", "FineTuneJobRestartLoop", "FineTuneCheckpointSaveLatencyRegression",
-        "FineTuneJobFailed"}
+        "FineTuneJobNoCheckpoint",
+        "FineTuneJobRestartLoop",
+        "FineTuneCheckpointSaveLatencyRegression",
+        "FineTuneJobFailed",
+    }
     for r in rules:
         assert r["labels"]["severity"] in {"warning", "critical", "info"}
         ann = r["annotations"]
@@ -82,8 +92,13 @@ def test_rules_use_only_documented_metrics(rule: alerts.Rule) -> None:
 def test_rules_with_small_windows_are_valid(promtool: str, tmp_path: Path) -> None:
     """The overrides the integration test uses produce valid rules too."""
     f = tmp_path / "fast.rules.yml"
-    f.write_text(yaml.safe_dump(alerts.build_rules(
-        {"restart_window": "2m", "restart_threshold": "1", "no_checkpoint_window": "30s"})))
+    f.write_text(
+        yaml.safe_dump(
+            alerts.build_rules(
+                {"restart_window": "2m", "restart_threshold": "1", "no_checkpoint_window": "30s"}
+            )
+        )
+    )
     r = _promtool(promtool, "check", "rules", str(f))
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -94,9 +109,20 @@ KUBE_VERSION = "1.37.2"
 
 
 def _render_rule(helm: str, *sets: str) -> dict[str, Any] | None:
-    args = [helm, "template", "fto", str(paths.CHART), "--namespace", "fto-system",
-            "--kube-version", KUBE_VERSION, "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
-            "--show-only", "templates/prometheusrule.yaml"]
+    args = [
+        helm,
+        "template",
+        "fto",
+        str(paths.CHART),
+        "--namespace",
+        "fto-system",
+        "--kube-version",
+        KUBE_VERSION,
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ]
     for s in sets:
         args += ["--set", s]
     r = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
@@ -116,7 +142,8 @@ def test_chart_rule_equals_plain_rules_file(helm: str) -> None:
 
 def test_chart_rule_follows_values(helm: str) -> None:
     rule = _render_rule(
-        helm, "monitoring.prometheusRule.enabled=true",
+        helm,
+        "monitoring.prometheusRule.enabled=true",
         "monitoring.prometheusRule.checkpointIntervalSeconds=300",
         "monitoring.prometheusRule.noCheckpointFactor=4",
         "monitoring.prometheusRule.restartLoopWindow=30m",
@@ -125,15 +152,30 @@ def test_chart_rule_follows_values(helm: str) -> None:
     )
     assert rule is not None
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    expected = alerts.build_rules({"no_checkpoint_window": "1200s", "restart_window": "30m",
-                                   "restart_threshold": "6"})
+    expected = alerts.build_rules(
+        {"no_checkpoint_window": "1200s", "restart_window": "30m", "restart_threshold": "6"}
+    )
     assert rule["spec"] == expected
 
 
 def test_chart_rule_needs_enabled_and_the_crd(helm: str) -> None:
     assert _render_rule(helm) is None  # default values: off
     r = subprocess.run(
-        [helm, "template", "fto", str(paths.CHART), "--kube-version", KUBE_VERSION,
-         "--set", "monitoring.prometheusRule.enabled=true", "--show-only", "templates/prometheusrule.yaml"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            helm,
+            "template",
+            "fto",
+            str(paths.CHART),
+            "--kube-version",
+            KUBE_VERSION,
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode != 0 and "could not find template" in r.stderr, "rendered without the CRD's API"
