@@ -1,6 +1,6 @@
 # `hack/cluster.sh tools`: the Debian packages the local cluster and the image build need.
 # shellcheck shell=bash
-TOOLS_PACKAGES=(etcd-server containerd runc containernetworking-plugins buildah debootstrap iptables
+TOOLS_PACKAGES=(etcd-server containerd runc containernetworking-plugins buildah skopeo debootstrap iptables
   iproute2 openssl curl util-linux ca-certificates)
 cmd_tools() {
   require_root
