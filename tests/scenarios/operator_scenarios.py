@@ -223,10 +223,10 @@ def _disrupt_and_check(
     disrupt: Callable[[str], Callable[[], None] | None],
     reference: str | None,
     expect_reason: str | None = None,
-    node_wide: bool = False,
+    **spec: Any,
 ) -> dict[str, Any]:
     """Start a job, wait for a committed checkpoint, disrupt its pod, and check it resumes and finishes."""
-    apply_job(p, tiny_job(name, p.trainer_image))
+    apply_job(p, tiny_job(name, p.trainer_image, **spec))
     before = wait_checkpoint(p, name, 8)
     victim = before["podName"]
     undo = disrupt(victim)
@@ -270,15 +270,43 @@ def preempt_by_taint(p: Provider, reference: str | None, name: str = "taint") ->
     return _disrupt_and_check(p, name, disrupt, reference, "DeletionByTaintManager")
 
 
+LOW_PRIORITY_CLASS = "fto-test-training"
+
+
+def ensure_low_priority_class(p: Provider) -> None:
+    """Training on spot capacity usually runs at a low priority: the scheduler picks such pods as victims."""
+    body = {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": LOW_PRIORITY_CLASS},
+        "value": -100,
+        "preemptionPolicy": "Never",
+        "description": "finetune-operator tests: preemptible training",
+    }
+    try:
+        p.kube.scheduling.create_priority_class(body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
 def preempt_by_priority(p: Provider, reference: str | None, name: str = "preempt") -> dict[str, Any]:
     holder: list[disruptions.Preemptor] = []
+    ensure_low_priority_class(p)
 
     def disrupt(victim: str) -> Callable[[], None]:
         holder.append(disruptions.preempt(p.kube, p.namespace, victim))
         # the preemptor holds the CPU the replacement needs: let it go once the victim is gone
         return lambda: holder[0].release(wait=False)
 
-    return _disrupt_and_check(p, name, disrupt, reference, "PreemptionByScheduler")
+    return _disrupt_and_check(
+        p,
+        name,
+        disrupt,
+        reference,
+        "PreemptionByScheduler",
+        scheduling={"priorityClassName": LOW_PRIORITY_CLASS},
+    )
 
 
 def preempt_by_user_delete(p: Provider, reference: str | None, name: str = "userdelete") -> dict[str, Any]:
