@@ -4,6 +4,7 @@
 Used for the pause image, which is a single static binary: `ctr images import` reads this format,
 so no registry and no image builder are needed for it.
 """
+
 import argparse
 import hashlib
 import io
@@ -43,8 +44,11 @@ def main() -> None:
     manifest = [{"Config": config_name, "RepoTags": [a.tag], "Layers": [layer_name]}]
 
     with tarfile.open(a.out, mode="w") as out:
-        for name, data in ((layer_name, layer_bytes), (config_name, config_bytes),
-                           ("manifest.json", json.dumps(manifest).encode())):
+        for name, data in (
+            (layer_name, layer_bytes),
+            (config_name, config_bytes),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             out.addfile(info, io.BytesIO(data))

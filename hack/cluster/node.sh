@@ -443,6 +443,7 @@ kubepods_pids() {
 kill_pod_processes() {
   local pids
   pids=$(kubepods_pids | sort -u)
+  # shellcheck disable=SC2086 # one pid per word
   [[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
 }
 
@@ -515,9 +516,10 @@ cmd_down() {
   stop_proc kube-apiserver
   stop_proc etcd
   # Pod network namespaces that our containerd made (cni-*), not ones that were there before.
-  local ns
-  for ns in $(ls /run/netns 2>/dev/null); do
-    [[ $ns == cni-* ]] || continue
+  local nspath ns
+  for nspath in /run/netns/cni-*; do
+    [[ -e $nspath ]] || continue
+    ns=${nspath##*/}
     grep -qx "$ns" "$FTO_STATE/preexisting-netns" 2>/dev/null && continue
     ip netns del "$ns" 2>/dev/null || { umount -l "/run/netns/$ns" 2>/dev/null; rm -f "/run/netns/$ns"; }
   done

@@ -53,6 +53,7 @@ build_base() {
     log "debootstrap $SUITE (minbase + $BASE_PACKAGES) from the configured Debian mirror ..."
     nice -n 10 debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$root" "$mirror" \
       >"$IMAGES_CACHE/debootstrap.log" 2>&1 || { rm -rf "$root"; die "debootstrap failed: see $IMAGES_CACHE/debootstrap.log"; }
+    [[ -d $root && $root == "$IMAGES_CACHE"/rootfs.* ]] || die "bad rootfs dir '$root'"
     trim_rootfs "$root"
     tar --numeric-owner --xattrs -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
     rm -rf "$root"
@@ -71,6 +72,7 @@ build_base() {
 }
 
 # Docs, man pages, locales, apt lists and logs are 40% of a minbase rootfs and never used in a pod.
+# shellcheck disable=SC2115 # build_base checks the directory before calling this
 trim_rootfs() {
   local r=$1
   rm -rf "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/usr/share/locale/* \

@@ -7,6 +7,7 @@ digests are not listed in --have (the output of `ctr content ls -q`). containerd
 ones from its content store, so a code-only change sends a few KB instead of gigabytes.
 Also removes blobs of the layout that no manifest in its index.json references any more.
 """
+
 import argparse
 import io
 import json

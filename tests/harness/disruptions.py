@@ -61,8 +61,9 @@ def testbox_pod(
 ) -> dict[str, Any]:
     """A pod running the one-file testbox image (`sleep`, `hog MIB`, `write PATH TEXT`, `incluster`).
 
-    `hold`: a finalizer keeps the pod object after it ended and was deleted, so a test can read its last
-    status (conditions, exit code) at leisure; `release(kube, ns, name)` (or the `namespace` fixture) drops it.
+    `hold`: a finalizer keeps the pod object after it ended and was deleted, so a test can read its
+    last status (conditions, exit code) at leisure; `release(kube, ns, name)` (or the `namespace`
+    fixture) drops it.
     """
     resources: dict[str, Any] = {"requests": {}, "limits": {}}
     if cpu:
@@ -121,8 +122,11 @@ def uncordon(kube: Kube, node: str) -> None:
 
 def pods_on_node(kube: Kube, node: str, namespace: str | None = None) -> list[client.V1Pod]:
     sel = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
-    pods = (kube.core.list_namespaced_pod(namespace, field_selector=sel) if namespace
-            else kube.core.list_pod_for_all_namespaces(field_selector=sel))
+    pods = (
+        kube.core.list_namespaced_pod(namespace, field_selector=sel)
+        if namespace
+        else kube.core.list_pod_for_all_namespaces(field_selector=sel)
+    )
     return list(pods.items)
 
 
@@ -174,12 +178,16 @@ def taint_noexecute(kube: Kube, node: str, key: str = SPOT_TAINT_KEY, value: str
     """Add a NoExecute taint: pods that do not tolerate it are deleted by the taint-eviction controller."""
     taints = [t for t in (kube.node(node).spec.taints or []) if t.key != key]
     taints.append(client.V1Taint(key=key, value=value, effect="NoExecute"))
-    kube.core.patch_node(node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}})
+    kube.core.patch_node(
+        node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}}
+    )
 
 
 def untaint(kube: Kube, node: str, key: str = SPOT_TAINT_KEY) -> None:
     taints = [t for t in (kube.node(node).spec.taints or []) if t.key != key]
-    kube.core.patch_node(node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}})
+    kube.core.patch_node(
+        node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}}
+    )
 
 
 @contextlib.contextmanager
@@ -201,9 +209,12 @@ def _cpu_request_milli(pod: client.V1Pod) -> int:
 
 
 def ensure_priority_class(kube: Kube, name: str = PREEMPTOR_PRIORITY_CLASS, value: int = 1_000_000) -> None:
-    body = client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=value,
-                                  preemption_policy="PreemptLowerPriority",
-                                  description="finetune-operator tests: preempts ordinary pods")
+    body = client.V1PriorityClass(
+        metadata=client.V1ObjectMeta(name=name),
+        value=value,
+        preemption_policy="PreemptLowerPriority",
+        description="finetune-operator tests: preempts ordinary pods",
+    )
     try:
         kube.scheduling.create_priority_class(body)
     except ApiException as e:
@@ -257,23 +268,37 @@ def vanish_node(cluster: Cluster, kube: Kube, wait_unknown: bool = True, timeout
     t0 = time.monotonic()
     cluster.stop_node(kill_pods=True)
     if wait_unknown:
-        wait_for(lambda: kube.node_ready(cluster.node_name) == "Unknown", timeout,
-                 what=f"node {cluster.node_name} Ready=Unknown")
+        wait_for(
+            lambda: kube.node_ready(cluster.node_name) == "Unknown",
+            timeout,
+            what=f"node {cluster.node_name} Ready=Unknown",
+        )
     return time.monotonic() - t0
 
 
 def restore_node(cluster: Cluster, kube: Kube, timeout: float = 90) -> None:
     """Bring the kubelet back (a new VM with the same name) and wait until the node is Ready."""
     cluster.start_node()
-    wait_for(lambda: kube.node_ready(cluster.node_name) == "True", timeout,
-             what=f"node {cluster.node_name} Ready")
+    wait_for(
+        lambda: kube.node_ready(cluster.node_name) == "True", timeout, what=f"node {cluster.node_name} Ready"
+    )
     # The node controller lifts the unreachable/not-ready taints shortly after Ready.
-    wait_for(lambda: not [t for t in (kube.node(cluster.node_name).spec.taints or [])
-                          if t.key.startswith("node.kubernetes.io/")], timeout,
-             what="node taints lifted")
+    wait_for(
+        lambda: (
+            not [
+                t
+                for t in (kube.node(cluster.node_name).spec.taints or [])
+                if t.key.startswith("node.kubernetes.io/")
+            ]
+        ),
+        timeout,
+        what="node taints lifted",
+    )
 
 
 def disruption_target(pod: client.V1Pod) -> client.V1PodCondition | None:
     """The pod's DisruptionTarget condition when it is True (set before the pod is deleted)."""
-    return next((c for c in (pod.status.conditions or [])
-                 if c.type == "DisruptionTarget" and c.status == "True"), None)
+    return next(
+        (c for c in (pod.status.conditions or []) if c.type == "DisruptionTarget" and c.status == "True"),
+        None,
+    )

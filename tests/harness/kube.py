@@ -72,7 +72,11 @@ class Kube:
         return self.core.create_namespaced_pod(namespace, manifest)
 
     def wait_pod(
-        self, namespace: str, name: str, check: Callable[[client.V1Pod], bool], timeout: float = 60,
+        self,
+        namespace: str,
+        name: str,
+        check: Callable[[client.V1Pod], bool],
+        timeout: float = 60,
         what: str = "",
     ) -> client.V1Pod:
         def probe() -> client.V1Pod | None:
@@ -83,14 +87,17 @@ class Kube:
 
     def wait_running(self, namespace: str, name: str, timeout: float = 60) -> client.V1Pod:
         """Until every container of the pod is running (phase Running alone is not enough)."""
+
         def running(p: client.V1Pod) -> bool:
             statuses = p.status.container_statuses or []
             return p.status.phase == "Running" and bool(statuses) and all(s.state.running for s in statuses)
+
         return self.wait_pod(namespace, name, running, timeout, what=f"pod {namespace}/{name} running")
 
     def wait_gone(self, namespace: str, name: str, timeout: float = 60) -> None:
-        wait_for(lambda: self.pod_or_none(namespace, name) is None, timeout,
-                 what=f"pod {namespace}/{name} deleted")
+        wait_for(
+            lambda: self.pod_or_none(namespace, name) is None, timeout, what=f"pod {namespace}/{name} deleted"
+        )
 
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
         return self.core.read_namespaced_pod_log(name, namespace, container=container)
@@ -104,10 +111,15 @@ class Kube:
         return node_condition(self.node(name), "Ready") or "Unknown"
 
     # --- kubectl --------------------------------------------------------------------------------
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [kubectl_path(), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, timeout=timeout, check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
         )
 
 
@@ -119,7 +131,9 @@ def node_condition(node: client.V1Node, type_: str) -> str | None:
     return next((c.status for c in (node.status.conditions or []) if c.type == type_), None)
 
 
-def container_terminated(pod: client.V1Pod, name: str | None = None) -> client.V1ContainerStateTerminated | None:
+def container_terminated(
+    pod: client.V1Pod, name: str | None = None
+) -> client.V1ContainerStateTerminated | None:
     """The container's terminated state (current, else last), or None while it has not ended."""
     for s in pod.status.container_statuses or []:
         if name is None or s.name == name:

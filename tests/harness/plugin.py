@@ -57,11 +57,15 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test (its default ServiceAccount exists), deleted afterwards."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
-    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=name, labels={"finetune-operator.test": "true"})))
+    kube.core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"finetune-operator.test": "true"}))
+    )
     # Pods are refused until the ServiceAccount controller has made the namespace's `default` SA.
-    wait_for(lambda: kube.core.read_namespaced_service_account("default", name), 30,
-             what=f"serviceaccount {name}/default")
+    wait_for(
+        lambda: kube.core.read_namespaced_service_account("default", name),
+        30,
+        what=f"serviceaccount {name}/default",
+    )
     yield name
     # Tests hold finished pods with a finalizer (to read their final status): let them go.
     for pod in kube.core.list_namespaced_pod(name).items:
