@@ -113,6 +113,29 @@ record_host_paths() {
   # Pod network namespaces are made by containerd under /run/netns as cni-<uuid>.
   ls /run/netns 2>/dev/null >"$FTO_STATE/preexisting-netns" || true
   cat /proc/sys/net/ipv4/ip_forward >"$FTO_STATE/ip_forward.orig"
+  # The kubelet makes KUBE-* chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) in iptables and ip6tables.
+  { iptables-save; ip6tables-save; } 2>/dev/null | grep -c '^:KUBE-' >"$FTO_STATE/preexisting-kube-chains" || true
+}
+
+# Remove the kubelet's KUBE-* chains (and the jumps to them), when there were none before our first up.
+remove_kubelet_chains() {
+  [[ $(cat "$FTO_STATE/preexisting-kube-chains" 2>/dev/null) == 0 ]] || return 0
+  local ipt table rule chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for table in filter nat mangle; do
+      while IFS= read -r rule; do
+        # shellcheck disable=SC2086 # a saved rule, split into its words
+        "$ipt" -t "$table" -D ${rule#-A } 2>/dev/null || true
+      done < <("$ipt-save" -t "$table" 2>/dev/null | grep -E '^-A [^K][^ ]* .*-j KUBE-' || true)
+      for chain in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p'); do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+      done
+      for chain in $("$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p'); do
+        "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
 }
 
 # --- certificates, tokens, kubeconfigs ----------------------------------------------------------
@@ -525,6 +548,7 @@ cmd_down() {
   done
   unmount_under "$FTO_STATE" "$CTRD_ROOT" /var/lib/kubelet /run/containerd
   net_down
+  remove_kubelet_chains
   remove_kubepods_cgroups
   # `ip netns add` bind-mounts /run/netns onto itself the first time: undo that if it was us and it is empty.
   if ! grep -qx /run/netns "$FTO_STATE/preexisting-paths" 2>/dev/null && [[ -d /run/netns && -z $(ls -A /run/netns) ]]; then

@@ -234,6 +234,7 @@ def test_down_leaves_no_process_or_mount_then_up_again(cluster: Cluster, kube: K
     assert "fto-" not in links
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert "FTO-" not in rules
+    assert "KUBE-" not in rules  # the kubelet's chains (there were none before our first up)
     assert not [
         n
         for n in (Path("/run/netns").iterdir() if Path("/run/netns").exists() else [])
