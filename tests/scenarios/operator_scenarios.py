@@ -177,7 +177,8 @@ def assert_succeeded(p: Provider, name: str, steps: int) -> dict[str, Any]:
     s = wait_phase(p, name, "Succeeded", timeout=240)
     assert s["step"] == steps, summary(s)
     assert s.get("progress") == f"{steps}/{steps}", summary(s)
-    assert s.get("completionTime") and s.get("observedGeneration") == 1
+    assert s.get("completionTime"), summary(s)
+    assert s.get("observedGeneration") == get_job(p, name)["metadata"]["generation"], summary(s)
     complete = {c["type"]: c for c in s.get("conditions") or []}
     assert complete["Complete"]["status"] == "True" and complete["Failed"]["status"] == "False"
     return s
@@ -424,12 +425,12 @@ def suspend_resume(p: Provider, name: str = "suspend") -> dict[str, Any]:
     )
     s = wait_phase(p, name, "Suspended", timeout=90)
     wait_for(lambda: not pods(p, name), 60, what=f"{name} pods gone")
-    assert s["restartsTotal"] == 0
+    assert s.get("restartsTotal", 0) == 0, summary(s)
     p.kube.custom.patch_namespaced_custom_object(
         GROUP, VERSION, p.namespace, PLURAL, name, {"spec": {"suspend": False}}
     )
     s = assert_succeeded(p, name, 24)
-    assert s["restartsTotal"] == 0 and s["attempt"] == 2, summary(s)
+    assert s.get("restartsTotal", 0) == 0 and s["attempt"] == 2, summary(s)
     return s
 
 
