@@ -15,6 +15,9 @@ step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 step "Python environment (hack/bootstrap.sh)"
 hack/bootstrap.sh
 
+step "Prometheus and promtool (hack/observability/install.sh: the dashboard/alert tests use them)"
+hack/observability/install.sh
+
 step "Lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
@@ -22,9 +25,8 @@ step "Lint and types"
 
 export PATH=$repo/.venv/bin:$PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 if [[ ${FTO_CLUSTER:-auto} != off ]]; then
-  step "Local cluster prerequisites (hack/cluster.sh tools; hack/observability/install.sh)"
+  step "Local cluster prerequisites (hack/cluster.sh tools)"
   hack/cluster.sh tools
-  hack/observability/install.sh
   step "Kubernetes components (hack/cluster.sh build: cached; a cold build takes 10-20 min)"
   hack/cluster.sh build
   if ! hack/cluster.sh status 2>/dev/null | grep -q '^node .*: Ready$'; then
