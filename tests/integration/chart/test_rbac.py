@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 import yaml
 from finetune_api.trainer_config import parse_job
 from finetune_operator import builders
@@ -152,10 +153,31 @@ def owner_reference_needs() -> dict[Perm, list[str]]:
     }
 
 
-def needed() -> dict[Perm, list[str]]:
+def kopf_observer_needs(sources: Iterable[Path], clusterwide: bool) -> dict[Perm, list[str]]:
+    """kopf's observers (unless the operator sets settings.scanning.disabled): it watches CRDs always, and
+    lists/watches namespaces when it serves namespace patterns rather than the whole cluster."""
+    if any(re.search(r"scanning\.disabled\s*=\s*True", p.read_text()) for p in sources):
+        return {}
+    where = ["kopf._core.reactor.observation (scanning enabled)"]
+    out: dict[Perm, list[str]] = {
+        ("apiextensions.k8s.io", "customresourcedefinitions", verb): where for verb in ("list", "watch")
+    }
+    if not clusterwide:
+        out.update({("", "namespaces", verb): where for verb in ("list", "watch")})
+    return out
+
+
+def needed(clusterwide: bool = True) -> dict[Perm, list[str]]:
     sources = sorted(OPERATOR_SRC.glob("*.py"))
     out: dict[Perm, list[str]] = {}
-    for part in (client_calls(sources), kopf_needs(sources), role_grants(), owner_reference_needs()):
+    parts = (
+        client_calls(sources),
+        kopf_needs(sources),
+        kopf_observer_needs(sources, clusterwide),
+        role_grants(),
+        owner_reference_needs(),
+    )
+    for part in parts:
         for perm, where in part.items():
             out.setdefault(perm, []).extend(where)
     return out
@@ -169,15 +191,22 @@ def test_the_code_scan_finds_the_operator_calls() -> None:
     assert ("finetune.dev", "finetunejobs", "watch") in need
 
 
-def test_every_granted_permission_is_used(helm: str) -> None:
-    role = one(template(helm), "ClusterRole")
-    unused = granted(role) - needed().keys()
+SCOPES = {"cluster-wide": ([], True), "namespaced": (["--set", "operator.watchNamespaces={a,b}"], False)}
+
+
+@pytest.mark.parametrize("scope", list(SCOPES))
+def test_every_granted_permission_is_used(helm: str, scope: str) -> None:
+    values, clusterwide = SCOPES[scope]
+    role = one(template(helm, *values), "ClusterRole")
+    unused = granted(role) - needed(clusterwide).keys()
     assert not unused, f"ClusterRole grants permissions the operator never uses: {sorted(unused)}"
 
 
-def test_every_used_permission_is_granted(helm: str) -> None:
-    role = one(template(helm), "ClusterRole")
-    need = needed()
+@pytest.mark.parametrize("scope", list(SCOPES))
+def test_every_used_permission_is_granted(helm: str, scope: str) -> None:
+    values, clusterwide = SCOPES[scope]
+    role = one(template(helm, *values), "ClusterRole")
+    need = needed(clusterwide)
     missing = {perm: need[perm] for perm in need.keys() - granted(role)}
     assert not missing, f"the operator uses permissions the ClusterRole lacks: {missing}"
 
