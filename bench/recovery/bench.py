@@ -64,6 +64,13 @@ class Recorder:
             t.start()
 
     def _pods(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._watch_pods()
+            except ApiException:  # e.g. 504 "too large resource version": start a fresh watch
+                time.sleep(0.2)
+
+    def _watch_pods(self) -> None:
         w = watch.Watch()
         while not self.stop.is_set():
             for event in w.stream(self.kube.core.list_namespaced_pod, self.namespace, timeout_seconds=30):
@@ -82,6 +89,13 @@ class Recorder:
                     break
 
     def _job(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._watch_job()
+            except ApiException:
+                time.sleep(0.2)
+
+    def _watch_job(self) -> None:
         w = watch.Watch()
         while not self.stop.is_set():
             for event in w.stream(
