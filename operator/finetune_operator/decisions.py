@@ -802,8 +802,10 @@ class Step:
         self.requeue_seconds = seconds if self.requeue_seconds is None else min(self.requeue_seconds, seconds)
 
 
-#: While a pod runs, look at its node this often (a dead node sends no events).
-WATCH_NODE_SECONDS = 10.0
+#: While a pod runs, look again this often even without events. A dead node sends no events itself, but
+#: the node controller marks its pods not Ready (a pod event), and from then on `reconcile` asks to look
+#: again exactly when the node will count as lost; this is only a safety net.
+WATCH_NODE_SECONDS = 30.0
 
 
 def pod_name(job: str, attempt: int) -> str:
@@ -822,7 +824,16 @@ def _cleanup_pod(step: Step, pod: PodView, world: World) -> None:
     elif lost:
         step.actions.append(DeletePod(pod.name, grace_seconds=0, force=True))
     else:
-        step.requeue(WATCH_NODE_SECONDS)
+        _requeue_for_node(step, pod, world)
+
+
+def _requeue_for_node(step: Step, pod: PodView, world: World) -> None:
+    """Look again when the pod's unready node will count as lost (and at least every WATCH_NODE_SECONDS)."""
+    node = world.nodes.get(pod.node_name or "")
+    if node is not None and node.exists and node.ready != "True" and node.ready_since is not None:
+        left = world.node_lost_seconds - (world.now - node.ready_since).total_seconds()
+        step.requeue(left + 0.5)
+    step.requeue(WATCH_NODE_SECONDS)
 
 
 def _create_next(world: World, step: Step, phase: Phase, reason: str, message: str) -> None:
@@ -1027,8 +1038,4 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
     if pod.unschedulable_since is not None and timeout > 0:
         step.requeue(timeout - (now - pod.unschedulable_since).total_seconds() + 0.5)
     if pod.node_name:
-        node = world.nodes.get(pod.node_name)
-        if node is not None and node.ready != "True" and node.ready_since is not None:
-            left = world.node_lost_seconds - (now - node.ready_since).total_seconds()
-            step.requeue(left + 0.5)
-        step.requeue(WATCH_NODE_SECONDS)
+        _requeue_for_node(step, pod, world)

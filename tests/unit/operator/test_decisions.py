@@ -805,3 +805,14 @@ def test_time_helpers_roundtrip() -> None:
     assert d.parse_time(T(NOW)) == NOW
     assert d.parse_time("garbage") is None and d.parse_time(None) is None
     assert d.parse_time("2026-01-01T12:00:00") == NOW
+
+
+def test_pending_restart_waits_for_terminating_pod_on_unready_node_until_lost() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "reason": "x", "podName": "job-1"})
+    stuck = pod(running=True, deleted=True, finalizer=False)
+    nodes = {"node-a": d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=50))}
+    step = d.reconcile(world(st=st, pods=[stuck], nodes=nodes))
+    assert step.actions == [] and step.requeue_seconds == pytest.approx(10.5)
+    nodes = {"node-a": d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=61))}
+    step = d.reconcile(world(st=st, pods=[stuck], nodes=nodes))
+    assert only(step, d.DeletePod).force
