@@ -230,6 +230,14 @@ def _disrupt_and_check(
     apply_job(p, tiny_job(name, p.trainer_image, **spec))
     before = wait_checkpoint(p, name, 8)
     victim = before["podName"]
+    # the running pod carries the time of the last committed checkpoint (for schedulers choosing victims)
+    wait_for(
+        lambda: (p.kube.pod(p.namespace, victim).metadata.annotations or {}).get(
+            "finetune.dev/last-checkpoint-time"
+        ),
+        30,
+        what=f"{victim} last-checkpoint-time annotation",
+    )
     undo = disrupt(victim)
     try:
         decided = wait_status(

@@ -43,8 +43,16 @@ def test_happy_path(
     assert 'finetunejob="happy"' not in operator.metrics()
 
 
-def test_drain(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+def test_drain(provider: LocalProvider, operator: OperatorProcess, request: pytest.FixtureRequest) -> None:
     sc.preempt_by_drain(provider, _reference(request))
+    metrics = operator.metrics()
+    assert re.search(r'finetune_restarts_total\{cause="preemption",finetunejob="drain",[^}]*\} 1\.0', metrics)
+    assert re.search(
+        r'finetune_recovery_duration_seconds_count\{finetunejob="drain",[^}]*\} 1\.0', metrics
+    ), metrics
+    assert re.search(
+        r'finetune_checkpoint_save_duration_seconds_count\{finetunejob="drain",[^}]*\} [1-9]', metrics
+    )
 
 
 def test_noexecute_taint(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
