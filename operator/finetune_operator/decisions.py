@@ -823,6 +823,10 @@ def _cleanup_pod(step: Step, pod: PodView, world: World) -> None:
         step.actions.append(DeletePod(pod.name, grace_seconds=0 if force else None, force=force))
     elif lost:
         step.actions.append(DeletePod(pod.name, grace_seconds=0, force=True))
+    elif pod.ended and (pod.deletion_grace_seconds or 0) > 0:
+        # The kubelet reported the trainer stopped: finish the deletion now instead of waiting for the
+        # kubelet's own final delete (saves up to a second on every preemption).
+        step.actions.append(DeletePod(pod.name, grace_seconds=0, force=True))
     else:
         _requeue_for_node(step, pod, world)
 

@@ -607,14 +607,19 @@ def test_preempted_pod_records_decision_then_waits_for_gone_then_creates() -> No
     assert patch["restarts"]["preemption"] == 1 and patch["pending"]["notBefore"] == T(NOW)
     assert "lostSteps" not in patch  # the emergency checkpoint covered everything
 
-    # next pass: the decision is pending; release the tracked, deleting pod and wait (no new pod yet)
+    # next pass: the decision is pending; release the tracked, deleting pod and finish its deletion at once
+    # (the kubelet said the trainer stopped)
     st2 = running_status(**{k: v for k, v in patch.items() if k != "conditions"})
     step = d.reconcile(world(st=st2, pods=[ended]))
-    assert kinds(step) == ["ReleasePod"]
-    # still there, untracked, terminating: wait
-    ended_untracked = pod(exit_code=75, disruption="EvictionByEvictionAPI", deleted=True, finalizer=False)
-    step = d.reconcile(world(st=st2, pods=[ended_untracked]))
+    assert kinds(step) == ["ReleasePod", "DeletePod"] and only(step, d.DeletePod).grace_seconds == 0
+    # still there, untracked, deletion already final: wait (no new pod yet)
+    lingering = pod(exit_code=75, disruption="EvictionByEvictionAPI", deleted=True, finalizer=False)
+    lingering["metadata"]["deletionGracePeriodSeconds"] = 0
+    step = d.reconcile(world(st=st2, pods=[lingering]))
     assert step.actions == [] and step.requeue_seconds is not None
+    # a pod still saving (running, deleting) is never cut short
+    saving = pod(running=True, disruption="EvictionByEvictionAPI", deleted=True, finalizer=False)
+    assert d.reconcile(world(st=st2, pods=[saving])).actions == []
     # gone: create attempt 2 with --resume auto, clear the pending decision
     step = d.reconcile(world(st=st2, pods=[]))
     create = only(step, d.CreatePod)
