@@ -241,6 +241,8 @@ class Preemptor:
 def preempt(kube: Kube, namespace: str, victim: str) -> Preemptor:
     """Make the scheduler preempt pod `victim`: a higher-priority pod whose CPU request fits on the
     victim's node only once the victim is gone. The victim must request some CPU (real trainers do).
+    Among pods of equal priority the scheduler spares older pods first, so the victim should be the
+    newest pod on the node that requests CPU (true in a test that just started it).
     """
     pod = kube.pod(namespace, victim)
     node = pod.spec.node_name
