@@ -249,6 +249,13 @@ def preempt(kube: Kube, namespace: str, victim: str) -> Preemptor:
     victim_cpu = _cpu_request_milli(pod)
     if not node or victim_cpu <= 0:
         raise ValueError(f"{namespace}/{victim} must be scheduled and request CPU to be preempted")
+    # Pods still terminating free their CPU any moment: wait for them, or the preemptor could fit
+    # without preempting anything.
+    wait_for(
+        lambda: not [p for p in pods_on_node(kube, node) if p.metadata.deletion_timestamp],
+        120,
+        what=f"terminating pods on {node} gone",
+    )
     allocatable = int(parse_quantity(kube.node(node).status.allocatable["cpu"]) * 1000)
     used = sum(_cpu_request_milli(p) for p in pods_on_node(kube, node))
     need = allocatable - used + victim_cpu
