@@ -1,0 +1,259 @@
+"""handlers.run_once against an in-memory fake API: the action executor, 409 → adopt, finalizer release,
+idempotence under repeated passes (duplicate events, an operator restart)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from finetune_operator import handlers
+from finetune_operator.decisions import POD_FINALIZER
+from kubernetes.client.rest import ApiException
+
+NS, NAME, UID = "ns", "job", "uid-1"
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+def obj(d: dict[str, Any]) -> Any:
+    meta = d.get("metadata", {})
+    owners = [SimpleNamespace(uid=o["uid"]) for o in meta.get("ownerReferences") or []]
+    return SimpleNamespace(
+        metadata=SimpleNamespace(
+            name=meta.get("name"),
+            finalizers=list(meta.get("finalizers") or []),
+            owner_references=owners,
+            annotations=meta.get("annotations") or {},
+        )
+    )
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.job: dict[str, Any] = {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+            "spec": {
+                "model": {"name_or_path": "/m"},
+                "dataset": {"path": "/d.jsonl"},
+                "training": {"max_steps": 10, "save_steps": 2},
+                "resources": {"gpus": 0},
+            },
+        }
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.created: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.other: dict[str, dict[str, Any]] = {}
+
+    # --- CustomObjectsApi ---------------------------------------------------------------
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return copy.deepcopy(self.job)
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
+        merge(self.job.setdefault("status", {}), args[-1]["status"])
+
+    # --- CoreV1Api: pods ----------------------------------------------------------------
+    def list_namespaced_pod(self, namespace: str, **kw: Any) -> Any:
+        return SimpleNamespace(data=json.dumps({"items": list(self.pods.values())}))
+
+    def read_node(self, name: str, **kw: Any) -> Any:
+        node = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        return SimpleNamespace(data=json.dumps(node))
+
+    def create_namespaced_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if name in self.pods:
+            raise ApiException(status=409)
+        pod = copy.deepcopy(body)
+        pod["metadata"]["uid"] = f"pod-{name}"
+        pod["status"] = {"phase": "Pending"}
+        self.pods[name] = pod
+        self.created.append(name)
+
+    def read_namespaced_pod(self, name: str, namespace: str) -> Any:
+        if name not in self.pods:
+            raise ApiException(status=404)
+        return obj(self.pods[name])
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: Any) -> None:
+        pod = self.pods[name]
+        if isinstance(body, list):  # JSON patch: test + remove of our finalizer
+            index = int(body[0]["path"].rsplit("/", 1)[1])
+            assert pod["metadata"]["finalizers"][index] == body[0]["value"]
+            del pod["metadata"]["finalizers"][index]
+            self._maybe_gone(name)
+        else:
+            merge(pod, body)
+
+    def delete_namespaced_pod(
+        self, name: str, namespace: str, grace_period_seconds: int | None = None
+    ) -> None:
+        if name not in self.pods:
+            raise ApiException(status=404)
+        meta = self.pods[name]["metadata"]
+        meta.setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+        meta["deletionGracePeriodSeconds"] = 0 if grace_period_seconds == 0 else 30
+        self._maybe_gone(name)
+
+    def _maybe_gone(self, name: str) -> None:
+        meta = self.pods[name]["metadata"]
+        if (
+            meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and meta.get("deletionGracePeriodSeconds") == 0
+        ):
+            del self.pods[name]
+
+    # --- the rest ------------------------------------------------------------------------
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> Any:
+        if name not in self.other:
+            raise ApiException(status=404)
+        return obj(self.other[name])
+
+    def _create(self, namespace: str, body: dict[str, Any]) -> None:
+        key = f"{body['kind']}/{body['metadata']['name']}"
+        if key in self.other:
+            raise ApiException(status=409)
+        self.other[key] = body
+        if body["kind"] == "PersistentVolumeClaim":
+            self.other[body["metadata"]["name"]] = body
+
+    create_namespaced_persistent_volume_claim = _create
+    create_namespaced_service_account = _create
+    create_namespaced_role = _create
+    create_namespaced_role_binding = _create
+    create_namespaced_config_map = _create
+
+    def replace_namespaced_config_map(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        self.other[f"ConfigMap/{name}"] = body
+
+    def create_namespaced_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self.events.append(body)
+
+    # --- helpers for the test ---------------------------------------------------------------
+    def end_pod(self, name: str, exit_code: int, *, evicted: bool = False) -> None:
+        pod = self.pods[name]
+        pod["status"] = {
+            "phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]
+            if evicted
+            else [],
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
+            ],
+        }
+        if evicted:
+            pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            pod["metadata"]["deletionGracePeriodSeconds"] = 30
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.job.get("status") or {})
+
+    def reasons(self) -> list[str]:
+        return [e["reason"] for e in self.events]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
+    cluster = FakeCluster()
+    monkeypatch.setattr(handlers.RUNTIME, "apis", lambda: (cluster, cluster, cluster))
+    return cluster
+
+
+def test_first_attempt_creates_everything_once(fake: FakeCluster) -> None:
+    handlers.run_once(NS, NAME)
+    assert fake.created == ["job-1"]
+    assert set(fake.other) >= {
+        "PersistentVolumeClaim/job-checkpoints",
+        "ServiceAccount/job-trainer",
+        "Role/job-trainer",
+        "RoleBinding/job-trainer",
+        "ConfigMap/job-trainer-config",
+    }
+    s = fake.status
+    assert (s["attempt"], s["podName"], s["phase"], s["observedGeneration"]) == (1, "job-1", "Pending", 1)
+    assert fake.pods["job-1"]["metadata"]["finalizers"] == [POD_FINALIZER]
+    # duplicate events / an operator restart: nothing new
+    handlers.run_once(NS, NAME)
+    handlers.run_once(NS, NAME)
+    assert fake.created == ["job-1"] and fake.reasons() == ["AttemptCreated"]
+
+
+def test_preemption_cycle_counts_once_and_replaces_the_pod(fake: FakeCluster) -> None:
+    handlers.run_once(NS, NAME)
+    fake.end_pod("job-1", 75, evicted=True)
+    handlers.run_once(NS, NAME)
+    s = fake.status
+    assert s["restarts"]["preemption"] == 1 and s["attempt"] == 2 and s["podName"] == "job-2"
+    assert "pending" not in s and s["phase"] == "Restarting"
+    assert fake.created == ["job-1", "job-2"] and "job-1" not in fake.pods
+    assert fake.reasons() == ["AttemptCreated", "RestartPreemption", "AttemptCreated"]
+    args = fake.pods["job-2"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--resume") + 1] == "auto"
+    handlers.run_once(NS, NAME)
+    assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
+
+
+def test_error_backoff_is_waited_for_in_status(fake: FakeCluster) -> None:
+    handlers.run_once(NS, NAME)
+    fake.end_pod("job-1", 1)
+    requeue = handlers.run_once(NS, NAME)
+    s = fake.status
+    assert s["restarts"]["error"] == 1 and s["pending"]["cause"] == "error" and s["phase"] == "Restarting"
+    assert requeue is not None and 9 < requeue <= 10  # backoffSeconds 10
+    assert "job-1" not in fake.pods and fake.created == ["job-1"]  # the ended pod is gone, no new one yet
+
+
+def test_pod_created_before_a_crash_is_adopted(fake: FakeCluster) -> None:
+    handlers.run_once(NS, NAME)
+    # an earlier operator recorded the decision, removed job-1, created job-2 and died before recording it
+    merge(
+        fake.job.setdefault("status", {}),
+        {
+            "phase": "Restarting",
+            "restarts": {"preemption": 1},
+            "restartsTotal": 1,
+            "pending": {
+                "action": "restart",
+                "cause": "preemption",
+                "reason": "EvictionByEvictionAPI",
+                "podName": "job-1",
+            },
+        },
+    )
+    del fake.pods["job-1"]
+    fake.create_namespaced_pod(
+        NS, {"metadata": {"name": "job-2", "ownerReferences": [{"uid": UID}]}, "spec": {}}
+    )
+    handlers.run_once(NS, NAME)
+    s = fake.status
+    assert s["podName"] == "job-2" and s["attempt"] == 2 and "pending" not in s
+    assert s["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
+
+
+def test_create_conflict_with_a_foreign_pod_raises(
+    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_operator import decisions
+
+    job = handlers.read_world(NS, NAME)
+    assert job is not None
+    fake.pods["job-1"] = {"metadata": {"name": "job-1", "ownerReferences": [{"uid": "other"}]}, "spec": {}}
+    action = decisions.CreatePod(1, False, {}, "AttemptCreated", "x")
+    with pytest.raises(RuntimeError, match="belongs to someone else"):
+        handlers._create_attempt(fake, fake, job[0], UID, job[2], action)
