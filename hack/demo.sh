@@ -22,6 +22,8 @@ NS=finetune-demo
 JOB=tiny
 MANIFEST=examples/tiny-job.yaml
 TIMEOUT=${DEMO_TIMEOUT:-600}
+FTO_CACHE_DIR=${FTO_CACHE:-$HOME/.cache/finetune-operator}
+FTO_STATE_DIR=${FTO_STATE:-/var/tmp/finetune-operator/cluster}
 DRAIN_AFTER_STEP=${DEMO_DRAIN_AFTER_STEP:-100} # preempt once a checkpoint at or after this step is committed
 
 bold=$'\033[1m' dim=$'\033[2m' off=$'\033[0m'
@@ -124,8 +126,18 @@ kc get nodes -o wide | sed 's/^/    /'
 step "5/8 Trainer and operator images (hack/cluster.sh images: buildah, imported into the node; cached layers)"
 hack/cluster.sh images
 # + the tiny offline model (finetune-tiny-model) in a thin layer on top of the trainer image
-info "localhost/finetune-trainer:tiny (the trainer image + the tiny model; a few minutes when the trainer image changed) ..."
-tests/integration/operator/build_tiny_image.sh | sed 's/^/    /'
+# Rebuilt only when the trainer image changed (its buildah image ID is the cache key).
+bah() { buildah --root "$FTO_CACHE_DIR/buildah/root" --runroot "$FTO_CACHE_DIR/buildah/runroot" --storage-driver overlay "$@"; }
+trainer_id=$(bah inspect --format '{{.FromImageID}}' localhost/finetune-trainer:dev 2>/dev/null || true)
+stamp=$FTO_CACHE_DIR/images/demo-tiny.key
+if [[ -n $trainer_id && $(cat "$stamp" 2>/dev/null) == "$trainer_id" ]] &&
+  ctr --address "$FTO_STATE_DIR/containerd/containerd.sock" -n k8s.io images ls -q 2>/dev/null | grep -qx localhost/finetune-trainer:tiny; then
+  info "localhost/finetune-trainer:tiny: cached"
+else
+  info "localhost/finetune-trainer:tiny (the trainer image + the tiny model; a few minutes when the trainer image changed) ..."
+  tests/integration/operator/build_tiny_image.sh | sed 's/^/    /'
+  [[ -n $trainer_id ]] && echo "$trainer_id" >"$stamp"
+fi
 
 # ------------------------------------------------------------------------------------------- install
 step "6/8 helm install the operator (charts/finetune-operator)"
@@ -182,7 +194,8 @@ info "restarts by cause: $(jpath '{.status.restarts}')   lost steps: $(jpath '{.
 info "last checkpoint:   $(jpath '{.status.lastCheckpoint}')"
 echo
 info "what the operator decided (kubectl -n $NS get events --field-selector involvedObject.name=$JOB):"
-kc -n "$NS" get events --field-selector "involvedObject.name=$JOB" --sort-by=.lastTimestamp \
+uid=$(jpath '{.metadata.uid}')
+kc -n "$NS" get events --field-selector "involvedObject.uid=$uid" --sort-by=.lastTimestamp \
   -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | sed 's/^/      /'
 last_pod=$(jpath '{.status.podName}')
 if [[ -n $last_pod ]]; then
