@@ -44,3 +44,10 @@ fi
 
 step "Tests"
 .venv/bin/python -m pytest "$@"
+
+if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 ]]; then
+  # Alone and last: it takes the cluster down (checking that nothing is left behind) and up again.
+  step "Cluster teardown leaves no process, mount or rule behind (then up again)"
+  FTO_TEST_DOWN=1 .venv/bin/python -m pytest -q -p no:randomly \
+    tests/integration/test_cluster_harness.py -k test_down_leaves_no_process_or_mount_then_up_again
+fi
