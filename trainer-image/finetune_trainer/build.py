@@ -41,6 +41,19 @@ def _hub_error_is_permanent(error: BaseException) -> bool:
     return False
 
 
+def needs_hub(config: TrainerConfig) -> bool:
+    """Whether the job reads anything from the Hugging Face hub (a hub model id or a hub dataset name)."""
+    return not looks_like_local_path(config.model.name_or_path) or config.dataset.name is not None
+
+
+def go_offline_when_local(config: TrainerConfig) -> None:
+    """A job with only local inputs never touches the network (no hub look-ups, no timeouts on air-gapped
+    nodes); a job that names a hub model or dataset keeps whatever the environment says."""
+    if not needs_hub(config):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
 def check_static(config: TrainerConfig) -> None:
     """Checks that need no heavy imports (run before torch is imported, so bad configs fail in a second)."""
     name = config.model.name_or_path

@@ -31,7 +31,7 @@ from finetune_api.contract import (
 from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer.build import ConfigError, check_static
+from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
 from finetune_trainer.preemption import FINISHING, Preemption
 
@@ -213,6 +213,7 @@ class Run:
             config = apply_overrides(load_trainer_config(self.args.config), self.args)
             self.config = config
             check_static(config)
+            go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.newest_commit = ckpt.find_resume_checkpoint(self.output_dir).checkpoint
             if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
