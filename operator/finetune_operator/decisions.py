@@ -301,7 +301,7 @@ def classify_end(
         )
     term = pod.terminated
     if term is not None:
-        return _classify_terminated(pod, term, grace_seconds)
+        return _classify_terminated(pod, term, grace_seconds, node)
     if pod.phase == "Succeeded":
         return Outcome("Completed", "Completed", "the trainer pod succeeded", exit_code=0, finished_at=now)
     if pod.phase == "Failed":  # ended without a container status (rejected at admission, evicted early)
@@ -352,7 +352,17 @@ def classify_end(
     return None
 
 
-def _classify_terminated(pod: PodView, term: Terminated, grace_seconds: int | None) -> Outcome:
+def node_restarted_since(node: NodeView | None, finished_at: datetime | None) -> bool:
+    """The node went down and came back after the container ended (its Ready condition changed later):
+    the container was killed with its node (spot VM restarted, kubelet crash), not by its own memory use."""
+    if node is None or not node.exists or finished_at is None or node.ready_since is None:
+        return False
+    return node.ready_since >= finished_at - timedelta(seconds=2)
+
+
+def _classify_terminated(
+    pod: PodView, term: Terminated, grace_seconds: int | None, node: NodeView | None = None
+) -> Outcome:
     msg = term.termination
     code = term.exit_code
     info: dict[str, Any] = {
@@ -398,6 +408,16 @@ def _classify_terminated(pod: PodView, term: Terminated, grace_seconds: int | No
         else:
             text = f"preempted ({who}); the trainer exited {code}"
         return Outcome("Preempted", reason, text, **info)
+    if term.reason == "ContainerStatusUnknown" or (
+        code == EXIT_KILLED and node_restarted_since(node, term.finished_at)
+    ):
+        return Outcome(
+            "Preempted",
+            "NodeRestarted",
+            f"the trainer was killed with its node {pod.node_name or ''} (the node went down and came back): "
+            "resuming from the last committed checkpoint",
+            **info,
+        )
     if code == EXIT_PREEMPTED:
         return Outcome(
             "Preempted",

@@ -162,6 +162,26 @@ def test_exit_137_without_disruption_is_host_oom() -> None:
     assert out is not None and (out.end, out.reason) == ("HostOOM", "Killed")
 
 
+def test_exit_137_when_the_node_restarted_is_preemption() -> None:
+    """A spot VM or kubelet restart kills every container (SIGKILL, no DisruptionTarget): not an OOM."""
+    came_back = d.NodeView("node-a", ready="True", ready_since=datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC))
+    out = classify(
+        pod(exit_code=137, reason="Error"), came_back
+    )  # finished 11:59:59, Ready again at 12:00:10
+    assert out is not None and (out.end, out.reason) == ("Preempted", "NodeRestarted")
+    steady = d.NodeView("node-a", ready="True", ready_since=datetime(2026, 1, 1, 8, 0, 0, tzinfo=UTC))
+    out = classify(pod(exit_code=137, reason="Error"), steady)
+    assert out is not None and out.end == "HostOOM"
+    # the kernel's verdict wins even then
+    out = classify(pod(exit_code=137, reason="OOMKilled"), came_back)
+    assert out is not None and out.end == "HostOOM"
+
+
+def test_container_status_unknown_is_preemption() -> None:
+    out = classify(pod(exit_code=137, reason="ContainerStatusUnknown"), READY)
+    assert out is not None and (out.end, out.reason) == ("Preempted", "NodeRestarted")
+
+
 def test_exit_137_with_disruption_is_preemption_past_grace() -> None:
     out = classify(
         pod(exit_code=137, reason="Error", disruption="EvictionByEvictionAPI"), READY, grace_seconds=120
