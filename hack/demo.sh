@@ -195,7 +195,7 @@ info "last checkpoint:   $(jpath '{.status.lastCheckpoint}')"
 echo
 info "what the operator decided (kubectl -n $NS get events --field-selector involvedObject.name=$JOB):"
 uid=$(jpath '{.metadata.uid}')
-kc -n "$NS" get events --field-selector "involvedObject.uid=$uid" --sort-by=.lastTimestamp \
+kc -n "$NS" get events --field-selector "involvedObject.uid=$uid" --sort-by=.metadata.resourceVersion \
   -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers 2>/dev/null | sed 's/^/      /'
 last_pod=$(jpath '{.status.podName}')
 if [[ -n $last_pod ]]; then
