@@ -36,14 +36,24 @@ build_k8s() {
 }
 
 build_helm() {
-  [[ -x $BIN_DIR/helm ]] && { log "helm $HELM_VERSION: cached"; return; }
+  # The stamp records how the binary was built: a cached helm from an older recipe is rebuilt once.
+  local stamp="$HELM_VERSION capabilities-from-client-go"
+  [[ -x $BIN_DIR/helm && $(cat "$BIN_DIR/helm.stamp" 2>/dev/null) == "$stamp" ]] &&
+    { log "helm $HELM_VERSION: cached"; return; }
   local tmp; tmp=$(mktemp -d)
-  # A throwaway module so the helm build does not touch the Kubernetes wrapper's go.mod.
+  # A throwaway module so the helm build does not touch the Kubernetes wrapper's go.mod. Like helm's own
+  # Makefile, tell it which Kubernetes it was built against (from its client-go): otherwise `helm template`
+  # and `helm lint` assume v1.20 and refuse charts that declare a newer kubeVersion.
   (cd "$tmp" && go mod init helm-build >/dev/null 2>&1 && go get "helm.sh/helm/v3@$HELM_VERSION" >/dev/null 2>&1 &&
-    CGO_ENABLED=0 go_build_progress "helm $HELM_VERSION" "$BIN_DIR/helm" \
-      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm) \
+    minor=$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) &&
+    flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" &&
+    for pkg in chartutil lint/rules; do
+      flags+=" -X helm.sh/helm/v3/pkg/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$pkg.k8sVersionMinor=$minor"
+    done &&
+    CGO_ENABLED=0 go_build_progress "helm $HELM_VERSION" "$BIN_DIR/helm" -ldflags "$flags" helm.sh/helm/v3/cmd/helm) \
     || { rm -rf "$tmp"; die "building helm failed"; }
   rm -rf "$tmp"
+  echo "$stamp" > "$BIN_DIR/helm.stamp"
 }
 
 # Two one-file images, imported into containerd by every `up` (a few MB; no registry here):
