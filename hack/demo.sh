@@ -123,21 +123,9 @@ command -v helm >/dev/null || die "helm missing after hack/cluster.sh build"
 info "KUBECONFIG=$KUBECONFIG"
 kc get nodes -o wide | sed 's/^/    /'
 
-step "5/8 Trainer and operator images (hack/cluster.sh images: buildah, imported into the node; cached layers)"
+step "5/8 Trainer, tiny-model and operator images (hack/cluster.sh images: buildah, imported into the node; cached layers)"
 hack/cluster.sh images
-# + the tiny offline model (finetune-tiny-model) in a thin layer on top of the trainer image
-# Rebuilt only when the trainer image changed (its buildah image ID is the cache key).
-bah() { buildah --root "$FTO_CACHE_DIR/buildah/root" --runroot "$FTO_CACHE_DIR/buildah/runroot" --storage-driver overlay "$@"; }
-trainer_id=$(bah inspect --format '{{.FromImageID}}' localhost/finetune-trainer:dev 2>/dev/null || true)
-stamp=$FTO_CACHE_DIR/images/demo-tiny.key
-if [[ -n $trainer_id && $(cat "$stamp" 2>/dev/null) == "$trainer_id" ]] &&
-  ctr --address "$FTO_STATE_DIR/containerd/containerd.sock" -n k8s.io images ls -q 2>/dev/null | grep -qx localhost/finetune-trainer:tiny; then
-  info "localhost/finetune-trainer:tiny: cached"
-else
-  info "localhost/finetune-trainer:tiny (the trainer image + the tiny model; a few minutes when the trainer image changed) ..."
-  tests/integration/operator/build_tiny_image.sh | sed 's/^/    /'
-  [[ -n $trainer_id ]] && echo "$trainer_id" >"$stamp"
-fi
+# (this also builds localhost/finetune-trainer:tiny: the trainer + the tiny offline model, a thin layer)
 
 # ------------------------------------------------------------------------------------------- install
 step "6/8 helm install the operator (charts/finetune-operator)"

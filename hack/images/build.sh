@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the project's container images without Docker or a registry, and load them into the local
-# node's containerd. Usage: hack/images/build.sh [base|trainer|operator|all] [--no-import]
+# node's containerd. Usage: hack/images/build.sh [base|trainer|tiny|operator|all] [--no-import]
 #                           hack/images/build.sh import IMAGE...   (built by buildah with our --root)
 #
 #   base      Debian bookworm minbase + python3, python3-venv, ca-certificates (debootstrap), cached as a
 #             tar keyed by its inputs, imported into buildah as localhost/debian:bookworm
 #   trainer   trainer-image/Dockerfile  -> localhost/finetune-trainer:dev
+#   tiny      trainer-image/Dockerfile.tiny (trainer + tiny offline model) -> localhost/finetune-trainer:tiny
 #   operator  operator/Dockerfile       -> localhost/finetune-operator:dev
 #
 # Each Dockerfile is built by Debian's buildah (`bud --layers`), so an unchanged layer is reused; the
@@ -136,6 +137,7 @@ build_dockerfile() {
   log "built $image in $((SECONDS - start)) s"
 }
 
+EXTRA_BUILD_ARGS=()
 bud_once() {
   local name=$1 dockerfile=$2 image=$3 offline=$4 tmp rc=0
   tmp=$(mktemp -d)
@@ -143,7 +145,7 @@ bud_once() {
   nice -n 10 buildah --root "$BUILDAH_ROOT" --runroot "$BUILDAH_RUNROOT" --storage-driver overlay \
     bud --isolation chroot --network host --layers --pull=false \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg PIP_CONFIG_FILE=/mnt/pip/pip.conf \
-    "${PIP_MOUNTS[@]}" -f "$REPO_ROOT/$dockerfile" -t "$image" "${FTO_BUILD_CONTEXT:-$REPO_ROOT}" \
+    "${PIP_MOUNTS[@]}" "${EXTRA_BUILD_ARGS[@]}" -f "$REPO_ROOT/$dockerfile" -t "$image" "${FTO_BUILD_CONTEXT:-$REPO_ROOT}" \
     >"$IMAGES_CACHE/$name-build.log" 2>&1 || rc=$?
   rm -rf "$tmp"
   return "$rc"
@@ -198,6 +200,14 @@ main() {
   if [[ $what == trainer || $what == all ]]; then
     build_dockerfile trainer trainer-image/Dockerfile "localhost/finetune-trainer:$TAG"
     ((import)) && import_image "localhost/finetune-trainer:$TAG"
+  fi
+  if [[ $what == tiny || $what == all ]]; then
+    # The demo/test image: the trainer + the tiny offline model, one small layer (cached) on top. Built
+    # whenever the trainer is, so tests never run an old trainer under a new tag.
+    EXTRA_BUILD_ARGS=(--build-arg "TRAINER_IMAGE=localhost/finetune-trainer:$TAG")
+    build_dockerfile tiny trainer-image/Dockerfile.tiny "localhost/finetune-trainer:tiny"
+    EXTRA_BUILD_ARGS=()
+    ((import)) && import_image "localhost/finetune-trainer:tiny"
   fi
   if [[ $what == operator || $what == all ]]; then
     build_dockerfile operator operator/Dockerfile "localhost/finetune-operator:$TAG"

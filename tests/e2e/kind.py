@@ -19,7 +19,7 @@ CLUSTER_NAME = os.environ.get("FTO_KIND_CLUSTER", "finetune-e2e")
 OPERATOR_IMAGE = os.environ.get("FTO_KIND_OPERATOR_IMAGE", "localhost/finetune-operator:dev")
 TRAINER_IMAGE = os.environ.get("FTO_KIND_TRAINER_IMAGE", "localhost/finetune-trainer:dev")
 TINY_IMAGE = os.environ.get("FTO_KIND_TINY_IMAGE", "localhost/finetune-trainer:tiny")
-TINY_CONTAINERFILE = REPO_ROOT / "tests" / "integration" / "operator" / "Containerfile.tiny"
+TINY_CONTAINERFILE = REPO_ROOT / "trainer-image" / "Dockerfile.tiny"
 
 
 def why_not_available() -> str | None:

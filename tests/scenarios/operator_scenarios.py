@@ -23,7 +23,7 @@ from tests.harness import disruptions
 from tests.harness.kube import Kube, wait_for
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
-TINY_DIR = "/opt/finetune-tiny"  # where tests/integration/operator/Containerfile.tiny puts the tiny model
+TINY_DIR = "/opt/finetune-tiny"  # where trainer-image/Dockerfile.tiny puts the tiny model
 
 
 class Unsupported(Exception):
