@@ -409,7 +409,7 @@ class PendingDecision(StatusModel):
     reason: str
     message: str | None = None
     pod_name: str = Field(description="The attempt's pod that ended.")
-    not_before: str | None = Field(None, description="RFC 3339: do not create the next pod earlier (backoff).")
+    not_before: str | None = Field(None, description="RFC 3339: create the next pod no earlier (backoff).")
 
 
 class FineTuneJobStatus(StatusModel):

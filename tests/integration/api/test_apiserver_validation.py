@@ -22,10 +22,16 @@ pytestmark = pytest.mark.cluster
 def crd(kube: Kube) -> None:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     wait_for(
-        lambda: "True" in kube.kubectl(
-            "get", "crd", "finetunejobs.finetune.dev", "-o",
-            "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-        ).stdout,
+        lambda: (
+            "True"
+            in kube.kubectl(
+                "get",
+                "crd",
+                "finetunejobs.finetune.dev",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            ).stdout
+        ),
         60,
         what="CRD established",
     )

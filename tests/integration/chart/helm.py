@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.harness.kube import helm_path
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CHART = REPO_ROOT / "charts" / "finetune-operator"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
-# helm built from source without Helm's release ldflags believes the cluster is v1.20 when it renders
-# offline (`helm template`); tell it the version the local cluster runs.
+# Render offline (`helm template`) for the Kubernetes version the local cluster runs, whatever helm is used.
 KUBE_VERSION = "1.37.2"
 
 
-def find_helm() -> str | None:
-    """helm from $FTO_HELM, the cluster build cache (hack/cluster.sh build) or $PATH."""
-    if os.environ.get("FTO_HELM"):
-        return os.environ["FTO_HELM"]
-    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
-    for candidate in sorted(cache.glob("k8s/*/bin/helm"), reverse=True):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("helm")
+find_helm = helm_path
 
 
 def run(
