@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.harness import disruptions  # noqa: E402
-from tests.harness.cluster import TESTBOX_IMAGE, Cluster  # noqa: E402
+from tests.harness.cluster import Cluster  # noqa: E402
 from tests.harness.kube import Kube, wait_for  # noqa: E402
 from tests.scenarios import operator_scenarios as sc  # noqa: E402
 
@@ -268,7 +268,10 @@ def bench_operator(kube: Kube, cluster: Cluster, n: int, image: str) -> dict[str
     return result | {"interfered": interfered, "samples": samples}
 
 
-def bench_job(kube: Kube, n: int) -> dict[str, Any]:
+STOP_75 = "import signal, time; signal.signal(signal.SIGTERM, lambda *_: exit(75)); time.sleep(1e9)"
+
+
+def bench_job(kube: Kube, n: int, image: str) -> dict[str, Any]:
     namespace = make_namespace(kube, "bench-job")
     rec = Recorder(kube, namespace, None)
     samples: list[dict[str, float]] = []
@@ -288,9 +291,10 @@ def bench_job(kube: Kube, n: int) -> dict[str, Any]:
                     "containers": [
                         {
                             "name": "main",
-                            "image": TESTBOX_IMAGE,
+                            "image": image,
                             "imagePullPolicy": "Never",
-                            "args": ["sleep"],
+                            # like a trainer: exits 75 on SIGTERM (a Job counts 0 as success and stops)
+                            "command": ["python3", "-c", STOP_75],
                             "resources": {"requests": {"cpu": "50m"}},
                         }
                     ],
@@ -342,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cluster = Cluster()
     kube = Kube(cluster.kubeconfig)
-    result: dict[str, Any] = {"operator": bench_operator(kube, cluster, args.disruptions, args.image)}
+    result: dict[str, Any] = {}
+    if args.disruptions:
+        result["operator"] = bench_operator(kube, cluster, args.disruptions, args.image)
     if not args.skip_job and args.job_disruptions:
-        result["job"] = bench_job(kube, args.job_disruptions)
+        result["job"] = bench_job(kube, args.job_disruptions, args.image)
     summary = {k: {m: v for m, v in r.items() if m != "samples"} for k, r in result.items()}
     print(json.dumps(summary, indent=1))
     if args.out:
