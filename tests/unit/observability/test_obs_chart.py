@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
-import yaml
 from fto_observability import paths
 
-KUBE_VERSION = "1.37.2"  # helm built from source believes the cluster is v1.20 when rendering offline
+from tests.integration.chart.helm import template
+
 MONITORING_APIS = (
     "monitoring.coreos.com/v1/ServiceMonitor",
     "monitoring.coreos.com/v1/PodMonitor",
@@ -25,23 +24,8 @@ MINE = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def render(helm: str, *sets: str, apis: tuple[str, ...] = MONITORING_APIS) -> list[dict[str, Any]]:
-    args = [
-        helm,
-        "template",
-        "fto",
-        str(paths.CHART),
-        "--namespace",
-        "fto-system",
-        "--kube-version",
-        KUBE_VERSION,
-    ]
-    for a in apis:
-        args += ["--api-versions", a]
-    for s in sets:
-        args += ["--set", s]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 0, r.stderr
-    return [d for d in yaml.safe_load_all(r.stdout) if d]
+    flags = [f for a in apis for f in ("--api-versions", a)] + [f for s in sets for f in ("--set", s)]
+    return template(helm, *flags)
 
 
 def kinds(objs: list[dict[str, Any]]) -> set[str]:

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from fto_observability import alerts, catalog, paths, promql
 
+from tests.integration.chart.helm import CHART, KUBE_VERSION, run, template
+
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False)
@@ -104,32 +106,16 @@ def test_rules_with_small_windows_are_valid(promtool: str, tmp_path: Path) -> No
 
 
 # --- the chart's PrometheusRule ---------------------------------------------------------------------------
-# helm built from source without release ldflags believes the cluster is v1.20 when it renders offline.
-KUBE_VERSION = "1.37.2"
-
-
 def _render_rule(helm: str, *sets: str) -> dict[str, Any] | None:
-    args = [
-        helm,
-        "template",
-        "fto",
-        str(paths.CHART),
-        "--namespace",
-        "fto-system",
-        "--kube-version",
-        KUBE_VERSION,
-        "--api-versions",
-        "monitoring.coreos.com/v1/PrometheusRule",
-        "--show-only",
-        "templates/prometheusrule.yaml",
-    ]
-    for s in sets:
-        args += ["--set", s]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    if "could not find template" in r.stderr:  # rendered nothing
-        return None
-    assert r.returncode == 0, r.stderr
-    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    """The chart's PrometheusRule, or None when the values render none."""
+    flags = ["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+    flags += ["--show-only", "templates/prometheusrule.yaml"] + [f for s in sets for f in ("--set", s)]
+    try:
+        docs = template(helm, *flags)
+    except AssertionError as error:
+        if "could not find template" in str(error):  # --show-only: the template rendered nothing
+            return None
+        raise
     return docs[0] if docs else None
 
 
@@ -160,22 +146,17 @@ def test_chart_rule_follows_values(helm: str) -> None:
 
 def test_chart_rule_needs_enabled_and_the_crd(helm: str) -> None:
     assert _render_rule(helm) is None  # default values: off
-    r = subprocess.run(
-        [
-            helm,
-            "template",
-            "fto",
-            str(paths.CHART),
-            "--kube-version",
-            KUBE_VERSION,
-            "--set",
-            "monitoring.prometheusRule.enabled=true",
-            "--show-only",
-            "templates/prometheusrule.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = run(
+        helm,
+        "template",
+        "fto",
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
         check=False,
     )
     assert r.returncode != 0 and "could not find template" in r.stderr, "rendered without the CRD's API"
