@@ -47,6 +47,13 @@ def template(
     return [doc for doc in yaml.safe_load_all(r.stdout) if doc]
 
 
+def render_error(helm: str, *args: str) -> str:
+    """`helm template` the chart expecting a refusal; returns helm's stderr (fails if it rendered)."""
+    r = run(helm, "template", "fto", str(CHART), "--kube-version", KUBE_VERSION, *args, check=False)
+    assert r.returncode != 0, f"helm template {' '.join(args)} rendered:\n{r.stdout[:2000]}"
+    return r.stderr
+
+
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o.get("kind") == kind]
 
