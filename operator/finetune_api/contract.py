@@ -14,6 +14,9 @@ EXIT_SUCCEEDED = 0
 EXIT_PREEMPTED = 75  # stopped on SIGTERM after committing a checkpoint: resumable
 EXIT_CUDA_OOM = 76  # CUDA out of memory: the operator halves the micro-batch and doubles accumulation
 EXIT_CONFIG_ERROR = 78  # the config cannot work (bad model path, missing dataset field): retrying won't help
+# Reserved for the trainer-integrity work (issue 10); sysexits' EX_DATAERR and EX_IOERR.
+EXIT_NO_INTACT_CHECKPOINT = 65  # checkpoints exist but none is intact; nothing was deleted (see the message)
+EXIT_VOLUME_FULL = 74  # a checkpoint could not be written: the checkpoint volume is full
 EXIT_KILLED = 137  # SIGKILL: the kernel's OOM killer, or the grace period ran out
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -24,7 +27,9 @@ OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/
 FINAL_DIR = "final"  # the finished adapter, written only at the end
 COMMIT_MARKER = "COMMITTED.json"  # inside checkpoint-N/, written last, atomically
 
-TerminationReason = Literal["Completed", "Preempted", "CudaOOM", "ConfigError", "Error"]
+TerminationReason = Literal[
+    "Completed", "Preempted", "CudaOOM", "ConfigError", "NoIntactCheckpoint", "VolumeFull", "Error"
+]
 
 
 class TerminationMessage(BaseModel):
