@@ -26,6 +26,7 @@ CHECKPOINT_MOUNT = "/checkpoints"
 OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/
 FINAL_DIR = "final"  # the finished adapter, written only at the end
 COMMIT_MARKER = "COMMITTED.json"  # inside checkpoint-N/, written last, atomically
+DAMAGED_DIR = "damaged"  # damaged committed checkpoints are moved here, never deleted: damaged/checkpoint-40
 
 TerminationReason = Literal[
     "Completed", "Preempted", "CudaOOM", "ConfigError", "NoIntactCheckpoint", "VolumeFull", "Error"

@@ -232,6 +232,12 @@ class CheckpointSpec(KubeModel):
         le=86400,
         description="Time the trainer gets after SIGTERM to write its emergency checkpoint.",
     )
+    on_no_intact_checkpoint: Literal["fail", "restart"] = Field(
+        "fail",
+        description="When committed checkpoints exist but none is intact (checksum mismatch, unreadable): "
+        "fail (exit 65, nothing deleted, each checkpoint and its problem in the message) or restart "
+        "(move the damaged ones to damaged/ on the volume and train from scratch).",
+    )
 
 
 class GpuResources(KubeModel):

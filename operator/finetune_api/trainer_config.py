@@ -56,6 +56,9 @@ class TrainerConfig(BaseModel):
         115.0, gt=0, description="After SIGTERM, the emergency checkpoint must be committed within this."
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve trainer metrics here (0 = off).")
+    on_no_intact_checkpoint: Literal["fail", "restart"] = Field(
+        "fail", description="spec.checkpoint.onNoIntactCheckpoint: exit 65, or set damaged aside and restart."
+    )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -118,6 +121,7 @@ def trainer_config_from_job(
         training=training,
         save_deadline_seconds=max(1.0, grace - EXIT_MARGIN_SECONDS),
         metrics_port=metrics_port,
+        on_no_intact_checkpoint=spec.checkpoint.on_no_intact_checkpoint,
     )
 
 

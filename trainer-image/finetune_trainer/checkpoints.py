@@ -1,9 +1,11 @@
 """The checkpoint commit protocol (design.md §3), without torch: verify, fsync, mark, retain, pick for resume.
 
-A `checkpoint-N/` directory written by the Hugging Face Trainer counts only once `COMMITTED.json` exists in it
-and every file it records still has the recorded size. The marker is written last and atomically (tmp file,
-fsync, rename, fsync of the directory), after every file needed for exact resume has been checked and fsynced.
-Retention runs after a commit and never deletes the newest committed checkpoint (nor the best one).
+A `checkpoint-N/` directory written by the Hugging Face Trainer counts only once `COMMITTED.json` exists in
+it and every file it records still has the recorded size and (marker version 2) the recorded CRC-32. The
+marker is written last and atomically (tmp file, fsync, rename, fsync of the directory), after every file
+needed for exact resume has been checked and fsynced. Retention runs after a commit and never deletes the
+newest committed checkpoint (nor the best one). A committed checkpoint found damaged is never deleted: it is
+set aside (moved to DIR/damaged/, where nothing lists it as a checkpoint again).
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ import shutil
 import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finetune_api.contract import COMMIT_MARKER, FINAL_DIR
+from finetune_api.contract import COMMIT_MARKER, DAMAGED_DIR, FINAL_DIR
 
-MARKER_VERSION = 1
+# Version 1 recorded sizes only; version 2 adds a CRC-32 of every file (`checksums`). Both are read.
+MARKER_VERSION = 2
+READABLE_MARKER_VERSIONS = (1, 2)
+# zlib.crc32: the fastest whole-file check in the standard library (0.46 s/GiB here against 0.78 for
+# sha256 and 1.84 for blake2b, see docs/trainer.md). It guards against damage, not tampering: it catches
+# every zero-filled range, every single flipped bit and every burst of up to 32 bits, and anything else
+# with probability 1 - 2^-32.
+CHECKSUM_ALGORITHM = "crc32"
+_CHUNK = 4 << 20
+SET_ASIDE_NOTE = "SET_ASIDE.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -38,6 +50,14 @@ BASE_REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, OPTIMIZER, SCHEDULER, TRAINER_
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be committed or resumed from; the message says which file and why."""
+
+
+class NotCommitted(CheckpointError):
+    """No commit marker: a save that never finished (normal after a kill mid-save), not damage."""
+
+
+class RestoreFailed(CheckpointError):
+    """A committed checkpoint whose files match its marker but cannot be restored (deserialised or loaded)."""
 
 
 def rng_files(world_size: int) -> list[str]:
@@ -88,6 +108,15 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def file_crc32(path: str | Path) -> str:
+    """CRC-32 of a file's bytes as 8 hex digits (read in 4 MiB chunks: constant memory)."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
 
 
 # ----------------------------------------------------------------------------------------- file checks
@@ -145,6 +174,8 @@ class CommitRecord:
     committed_at: str
     files: dict[str, int]
     save_seconds: float | None = None
+    version: int = MARKER_VERSION
+    checksums: dict[str, str] = field(default_factory=dict)  # name -> CRC-32 (8 hex digits); empty in v1
 
     @property
     def bytes(self) -> int:
@@ -162,7 +193,8 @@ def commit_checkpoint(
     extra_required: Iterable[str] = (),
     fsync: bool = True,
 ) -> CommitRecord:
-    """Verify every file needed for exact resume, fsync them and the directory, then write the marker.
+    """Verify every file needed for exact resume, checksum and fsync them and the directory, then write the
+    marker.
 
     `started_at` (time.monotonic() when the save began) gives the save duration recorded in the marker and
     in the returned record (the latter includes writing the marker).
@@ -178,9 +210,11 @@ def commit_checkpoint(
         check_file(ckpt / name)
     check_trainer_state(ckpt / TRAINER_STATE, step)
     files: dict[str, int] = {}
+    checksums: dict[str, str] = {}
     for entry in sorted(ckpt.iterdir()):
         if entry.name == COMMIT_MARKER or entry.name.startswith(".") or not entry.is_file():
             continue
+        checksums[entry.name] = file_crc32(entry)  # just written: read back from the page cache
         if fsync:
             fsync_file(entry)
         files[entry.name] = entry.stat().st_size
@@ -188,7 +222,7 @@ def commit_checkpoint(
         fsync_dir(ckpt)
         fsync_dir(ckpt.parent)  # the checkpoint-N entry itself
     save_seconds = None if started_at is None else time.monotonic() - started_at
-    record = CommitRecord(ckpt, step, now_rfc3339(), files, save_seconds)
+    record = CommitRecord(ckpt, step, now_rfc3339(), files, save_seconds, MARKER_VERSION, checksums)
     data: dict[str, Any] = {
         "version": MARKER_VERSION,
         "step": step,
@@ -196,6 +230,8 @@ def commit_checkpoint(
         "world_size": world_size,
         "required": required_files(world_size, extra_required),
         "files": files,
+        "checksum": CHECKSUM_ALGORITHM,
+        "checksums": checksums,
         "bytes": record.bytes,
     }
     if save_seconds is not None:
@@ -206,20 +242,39 @@ def commit_checkpoint(
     return record
 
 
-def read_commit(ckpt_dir: str | Path) -> CommitRecord:
-    """The commit record of a checkpoint whose files still match its marker; CheckpointError otherwise."""
+def read_commit(ckpt_dir: str | Path, verify_checksums: bool = False) -> CommitRecord:
+    """The commit record of a checkpoint whose files still match its marker; CheckpointError otherwise
+    (NotCommitted when there is no marker at all).
+
+    Sizes are always checked (cheap); `verify_checksums` also reads every file and compares its CRC-32 with
+    the marker (version 2; a version-1 marker has sizes only). Resume verifies, retention does not.
+    """
     ckpt = Path(ckpt_dir)
     step = checkpoint_step(ckpt)
     marker = ckpt / COMMIT_MARKER
     if not marker.is_file():
-        raise CheckpointError("not committed (no commit marker)")
+        raise NotCommitted("not committed (no commit marker)")
     try:
         data = json.loads(marker.read_text())
+        version = int(data.get("version", 1))
         files = {str(k): int(v) for k, v in data["files"].items()}
         required = [str(x) for x in data["required"]]
         marker_step = int(data["step"])
+        checksums = {str(k): str(v) for k, v in (data.get("checksums") or {}).items()}
+        algorithm = data.get("checksum")
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"commit marker unreadable ({error})") from None
+    if version not in READABLE_MARKER_VERSIONS:
+        raise CheckpointError(
+            f"commit marker version {version} is not one this trainer reads "
+            f"({', '.join(map(str, READABLE_MARKER_VERSIONS))})"
+        )
+    if version >= 2:
+        if algorithm != CHECKSUM_ALGORITHM:
+            raise CheckpointError(f"commit marker names checksum {algorithm!r}, not {CHECKSUM_ALGORITHM}")
+        unrecorded = sorted(set(files) - set(checksums))
+        if unrecorded:
+            raise CheckpointError(f"{unrecorded[0]}: no checksum in the version-{version} commit marker")
     if marker_step != step:
         raise CheckpointError(f"commit marker is for step {marker_step}")
     for name in required:
@@ -232,7 +287,22 @@ def read_commit(ckpt_dir: str | Path) -> CommitRecord:
         actual = path.stat().st_size
         if actual != size:
             raise CheckpointError(f"{name}: size {actual} != committed size {size}")
-    return CommitRecord(ckpt, marker_step, str(data.get("committed_at", "")), files, data.get("save_seconds"))
+    if verify_checksums:
+        for name in files:
+            actual_crc = file_crc32(ckpt / name) if name in checksums else None
+            if actual_crc is not None and actual_crc != checksums[name]:
+                raise CheckpointError(
+                    f"{name}: CRC-32 {actual_crc} != committed {checksums[name]} (same size, bytes changed)"
+                )
+    return CommitRecord(
+        ckpt,
+        marker_step,
+        str(data.get("committed_at", "")),
+        files,
+        data.get("save_seconds"),
+        version,
+        checksums,
+    )
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -249,25 +319,59 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 @dataclass
+class Rejected:
+    path: Path
+    why: str
+    committed: bool  # it had a commit marker, so it is damage (evidence to keep), not a torn save
+
+
+class ResumeSearch:
+    """Walk checkpoint-N newest first and hand out committed checkpoints whose files match their marker
+    (sizes and checksums); everything passed over is kept in `rejected` with the reason.
+
+    `next()` gives the next candidate; when restoring it fails later, `reject(record, why)` records that and
+    the caller asks `next()` again for the next older one.
+    """
+
+    def __init__(self, output_dir: str | Path, verify_checksums: bool = True):
+        self._pending = list_checkpoints(output_dir)
+        self._verify = verify_checksums
+        self.rejected: list[Rejected] = []
+
+    def next(self) -> CommitRecord | None:
+        while self._pending:
+            _step, path = self._pending.pop(0)
+            try:
+                return read_commit(path, verify_checksums=self._verify)
+            except NotCommitted as error:
+                self.rejected.append(Rejected(path, str(error), committed=False))
+            except CheckpointError as error:
+                self.rejected.append(Rejected(path, str(error), committed=True))
+        return None
+
+    def reject(self, record: CommitRecord, why: str) -> None:
+        self.rejected.append(Rejected(record.path, why, committed=True))
+
+    @property
+    def damaged(self) -> list[Rejected]:
+        return [r for r in self.rejected if r.committed]
+
+
+@dataclass
 class ResumeChoice:
     checkpoint: CommitRecord | None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def find_resume_checkpoint(output_dir: str | Path) -> ResumeChoice:
+def find_resume_checkpoint(output_dir: str | Path, verify_checksums: bool = True) -> ResumeChoice:
     """The newest committed checkpoint whose files still match the marker, and why newer ones were skipped."""
-    choice = ResumeChoice(None)
-    for _step, path in list_checkpoints(output_dir):
-        try:
-            choice.checkpoint = read_commit(path)
-            return choice
-        except CheckpointError as error:
-            choice.skipped.append((path, str(error)))
-    return choice
+    search = ResumeSearch(output_dir, verify_checksums)
+    found = search.next()
+    return ResumeChoice(found, [(r.path, r.why) for r in search.rejected])
 
 
 def committed_checkpoints(output_dir: str | Path) -> list[CommitRecord]:
-    """Committed and intact checkpoints, newest first."""
+    """Committed checkpoints whose files have the recorded sizes (no checksums: cheap), newest first."""
     out = []
     for _step, path in list_checkpoints(output_dir):
         with contextlib.suppress(CheckpointError):
@@ -285,13 +389,47 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def set_aside(path: Path, why: str) -> Path:
+    """Move a damaged committed checkpoint to DIR/damaged/<name> (never delete evidence): no listing of
+    checkpoints sees it again, and retention never touches it. SET_ASIDE.json in it says why and when."""
+    root = path.parent / DAMAGED_DIR
+    root.mkdir(exist_ok=True)
+    target = root / path.name
+    n = 1
+    while target.exists():
+        target = root / f"{path.name}.{n}"
+        n += 1
+    os.replace(path, target)  # one rename on the same volume: atomic
+    fsync_dir(path.parent)
+    fsync_dir(root)
+    with contextlib.suppress(OSError):  # the move is what counts; the note is a courtesy (disk may be full)
+        atomic_write_json(
+            target / SET_ASIDE_NOTE, {"checkpoint": path.name, "reason": why, "set_aside_at": now_rfc3339()}
+        )
+    return target
+
+
+def set_aside_all(rejected: Iterable[Rejected]) -> list[tuple[Rejected, Path]]:
+    """Set aside every damaged (committed) one that is still in place; torn saves are left to the caller."""
+    moved = []
+    for item in rejected:
+        if item.committed and item.path.is_dir():
+            moved.append((item, set_aside(item.path, item.why)))
+    return moved
+
+
 def apply_retention(
-    output_dir: str | Path, save_total_limit: int | None, keep: Iterable[str | Path] = ()
+    output_dir: str | Path,
+    save_total_limit: int | None,
+    keep: Iterable[str | Path] = (),
+    on_set_aside: Callable[[Path, Path, str], None] | None = None,
 ) -> list[Path]:
     """Keep the newest `save_total_limit` committed checkpoints (+ `keep`, e.g. the best); delete the rest.
 
     Uncommitted or torn directories older than the newest committed one are leftovers of earlier crashes and
-    are deleted too; newer uncommitted ones are left alone (they may be a save in progress).
+    are deleted too; newer uncommitted ones are left alone (they may be a save in progress). A committed one
+    whose files no longer have their recorded sizes is damage: set aside, not deleted (`on_set_aside(from,
+    to, why)` is told).
     """
     committed = committed_checkpoints(output_dir)
     if not committed:
@@ -299,10 +437,19 @@ def apply_retention(
     keep_names = {Path(k).name for k in keep}
     newest_step = committed[0].step
     kept = {record.name for record in committed[: save_total_limit or len(committed)]} | keep_names
+    intact = {record.name for record in committed}
     deleted = []
     for step, path in list_checkpoints(output_dir):
         if path.name in kept:
             continue
+        if path.name not in intact and (path / COMMIT_MARKER).exists():
+            try:
+                read_commit(path)
+            except CheckpointError as error:
+                moved = set_aside(path, str(error))
+                if on_set_aside is not None:
+                    on_set_aside(path, moved, str(error))
+                continue
         if step > newest_step:
             continue
         remove_checkpoint(path)
@@ -311,7 +458,8 @@ def apply_retention(
 
 
 def remove_newer_than(output_dir: str | Path, step: int | None) -> list[Path]:
-    """Delete checkpoint dirs above `step` (uncommitted or torn, left by a crash) before training resumes."""
+    """Delete checkpoint dirs above `step` before training resumes: torn saves left by a crash, or (with
+    --resume PATH) newer ones the user chose not to resume from. Damaged ones are set aside before this."""
     deleted = []
     for ckpt_step, path in list_checkpoints(output_dir):
         if step is None or ckpt_step > step:
@@ -337,15 +485,24 @@ def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: i
     tmp.mkdir(parents=True)
     write(tmp)
     files = {}
+    checksums = {}
     for entry in sorted(tmp.rglob("*")):
         if entry.is_file():
             fsync_file(entry)
             files[str(entry.relative_to(tmp))] = entry.stat().st_size
+            checksums[str(entry.relative_to(tmp))] = file_crc32(entry)
     for sub in sorted({p.parent for p in tmp.rglob("*")} | {tmp}):
         fsync_dir(sub)
     atomic_write_json(
         tmp / COMMIT_MARKER,
-        {"version": MARKER_VERSION, "step": step, "committed_at": now_rfc3339(), "files": files},
+        {
+            "version": MARKER_VERSION,
+            "step": step,
+            "committed_at": now_rfc3339(),
+            "files": files,
+            "checksum": CHECKSUM_ALGORITHM,
+            "checksums": checksums,
+        },
     )
     if final.exists():
         shutil.rmtree(final)
@@ -355,7 +512,8 @@ def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: i
 
 
 def final_complete(output_dir: str | Path) -> dict[str, Any] | None:
-    """The marker of DIR/final when it exists and its files match; None otherwise."""
+    """The marker of DIR/final when it exists and its files have their sizes; None otherwise (the checksums in
+    it are for whoever consumes final/; checked at every start they would read a merged model each time)."""
     final = Path(output_dir) / FINAL_DIR
     try:
         data = json.loads((final / COMMIT_MARKER).read_text())

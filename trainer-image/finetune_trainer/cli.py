@@ -5,9 +5,11 @@
                      [--termination-message-path P] [--nproc-per-node N]
 
 Exit codes (finetune_api.contract): 0 finished (DIR/final written), 75 stopped on SIGTERM after committing a
-checkpoint, 76 CUDA out of memory, 78 config error, 1 other error. Every exit path writes the termination
-message. Heavy imports (torch, transformers) happen after the signal handler is installed and after the cheap
-config checks, so a bad config fails in about a second and a SIGTERM during start-up exits 75 at once.
+checkpoint, 76 CUDA out of memory, 78 config error, 65 committed checkpoints exist but none is intact
+(nothing deleted; unless the config says `on_no_intact_checkpoint: restart`), 1 other error. Every exit path
+writes the termination message. Heavy imports (torch, transformers) happen after the signal handler is
+installed and after the cheap config checks, so a bad config fails in about a second and a SIGTERM during
+start-up exits 75 at once.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.contract import (
+    DAMAGED_DIR,
     EXIT_CONFIG_ERROR,
     EXIT_CUDA_OOM,
+    EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
     FINAL_DIR,
@@ -33,9 +37,13 @@ from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_tra
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
-from finetune_trainer.preemption import FINISHING, Preemption
+from finetune_trainer.preemption import FINISHING, LOADING, Preemption
 
 EXIT_ERROR = 1
+
+
+class NoIntactCheckpoint(Exception):
+    """Committed checkpoints exist and none can be resumed from (exit 65); the message names each one."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +110,7 @@ class Run:
         self.output_dir = Path(args.output_dir)
         self.config: TrainerConfig | None = None
         self.newest_commit: ckpt.CommitRecord | None = None
+        self.search: ckpt.ResumeSearch | None = None  # --resume auto: the candidates, newest first
         self.step: int | None = None
         self.run_state: Any = None  # callbacks.RunState once training is set up
         self.trainer: Any = None
@@ -177,26 +186,74 @@ class Run:
                 )
             return None
         if mode == "auto":
-            choice = ckpt.find_resume_checkpoint(self.output_dir)
-            for path, why in choice.skipped:
-                log("checkpoint_skipped", level="warning", checkpoint=path.name, reason=why)
-            if choice.checkpoint is None:
-                log("resume_none", reason="no committed checkpoint" if not choice.skipped else "none intact")
-            else:
-                log(
-                    "resume_from",
-                    checkpoint=choice.checkpoint.name,
-                    step=choice.checkpoint.step,
-                    reason="newest committed checkpoint whose files match its marker",
-                )
-            return choice.checkpoint
+            self.search = ckpt.ResumeSearch(self.output_dir)
+            return self.next_candidate()
         path = Path(mode)
         try:
-            record = ckpt.read_commit(path)
-        except ckpt.CheckpointError as error:
+            record = ckpt.read_commit(path, verify_checksums=True)
+        except ckpt.NotCommitted as error:
             raise ConfigError(f"--resume {mode}: not a committed checkpoint: {error}") from None
+        except ckpt.CheckpointError as error:
+            raise NoIntactCheckpoint(f"--resume {mode}: damaged: {error}; nothing was moved") from None
         log("resume_from", checkpoint=str(path), step=record.step, reason="--resume PATH")
         return record
+
+    def next_candidate(self) -> ckpt.CommitRecord | None:
+        """The next older committed checkpoint that verifies; None = start fresh; NoIntactCheckpoint when
+        committed ones exist, none is usable and the config does not allow starting over."""
+        search = self.search
+        assert search is not None
+        seen = len(search.rejected)
+        record = search.next()
+        for item in search.rejected[seen:]:
+            log(
+                "checkpoint_skipped",
+                level="warning",
+                checkpoint=item.path.name,
+                reason=item.why,
+                damaged=item.committed,
+            )
+        if record is not None:
+            log(
+                "resume_from",
+                checkpoint=record.name,
+                step=record.step,
+                marker_version=record.version,
+                reason="newest committed checkpoint whose files match its marker"
+                + (" (sizes and checksums)" if record.checksums else " (sizes: version-1 marker)"),
+            )
+            self.newest_commit = record
+            return record
+        self.newest_commit = None
+        if not search.damaged:
+            log("resume_none", reason="no committed checkpoint")
+            return None
+        assert self.config is not None
+        if self.config.on_no_intact_checkpoint != "restart":
+            raise NoIntactCheckpoint(self.no_intact_message(search))
+        log(
+            "resume_none",
+            level="warning",
+            reason="none intact; on_no_intact_checkpoint is restart: starting over, damaged ones set aside",
+            damaged=[item.path.name for item in search.damaged],
+        )
+        return None
+
+    def no_intact_message(self, search: ckpt.ResumeSearch) -> str:
+        problems = "; ".join(f"{item.path.name}: {item.why}" for item in search.rejected)
+        return (
+            f"no intact checkpoint in {self.output_dir}: {problems}. Nothing was deleted or moved. "
+            "To start over instead, set spec.checkpoint.onNoIntactCheckpoint: restart "
+            f"(damaged checkpoints are then moved to {self.output_dir / DAMAGED_DIR}/)"
+        )
+
+    def reject(self, record: ckpt.CommitRecord, why: str) -> ckpt.CommitRecord | None:
+        """Restoring `record` failed: note it and take the next older candidate (same rules as above)."""
+        log("checkpoint_restore_failed", level="error", checkpoint=record.name, reason=why)
+        if self.search is None:  # --resume PATH: the user chose this one; no silent fallback, nothing moved
+            raise NoIntactCheckpoint(f"--resume {self.args.resume}: damaged: {why}; nothing was moved")
+        self.search.reject(record, why)
+        return self.next_candidate()
 
     def check_world_size(self, record: ckpt.CommitRecord) -> None:
         missing = [name for name in ckpt.rng_files(self.world_size) if name not in record.files]
@@ -215,7 +272,6 @@ class Run:
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.newest_commit = ckpt.find_resume_checkpoint(self.output_dir).checkpoint
             if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
                 log("already_complete", final=str(self.output_dir / FINAL_DIR))
                 final = ckpt.final_complete(self.output_dir) or {}
@@ -236,6 +292,8 @@ class Run:
         except ConfigError as error:
             print(f"config error: {error}", file=sys.stderr, flush=True)
             return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
+        except NoIntactCheckpoint as error:
+            return self.exit_no_intact(error)
         log(
             "config_loaded",
             seconds=round(time.monotonic() - started, 3),
@@ -246,8 +304,15 @@ class Run:
         except ConfigError as error:
             print(f"config error: {error}", file=sys.stderr, flush=True)
             return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
+        except NoIntactCheckpoint as error:
+            return self.exit_no_intact(error)
         except BaseException as error:
             return self.classify_failure(error)
+
+    def exit_no_intact(self, error: NoIntactCheckpoint) -> int:
+        print(f"no intact checkpoint: {error}", file=sys.stderr, flush=True)
+        self.newest_commit = None
+        return self.exit_with(EXIT_NO_INTACT_CHECKPOINT, "NoIntactCheckpoint", message=str(error))
 
     def classify_failure(self, error: BaseException) -> int:
         from finetune_trainer.callbacks import PreemptedBeforeFirstStep
@@ -276,36 +341,12 @@ class Run:
     def train(self, config: TrainerConfig, resume: ckpt.CommitRecord | None) -> int:
         import torch  # heavy imports from here on
 
-        from finetune_trainer import build
-        from finetune_trainer.callbacks import (
-            CheckpointCommitCallback,
-            FaultInjectionCallback,
-            PreemptionCallback,
-            ProgressCallback,
-            RunState,
-        )
         from finetune_trainer.faults import Faults
         from finetune_trainer.reporting import StatusReporter, TrainerMetrics, kubernetes_patcher
-        from finetune_trainer.trainer import CommitTrainer
+        from finetune_trainer.trainer import probe_restore
 
         use_cuda = torch.cuda.is_available()
-        t0 = time.monotonic()
-        tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
-        train_ds, eval_ds = build.load_datasets(config)
-        if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
-        args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
         faults = Faults.from_env()
-        log(
-            "loaded",
-            seconds=round(time.monotonic() - t0, 3),
-            train_examples=len(train_ds),
-            eval_examples=len(eval_ds) if eval_ds is not None else None,
-            cuda=use_cuda,
-            threads=torch.get_num_threads(),
-            world_size=self.world_size,
-        )
-
         patcher = None
         if config.job is not None and self.is_main:
             try:
@@ -319,6 +360,95 @@ class Run:
                 metrics = TrainerMetrics(config.metrics_port)
             except OSError as error:
                 log("metrics_off", level="warning", error=str(error))
+        self.preemption.start_watchdog(config.save_deadline_seconds, self.on_save_deadline)
+        try:
+            while True:
+                # A checkpoint that matches its marker but cannot be read back is passed over here, before
+                # anything is built (a version-1 marker has no checksums; a writer bug).
+                while resume is not None:
+                    try:
+                        probe_restore(resume.path, self.world_size)
+                        break
+                    except ckpt.RestoreFailed as error:
+                        resume = self.reject(resume, f"restore probe: {error}")
+                try:
+                    return self.train_from(config, resume, use_cuda, faults, reporter, metrics)
+                except ckpt.RestoreFailed as error:
+                    # The Trainer could not restore it after all (e.g. a state that does not fit the model):
+                    # set it aside and go on from the next older one in this process, spending no attempt.
+                    # With several ranks they could not agree on that: exit 1 as any error.
+                    if self.world_size > 1 or resume is None:
+                        raise
+                    why = str(error)
+                # Outside the except block: the traceback (and the failed trainer and model) is released.
+                self.release_trainer(use_cuda)
+                resume = self.reject(resume, why)
+        finally:
+            reporter.close()
+
+    def release_trainer(self, use_cuda: bool) -> None:
+        """Drop the trainer and model of a failed restore before building them again."""
+        import gc
+
+        self.preemption.phase = LOADING  # nothing is being written: a signal may end the process at once
+        self.trainer = None
+        self.run_state = None
+        gc.collect()
+        if use_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def set_aside_damaged(self) -> None:
+        """Damaged committed checkpoints passed over by the search move to DIR/damaged/ (never deleted)."""
+        if self.search is None:
+            return
+        for item, moved in ckpt.set_aside_all(self.search.damaged):
+            log(
+                "checkpoint_set_aside",
+                level="warning",
+                checkpoint=item.path.name,
+                to=str(moved.relative_to(self.output_dir)),
+                reason=item.why,
+            )
+
+    def train_from(
+        self,
+        config: TrainerConfig,
+        resume: ckpt.CommitRecord | None,
+        use_cuda: bool,
+        faults: Any,
+        reporter: Any,
+        metrics: Any,
+    ) -> int:
+        import torch
+
+        from finetune_trainer import build
+        from finetune_trainer.callbacks import (
+            CheckpointCommitCallback,
+            FaultInjectionCallback,
+            PreemptionCallback,
+            ProgressCallback,
+            RunState,
+        )
+        from finetune_trainer.trainer import CommitTrainer
+
+        t0 = time.monotonic()
+        tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
+        train_ds, eval_ds = build.load_datasets(config)
+        if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
+        args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
+        log(
+            "loaded",
+            seconds=round(time.monotonic() - t0, 3),
+            train_examples=len(train_ds),
+            eval_examples=len(eval_ds) if eval_ds is not None else None,
+            cuda=use_cuda,
+            threads=torch.get_num_threads(),
+            world_size=self.world_size,
+            resume=resume.name if resume else None,
+        )
         extra = ("scaler.pt",) if (use_cuda and args.fp16) else ()
         run = RunState(
             output_dir=self.output_dir,
@@ -349,27 +479,25 @@ class Run:
         from transformers.trainer_callback import PrinterCallback
 
         if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
+            self.set_aside_damaged()
             stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
             if stale:
                 log(
                     "removed_stale_checkpoints",
                     checkpoints=[p.name for p in stale],
                     resume_point=resume.name if resume else "fresh start",
-                    reason="newer than the resume point: not committed or damaged",
+                    reason="newer than the resume point and not committed"
+                    + (" (or not chosen by --resume PATH)" if self.search is None else ""),
                 )
 
         trainer.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
-        self.preemption.start_watchdog(config.save_deadline_seconds, self.on_save_deadline)
         self.trainer = trainer
-        try:
-            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-            state = trainer.state
-            if run.stop_for_preemption and state.global_step < state.max_steps:
-                return self.finish_preempted(run)
-            self.preemption.phase = FINISHING
-            return self.finish(trainer, config, state.global_step)
-        finally:
-            reporter.close()
+        trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        state = trainer.state
+        if run.stop_for_preemption and state.global_step < state.max_steps:
+            return self.finish_preempted(run)
+        self.preemption.phase = FINISHING
+        return self.finish(trainer, config, state.global_step, faults)
 
     def finish_preempted(self, run: Any) -> int:
         seconds = run.emergency_save_seconds
@@ -390,9 +518,10 @@ class Run:
             EXIT_PREEMPTED, "Preempted", save_seconds=None if seconds is None else round(seconds, 4)
         )
 
-    def finish(self, trainer: Any, config: TrainerConfig, step: int) -> int:
+    def finish(self, trainer: Any, config: TrainerConfig, step: int, faults: Any) -> int:
         from finetune_trainer import dist
 
+        faults.before_final(step)  # test hook: a SIGKILL here lands after the last commit, before final/
         t0 = time.monotonic()
         final_path = self.output_dir / FINAL_DIR
         if self.is_main:

@@ -12,6 +12,9 @@ FTO_TEST_SAVE_SLEEP_AT_STEP=N
     only sleep in the save of step N (default: every save).
 FTO_TEST_STEP_SLEEP_SECONDS=S
     sleep S seconds at the end of every optimizer step (slows training so a signal lands mid-run).
+FTO_TEST_FINAL_SLEEP_SECONDS=S
+    sleep S seconds after training ended (the checkpoint of the last step committed) and before final/ is
+    written, so a SIGKILL lands in that window.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Faults:
     save_sleep_seconds: float | None = None
     save_sleep_at_step: int | None = None
     step_sleep_seconds: float | None = None
+    final_sleep_seconds: float | None = None
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -49,6 +53,7 @@ class Faults:
             save_sleep_seconds=_env_float("FTO_TEST_SAVE_SLEEP_SECONDS"),
             save_sleep_at_step=_env_int("FTO_TEST_SAVE_SLEEP_AT_STEP"),
             step_sleep_seconds=_env_float("FTO_TEST_STEP_SLEEP_SECONDS"),
+            final_sleep_seconds=_env_float("FTO_TEST_FINAL_SLEEP_SECONDS"),
         )
         active = {k: v for k, v in faults.__dict__.items() if v is not None}
         if active:
@@ -78,3 +83,8 @@ class Faults:
         if self.save_sleep_seconds and self.save_sleep_at_step in (None, step):
             log("fault_injection_save_sleep", level="warning", step=step, seconds=self.save_sleep_seconds)
             time.sleep(self.save_sleep_seconds)
+
+    def before_final(self, step: int) -> None:
+        if self.final_sleep_seconds:
+            log("fault_injection_final_sleep", level="warning", step=step, seconds=self.final_sleep_seconds)
+            time.sleep(self.final_sleep_seconds)

@@ -1,11 +1,16 @@
-"""SFTTrainer with lean checkpoints and save timing; the commit itself happens in CheckpointCommitCallback."""
+"""SFTTrainer with lean checkpoints and save timing; the commit itself happens in CheckpointCommitCallback.
+
+Also: restoring a checkpoint either works or raises `RestoreFailed` naming what could not be read (so the CLI
+can fall back to an older checkpoint), and a run resumed at its last step trains no further step.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,58 @@ from trl import SFTTrainer
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer.callbacks import RunState
 from finetune_trainer.faults import Faults
+from finetune_trainer.logs import log
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def restoring(what: str) -> Iterator[None]:
+    """Turn a failure to read back `what` into RestoreFailed; running out of memory is not damage."""
+    import torch
+
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except ckpt.RestoreFailed:
+        raise
+    except Exception as error:
+        raise ckpt.RestoreFailed(f"{what}: cannot be restored ({_first_line(error)})") from error
+
+
+def probe_restore(path: Path, world_size: int) -> None:
+    """Deserialise every file resume reads, the way the Trainer reads it, before anything is built.
+
+    Catches a file that matches its marker but cannot be read back (a version-1 marker has no checksums;
+    a writer bug) in a second, instead of after the model is loaded or after training has begun.
+    Every rank checks every rank's RNG file, so all ranks reach the same verdict.
+    """
+    import safetensors.torch
+    import torch
+    from transformers import TrainerState
+    from transformers.trainer_pt_utils import safe_globals
+
+    loads: list[tuple[str, Callable[[Path], Any]]] = [
+        (ckpt.TRAINER_STATE, lambda f: TrainerState.load_from_json(str(f))),
+        (ckpt.ADAPTER_CONFIG, lambda f: json.loads(f.read_text())),
+        (ckpt.ADAPTER_WEIGHTS, lambda f: safetensors.torch.load_file(str(f), device="cpu")),
+        (ckpt.OPTIMIZER, lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+        (ckpt.SCHEDULER, lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ]
+    for rng in ckpt.rng_files(world_size):
+
+        def load_rng(f: Path) -> Any:
+            with safe_globals():
+                return torch.load(f, weights_only=True)
+
+        loads.append((rng, load_rng))
+    for name, load in loads:
+        with restoring(name):
+            load(path / name)
 
 
 class CommitTrainer(SFTTrainer):
@@ -74,3 +131,28 @@ class CommitTrainer(SFTTrainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         self._faults.in_save(self.state.global_step)  # test hook: a SIGKILL here leaves a torn checkpoint
+
+    # --- restore: every read of a checkpoint either works or raises RestoreFailed ------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        with restoring("adapter (adapter_model.safetensors, adapter_config.json)"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with restoring("optimizer.pt / scheduler.pt"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with restoring("RNG state"):
+            super()._load_rng_state(checkpoint)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        # Resumed from the checkpoint of the last step (killed after it was committed, before final/ was
+        # written): transformers' loop would run one more optimizer step before it checks max_steps (it
+        # does when the last step is mid-epoch). There is nothing left to train: go straight to the end.
+        if self.state.global_step >= self.state.max_steps:
+            if not self.control.should_training_stop:
+                log("resume_at_last_step", step=self.state.global_step, max_steps=self.state.max_steps)
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
