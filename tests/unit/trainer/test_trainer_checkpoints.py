@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,75 @@ def test_commit_writes_marker_with_files_and_sizes(tmp_path: Path) -> None:
     assert marker["committed_at"].endswith("Z") and record.save_seconds is not None
     assert not list(path.glob(".*.tmp"))
     assert ckpt.read_commit(path).step == 10
+    # version 2: a CRC-32 of every recorded file, as 8 hex digits
+    assert marker["version"] == 2 and marker["checksum"] == "crc32"
+    assert marker["checksums"].keys() == marker["files"].keys()
+    for name, crc in marker["checksums"].items():
+        assert crc == f"{zlib.crc32((path / name).read_bytes()):08x}"
+    assert ckpt.read_commit(path, verify_checksums=True).checksums == marker["checksums"]
+
+
+def _zero_fill(target: Path) -> None:
+    target.write_bytes(b"\0" * target.stat().st_size)
+
+
+def _flip_bit(target: Path) -> None:
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ckpt.required_files(1))
+@pytest.mark.parametrize("damage", [_zero_fill, _flip_bit], ids=["zero-filled", "bit-flipped"])
+def test_same_size_damage_is_caught_by_the_checksum_and_resume_falls_back(
+    tmp_path: Path, name: str, damage: Callable[[Path], None]
+) -> None:
+    make_checkpoint(tmp_path, 5)
+    newest = make_checkpoint(tmp_path, 10)
+    size = (newest / name).stat().st_size
+    damage(newest / name)
+    assert (newest / name).stat().st_size == size
+    assert ckpt.read_commit(newest).step == 10  # sizes alone (what retention checks) cannot see it
+    with pytest.raises(
+        ckpt.CheckpointError, match=rf"{name}: CRC-32 [0-9a-f]{{8}} != committed [0-9a-f]{{8}}"
+    ):
+        ckpt.read_commit(newest, verify_checksums=True)
+    search = ckpt.ResumeSearch(tmp_path)
+    chosen = search.next()
+    assert chosen is not None and chosen.step == 5
+    assert [(r.path.name, r.committed) for r in search.rejected] == [("checkpoint-10", True)]
+    assert name in search.rejected[0].why
+
+
+def _as_version_1(path: Path) -> None:
+    marker = json.loads((path / COMMIT_MARKER).read_text())
+    for key in ("checksum", "checksums"):
+        del marker[key]
+    marker["version"] = 1
+    (path / COMMIT_MARKER).write_text(json.dumps(marker))
+
+
+def test_version_1_markers_stay_readable_with_sizes_only(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10)
+    _as_version_1(path)
+    _zero_fill(path / "optimizer.pt")  # same size: a v1 marker cannot tell (the restore probe does)
+    record = ckpt.read_commit(path, verify_checksums=True)
+    assert record.version == 1 and record.checksums == {} and record.step == 10
+    (path / "scheduler.pt").write_bytes(b"short")
+    with pytest.raises(ckpt.CheckpointError, match=r"scheduler\.pt: size 5 != committed size"):
+        ckpt.read_commit(path, verify_checksums=True)
+
+
+def test_marker_of_unknown_version_or_without_a_checksum_is_refused(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10)
+    marker = json.loads((path / COMMIT_MARKER).read_text())
+    (path / COMMIT_MARKER).write_text(json.dumps({**marker, "version": 3}))
+    with pytest.raises(ckpt.CheckpointError, match="version 3"):
+        ckpt.read_commit(path)
+    del marker["checksums"]["optimizer.pt"]
+    (path / COMMIT_MARKER).write_text(json.dumps(marker))
+    with pytest.raises(ckpt.CheckpointError, match=r"optimizer\.pt: no checksum"):
+        ckpt.read_commit(path)
 
 
 @pytest.mark.parametrize("name", ckpt.required_files(1))
@@ -145,6 +216,60 @@ def test_retention_without_limit_keeps_all(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         make_checkpoint(tmp_path, step)
     assert ckpt.apply_retention(tmp_path, None) == []
+
+
+def test_set_aside_moves_a_damaged_checkpoint_out_of_sight_and_keeps_every_byte(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    moved = ckpt.set_aside(path, "optimizer.pt: CRC-32 mismatch")
+    assert moved == tmp_path / "damaged" / "checkpoint-10" and not path.exists()
+    assert {p.name: p.read_bytes() for p in moved.iterdir() if p.name != "SET_ASIDE.json"} == before
+    note = json.loads((moved / "SET_ASIDE.json").read_text())
+    assert note["checkpoint"] == "checkpoint-10" and "CRC-32" in note["reason"] and note["set_aside_at"]
+    assert ckpt.list_checkpoints(tmp_path) == []
+    # the same step damaged again later gets its own place; nothing is overwritten
+    again = ckpt.set_aside(make_checkpoint(tmp_path, 10), "again")
+    assert again == tmp_path / "damaged" / "checkpoint-10.1" and moved.is_dir()
+    # retention and the stale-checkpoint clean-up never see it
+    make_checkpoint(tmp_path, 20)
+    ckpt.apply_retention(tmp_path, 1)
+    ckpt.remove_newer_than(tmp_path, None)
+    assert sorted(p.name for p in (tmp_path / "damaged").iterdir()) == ["checkpoint-10", "checkpoint-10.1"]
+
+
+def test_retention_sets_a_damaged_committed_checkpoint_aside_instead_of_deleting(tmp_path: Path) -> None:
+    for step in (5, 10, 15):
+        make_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-5" / "optimizer.pt").write_bytes(b"short")  # damaged after its commit
+    told = []
+    deleted = ckpt.apply_retention(
+        tmp_path, 1, on_set_aside=lambda src, dst, why: told.append((src.name, why))
+    )
+    assert [p.name for p in deleted] == ["checkpoint-10"]
+    assert [p.name for _s, p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-15"]
+    assert (tmp_path / "damaged" / "checkpoint-5" / "optimizer.pt").read_bytes() == b"short"
+    assert len(told) == 1 and told[0][0] == "checkpoint-5"
+    assert told[0][1].startswith("optimizer.pt: size 5 != committed size ")
+
+
+def test_resume_search_hands_out_older_candidates_after_a_failed_restore(tmp_path: Path) -> None:
+    for step in (5, 10, 15):
+        make_checkpoint(tmp_path, step)
+    make_checkpoint(tmp_path, 20, commit=False)  # a torn save: not damage
+    search = ckpt.ResumeSearch(tmp_path)
+    first = search.next()
+    assert first is not None and first.step == 15
+    search.reject(first, "restore probe: optimizer.pt: cannot be restored")
+    second = search.next()
+    assert second is not None and second.step == 10
+    assert [(r.path.name, r.committed) for r in search.rejected] == [
+        ("checkpoint-20", False),
+        ("checkpoint-15", True),
+    ]
+    assert [r.path.name for r in search.damaged] == ["checkpoint-15"]
+    moved = ckpt.set_aside_all(search.rejected)
+    assert [(r.path.name, p.name) for r, p in moved] == [("checkpoint-15", "checkpoint-15")]
+    assert (tmp_path / "checkpoint-20").is_dir(), "torn saves are not set aside (resume deletes them)"
 
 
 def test_remove_newer_than_and_remove_uncommits_first(tmp_path: Path) -> None:
