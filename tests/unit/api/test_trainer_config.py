@@ -73,3 +73,15 @@ def test_termination_message_stays_within_the_kubelet_limit() -> None:
     text = message.to_json()
     assert len(text.encode()) < 4096
     assert TerminationMessage.model_validate_json(text).reason == "Error"
+
+
+def test_on_no_intact_checkpoint_reaches_the_trainer_config() -> None:
+    parsed = parse_job(job())
+    assert parsed.spec.checkpoint.on_no_intact_checkpoint == "fail"  # the default: refuse, delete nothing
+    assert trainer_config_from_job(parsed).on_no_intact_checkpoint == "fail"
+    document = job()
+    document["spec"]["checkpoint"] = {"onNoIntactCheckpoint": "restart"}  # type: ignore[index]
+    assert trainer_config_from_job(parse_job(document)).on_no_intact_checkpoint == "restart"
+    document["spec"]["checkpoint"] = {"onNoIntactCheckpoint": "delete"}  # type: ignore[index]
+    with pytest.raises(InvalidManifest, match=r"spec\.checkpoint\.onNoIntactCheckpoint"):
+        parse_job(document)
