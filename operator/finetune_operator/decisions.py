@@ -25,6 +25,7 @@ from finetune_api.contract import (
     EXIT_CONFIG_ERROR,
     EXIT_CUDA_OOM,
     EXIT_KILLED,
+    EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
     TerminationMessage,
@@ -65,7 +66,16 @@ CONFIG_WAITING_REASONS = frozenset(
 #: status.reason the kubelet writes when it ends a pod itself (node pressure, node shutdown).
 KUBELET_STOP_REASONS = frozenset({"Evicted", "Preempting", "Shutdown", "Terminated", "NodeShutdown"})
 
-End = Literal["Completed", "Preempted", "HostOOM", "CudaOOM", "Error", "ConfigError", "Unschedulable"]
+End = Literal[
+    "Completed",
+    "Preempted",
+    "HostOOM",
+    "CudaOOM",
+    "Error",
+    "ConfigError",
+    "Unschedulable",
+    "NoIntactCheckpoint",
+]
 Action_ = Literal["restart", "fail", "succeed", "stop"]
 
 
@@ -393,6 +403,17 @@ def _classify_terminated(
         return Outcome(
             "ConfigError", "ConfigError", f"the trainer rejected its configuration: {detail}", **info
         )
+    if code == EXIT_NO_INTACT_CHECKPOINT or (msg is not None and msg.reason == "NoIntactCheckpoint"):
+        detail = (msg.message if msg else None) or _tail(term.message) or "no detail"
+        return Outcome(
+            "NoIntactCheckpoint",
+            "NoIntactCheckpoint",
+            "every committed checkpoint on the volume is damaged; the trainer refused to resume and deleted "
+            "nothing (a retry would find the same damage). To start over, re-create the job with "
+            "spec.checkpoint.onNoIntactCheckpoint: restart (the volume is kept unless "
+            f"checkpoint.deleteWithJob); damaged ones are then moved to damaged/ on the volume. {detail}",
+            **info,
+        )
     if disrupted or pod.deleting:
         reason = disrupted or "PodDeleted"
         who = disrupted or "someone deleted the pod"
@@ -510,7 +531,7 @@ def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome
         return Plan("succeed", "Completed", outcome.message)
     if spec.suspend:
         return Plan("stop", "Suspended", f"suspended (spec.suspend): {outcome.message}", lost_steps=lost)
-    if outcome.end in ("ConfigError", "Unschedulable"):
+    if outcome.end in ("ConfigError", "Unschedulable", "NoIntactCheckpoint"):
         return Plan("fail", outcome.reason, outcome.message, lost_steps=lost)
 
     if outcome.end == "Preempted":

@@ -249,6 +249,45 @@ def test_exit_78_is_config_error() -> None:
     assert out is not None and out.end == "ConfigError" and "no column" in out.message
 
 
+NO_INTACT = (
+    "no intact checkpoint in /checkpoints/run: checkpoint-40: optimizer.pt: CRC-32 00000000 != committed "
+    "1c2d3e4f (same size, bytes changed); checkpoint-35: rng_state.pth: size 0 != committed size 14909. "
+    "Nothing was deleted or moved."
+)
+
+
+def test_exit_65_is_no_intact_checkpoint_and_fails_at_once_with_advice() -> None:
+    out = classify(pod(exit_code=65, message={"reason": "NoIntactCheckpoint", "message": NO_INTACT}), READY)
+    assert out is not None and (out.end, out.reason, out.exit_code) == ("NoIntactCheckpoint",) * 2 + (65,)
+    assert "checkpoint-40: optimizer.pt: CRC-32" in out.message and "checkpoint-35" in out.message
+    assert "onNoIntactCheckpoint: restart" in out.message and "deleted nothing" in out.message
+    # never retried, whatever the budgets say: a new attempt would find the same damage
+    st = status(phase="Running", attempt=1, podName="job-1")
+    plan = d.plan_next(spec(), st, out)
+    assert (plan.action, plan.reason, plan.cause) == ("fail", "NoIntactCheckpoint", None)
+    patch = d.decision_patch(st, out, plan, "job-1", NOW)
+    assert patch["phase"] == "Failed" and patch["reason"] == "NoIntactCheckpoint" and patch["pending"] is None
+    assert "restarts" not in patch and patch["message"].startswith("every committed checkpoint")
+    world = d.World(
+        name="job",
+        uid="uid-1",
+        generation=1,
+        spec=spec(),
+        status=st,
+        pods=(d.pod_view(pod(exit_code=65, message={"reason": "NoIntactCheckpoint", "message": NO_INTACT})),),
+        nodes={"node-a": READY},
+        now=NOW,
+    )
+    events = [a for a in d.reconcile(world).actions if isinstance(a, d.Event)]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "NoIntactCheckpoint")]
+    assert "checkpoint-40: optimizer.pt" in events[0].message
+
+
+def test_exit_65_without_a_message_still_says_what_happened() -> None:
+    out = classify(pod(exit_code=65, reason="Error"), READY)
+    assert out is not None and out.end == "NoIntactCheckpoint" and "damaged" in out.message
+
+
 def test_other_exit_is_error_with_log_tail() -> None:
     out = classify(pod(exit_code=1, reason="Error", message="Traceback...\nRuntimeError: boom\n"), READY)
     assert (
