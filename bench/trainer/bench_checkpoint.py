@@ -5,7 +5,10 @@ and reports, from its JSON log:
   * step time vs save time (save = HF write + verify + fsync + commit marker, as logged by the trainer)
   * training stall per checkpoint (wall gap across a save step minus the median step gap)
   * our save+commit latency vs a raw fsync'd write of the same bytes (same files, same directory)
-  * commit overhead alone (verify + fsync + marker on an already-written checkpoint)
+  * commit overhead alone (verify + fsync + marker on an already-written checkpoint), with the CRC-32 of every
+    file (marker version 2, now) and without it (version 1, before): the save latency before and after
+  * checksum cost in seconds per GiB (crc32, the one used; sha256 and blake2b for comparison) and the
+    resume-time verification of the newest checkpoint
   * checkpoint size by file
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/trainer/bench_checkpoint.py --out bench/trainer/results-cpu.json
@@ -17,6 +20,7 @@ No hub access: the model is built from a config. Nothing here is asynchronous: s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -103,12 +107,51 @@ def raw_write(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
-def commit_only(src: Path, dst: Path) -> float:
+def commit_only(src: Path, dst: Path, checksums: bool = True) -> float:
+    """The commit protocol on an already-written checkpoint; `checksums=False` is the version-1 protocol
+    (sizes only), i.e. the same code with the CRC-32 pass left out."""
     shutil.copytree(src, dst)
     (dst / ckpt.COMMIT_MARKER).unlink()
     os.sync()
+    crc32 = ckpt.file_crc32
+    if not checksums:
+        ckpt.file_crc32 = lambda path: ""  # type: ignore[assignment]
+    try:
+        t0 = time.perf_counter()
+        ckpt.commit_checkpoint(dst)
+        return time.perf_counter() - t0
+    finally:
+        ckpt.file_crc32 = crc32  # type: ignore[assignment]
+
+
+def checksum_seconds_per_gib(workdir: Path, mib: int) -> dict[str, float]:
+    """Seconds per GiB of each candidate over a file in the page cache (best of 3): the CPU cost, which is
+    what a commit pays for the files HF has just written."""
+    path = workdir / "checksum-probe.bin"
+    path.write_bytes(os.urandom(mib << 20))
+
+    def digest(name: str) -> None:
+        h = hashlib.new(name)
+        with open(path, "rb") as fh:
+            while chunk := fh.read(4 << 20):
+                h.update(chunk)
+
+    candidates = {
+        "crc32": lambda: ckpt.file_crc32(path),
+        "sha256": lambda: digest("sha256"),
+        "blake2b": lambda: digest("blake2b"),
+    }
+    out = {}
+    for name, fn in candidates.items():
+        best = min(_timed(fn) for _ in range(3))
+        out[name] = best * 1024 / mib
+    path.unlink()
+    return out
+
+
+def _timed(fn: Any) -> float:
     t0 = time.perf_counter()
-    ckpt.commit_checkpoint(dst)
+    fn()
     return time.perf_counter() - t0
 
 
@@ -122,6 +165,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--checksum-mib", type=int, default=256, help="size of the checksum-speed probe file")
     parser.add_argument("--workdir", default=None, help="where to build and train (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -145,7 +189,12 @@ def main() -> int:
     ]
     newest = max(ckpt.committed_checkpoints(out), key=lambda r: r.step)
     raw = [raw_write(newest.path, workdir / f"raw-{i}") for i in range(3)]
-    commit = [commit_only(newest.path, workdir / f"commit-{i}/checkpoint-{newest.step}") for i in range(3)]
+    commit, commit_v1 = [], []
+    for i in range(3):  # interleaved, so both see the same machine load
+        commit.append(commit_only(newest.path, workdir / f"commit-{i}/checkpoint-{newest.step}"))
+        commit_v1.append(commit_only(newest.path, workdir / f"v1-{i}/checkpoint-{newest.step}", False))
+    verify = [_timed(lambda: ckpt.read_commit(newest.path, verify_checksums=True)) for _ in range(3)]
+    per_gib = checksum_seconds_per_gib(workdir, args.checksum_mib)
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -166,6 +215,9 @@ def main() -> int:
         "stall_seconds_per_checkpoint_median": statistics.median(stalls) if stalls else None,
         "raw_fsync_write_seconds_median": statistics.median(raw),
         "commit_only_seconds_median": statistics.median(commit),
+        "commit_only_v1_no_checksums_seconds_median": statistics.median(commit_v1),
+        "checksum_seconds_per_gib": per_gib,
+        "resume_verify_seconds_median": statistics.median(verify),
         "checkpoint_bytes": newest.bytes,
         "files": dict(sorted(newest.files.items(), key=lambda kv: -kv[1])),
     }
@@ -176,7 +228,17 @@ def main() -> int:
         ("median save time: HF write + verify + fsync + commit (s)", result["save_seconds_median"]),
         ("median training stall per checkpoint (s)", result["stall_seconds_per_checkpoint_median"]),
         ("raw fsync'd write of the same bytes (s)", result["raw_fsync_write_seconds_median"]),
-        ("commit only: verify + fsync + marker (s)", result["commit_only_seconds_median"]),
+        ("commit only: verify + crc32 + fsync + marker (s)", result["commit_only_seconds_median"]),
+        ("commit only, before (v1: no checksums) (s)", result["commit_only_v1_no_checksums_seconds_median"]),
+        (
+            "save time before (v1), = save - commit difference (s)",
+            result["save_seconds_median"]
+            - (result["commit_only_seconds_median"] - result["commit_only_v1_no_checksums_seconds_median"]),
+        ),
+        ("resume: verify sizes + checksums of newest (s)", result["resume_verify_seconds_median"]),
+        ("crc32 (s/GiB, page cache)", per_gib["crc32"]),
+        ("sha256 (s/GiB, for comparison)", per_gib["sha256"]),
+        ("blake2b (s/GiB, for comparison)", per_gib["blake2b"]),
         ("save / step ratio", result["save_seconds_median"] / result["step_seconds_median"]),
         ("checkpoint bytes", newest.bytes),
     ]

@@ -257,7 +257,7 @@ def test_no_intact_checkpoint_exits_65_naming_each_and_touches_nothing(refs: Ref
     assert "Nothing was deleted or moved" in message and "onNoIntactCheckpoint: restart" in message
     assert any(line.startswith("no intact checkpoint: ") for line in proc.log_path.read_text().splitlines())
     assert tree(out) == before, "evidence must stay exactly as it was"
-    assert not events(proc, "loaded"), "refused before loading the model"
+    assert events(proc, "loaded"), "decided once the config proved loadable: a config error (78) comes first"
 
 
 def test_resume_path_to_a_damaged_checkpoint_exits_65_and_moves_nothing(refs: Refs, work: Path) -> None:

@@ -111,6 +111,7 @@ class Run:
         self.config: TrainerConfig | None = None
         self.newest_commit: ckpt.CommitRecord | None = None
         self.search: ckpt.ResumeSearch | None = None  # --resume auto: the candidates, newest first
+        self.resume: ckpt.CommitRecord | None = None  # the checkpoint this build resumes from
         self.step: int | None = None
         self.run_state: Any = None  # callbacks.RunState once training is set up
         self.trainer: Any = None
@@ -199,8 +200,7 @@ class Run:
         return record
 
     def next_candidate(self) -> ckpt.CommitRecord | None:
-        """The next older committed checkpoint that verifies; None = start fresh; NoIntactCheckpoint when
-        committed ones exist, none is usable and the config does not allow starting over."""
+        """The next older committed checkpoint whose files match its marker (sizes and checksums), or None."""
         search = self.search
         assert search is not None
         seen = len(search.rejected)
@@ -225,7 +225,25 @@ class Run:
             self.newest_commit = record
             return record
         self.newest_commit = None
-        if not search.damaged:
+        return None
+
+    def settle_resume(self, resume: ckpt.CommitRecord | None) -> ckpt.CommitRecord | None:
+        """Once the config has proven loadable (a config error comes first): pass over candidates that cannot
+        be read back (restore probe), then decide what no intact checkpoint means. NoIntactCheckpoint when
+        committed ones exist, none is usable and the config does not allow starting over."""
+        from finetune_trainer.trainer import probe_restore
+
+        while resume is not None:
+            self.check_world_size(resume)  # a different process count is a config error, not damage
+            try:
+                # A checkpoint that matches its marker but cannot be deserialised (a version-1 marker has no
+                # checksums; a writer bug) is passed over here, before the Trainer is built.
+                probe_restore(resume.path, self.world_size)
+                return resume
+            except ckpt.RestoreFailed as error:
+                resume = self.reject(resume, f"restore probe: {error}")
+        search = self.search
+        if search is None or not search.damaged:
             log("resume_none", reason="no committed checkpoint")
             return None
         assert self.config is not None
@@ -248,7 +266,7 @@ class Run:
         )
 
     def reject(self, record: ckpt.CommitRecord, why: str) -> ckpt.CommitRecord | None:
-        """Restoring `record` failed: note it and take the next older candidate (same rules as above)."""
+        """Restoring `record` failed: note it and take the next older candidate (None when there is none)."""
         log("checkpoint_restore_failed", level="error", checkpoint=record.name, reason=why)
         if self.search is None:  # --resume PATH: the user chose this one; no silent fallback, nothing moved
             raise NoIntactCheckpoint(f"--resume {self.args.resume}: damaged: {why}; nothing was moved")
@@ -343,7 +361,6 @@ class Run:
 
         from finetune_trainer.faults import Faults
         from finetune_trainer.reporting import StatusReporter, TrainerMetrics, kubernetes_patcher
-        from finetune_trainer.trainer import probe_restore
 
         use_cuda = torch.cuda.is_available()
         faults = Faults.from_env()
@@ -363,26 +380,19 @@ class Run:
         self.preemption.start_watchdog(config.save_deadline_seconds, self.on_save_deadline)
         try:
             while True:
-                # A checkpoint that matches its marker but cannot be read back is passed over here, before
-                # anything is built (a version-1 marker has no checksums; a writer bug).
-                while resume is not None:
-                    try:
-                        probe_restore(resume.path, self.world_size)
-                        break
-                    except ckpt.RestoreFailed as error:
-                        resume = self.reject(resume, f"restore probe: {error}")
+                self.resume = resume
                 try:
-                    return self.train_from(config, resume, use_cuda, faults, reporter, metrics)
+                    return self.train_from(config, use_cuda, faults, reporter, metrics)
                 except ckpt.RestoreFailed as error:
                     # The Trainer could not restore it after all (e.g. a state that does not fit the model):
                     # set it aside and go on from the next older one in this process, spending no attempt.
                     # With several ranks they could not agree on that: exit 1 as any error.
-                    if self.world_size > 1 or resume is None:
+                    if self.world_size > 1 or self.resume is None:
                         raise
                     why = str(error)
                 # Outside the except block: the traceback (and the failed trainer and model) is released.
                 self.release_trainer(use_cuda)
-                resume = self.reject(resume, why)
+                resume = self.reject(self.resume, why)
         finally:
             reporter.close()
 
@@ -415,7 +425,6 @@ class Run:
     def train_from(
         self,
         config: TrainerConfig,
-        resume: ckpt.CommitRecord | None,
         use_cuda: bool,
         faults: Any,
         reporter: Any,
@@ -447,8 +456,8 @@ class Run:
             cuda=use_cuda,
             threads=torch.get_num_threads(),
             world_size=self.world_size,
-            resume=resume.name if resume else None,
         )
+        resume = self.resume = self.settle_resume(self.resume)
         extra = ("scaler.pt",) if (use_cuda and args.fp16) else ()
         run = RunState(
             output_dir=self.output_dir,
