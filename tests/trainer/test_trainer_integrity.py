@@ -233,18 +233,21 @@ def test_checkpoints_that_pass_their_checks_but_cannot_be_restored_are_set_aside
 # ---------------------------------------------------------------- item 3: every checkpoint damaged
 
 
-def damage_all(out: Path) -> None:
-    for _step, path in ckpt.list_checkpoints(out):
+def damage_all(out: Path) -> str:
+    """Zero-fill optimizer.pt everywhere and add a torn save above the newest (its name is returned)."""
+    found = ckpt.list_checkpoints(out)
+    for _step, path in found:
         zero_fill(path / "optimizer.pt")
-    torn = out / "checkpoint-28"  # a save that never finished: normal after a kill, not damage
+    torn = out / f"checkpoint-{found[0][0] + SAVE_EVERY}"  # a save that never finished: normal, not damage
     torn.mkdir()
     (torn / "optimizer.pt").write_bytes(b"partial")
+    return torn.name
 
 
 def test_no_intact_checkpoint_exits_65_naming_each_and_touches_nothing(refs: Refs, work: Path) -> None:
     ref = refs.get("linear", "mid_epoch")
     out = copy_without_final(ref, work / "out")
-    damage_all(out)
+    torn = damage_all(out)
     before = tree(out)
     proc = run(ref.config, out, tag="none-intact")
     assert proc.popen.returncode == 65, proc.tail()
@@ -253,7 +256,7 @@ def test_no_intact_checkpoint_exits_65_naming_each_and_touches_nothing(refs: Ref
     message = term["message"]
     for step in range(SAVE_EVERY, 25, SAVE_EVERY):
         assert f"checkpoint-{step}: optimizer.pt: CRC-32 " in message, message
-    assert "checkpoint-28: not committed" in message
+    assert f"{torn}: not committed" in message
     assert "Nothing was deleted or moved" in message and "onNoIntactCheckpoint: restart" in message
     assert any(line.startswith("no intact checkpoint: ") for line in proc.log_path.read_text().splitlines())
     assert tree(out) == before, "evidence must stay exactly as it was"
@@ -277,7 +280,7 @@ def test_no_intact_checkpoint_with_restart_sets_them_aside_and_trains_from_scrat
 ) -> None:
     ref = refs.get("constant", "epoch_end")
     out = copy_without_final(ref, work / "out")
-    damage_all(out)
+    torn = damage_all(out)
     evidence = {p.name: tree(p) for _s, p in ckpt.list_checkpoints(out) if (p / "COMMITTED.json").exists()}
     config = refs.config("constant", "epoch_end", work / "restart.yaml", on_no_intact_checkpoint="restart")
     proc = run(config, out, tag="restart")
@@ -291,7 +294,7 @@ def test_no_intact_checkpoint_with_restart_sets_them_aside_and_trains_from_scrat
     assert_same_adapter(ref.output_dir, out)
     assert proc.losses() == ref.losses()
     stale = events(proc, "removed_stale_checkpoints")
-    assert stale and stale[0]["checkpoints"] == ["checkpoint-28"]  # the torn save is deleted, as before
+    assert stale and stale[0]["checkpoints"] == [torn]  # the torn save is deleted, as before
 
 
 def test_reference_runs_are_what_the_tests_assume(refs: Refs) -> None:
