@@ -261,6 +261,10 @@ def test_no_intact_checkpoint_exits_65_naming_each_and_touches_nothing(refs: Ref
     assert any(line.startswith("no intact checkpoint: ") for line in proc.log_path.read_text().splitlines())
     assert tree(out) == before, "evidence must stay exactly as it was"
     assert events(proc, "loaded"), "decided once the config proved loadable: a config error (78) comes first"
+    # Starting over by hand needs more than --resume never: it refuses damaged committed ones too.
+    never = run(ref.config, out, "--resume", "never", tag="never")
+    assert never.popen.returncode == 78 and "checkpoint-24" in never.termination()["message"]
+    assert tree(out) == before
 
 
 def test_resume_path_to_a_damaged_checkpoint_exits_65_and_moves_nothing(refs: Refs, work: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.contract import (
+    COMMIT_MARKER,
     DAMAGED_DIR,
     EXIT_CONFIG_ERROR,
     EXIT_CUDA_OOM,
@@ -178,11 +179,13 @@ class Run:
         if ckpt.final_complete(self.output_dir) and mode != "never":
             return None
         if mode == "never":
-            existing = ckpt.committed_checkpoints(self.output_dir)
+            # Any commit marker counts, intact or damaged: starting over would delete it (and with it,
+            # evidence of the damage).
+            existing = [p for _s, p in ckpt.list_checkpoints(self.output_dir) if (p / COMMIT_MARKER).exists()]
             if existing or ckpt.final_complete(self.output_dir):
                 raise ConfigError(
                     f"--resume never: {self.output_dir} already holds committed checkpoints "
-                    f"({', '.join(r.name for r in existing) or FINAL_DIR}); "
+                    f"({', '.join(p.name for p in existing) or FINAL_DIR}); "
                     "use --resume auto or an empty directory"
                 )
             return None
