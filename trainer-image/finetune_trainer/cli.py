@@ -200,6 +200,7 @@ class Run:
         except ckpt.CheckpointError as error:
             raise NoIntactCheckpoint(f"--resume {mode}: damaged: {error}; nothing was moved") from None
         log("resume_from", checkpoint=str(path), step=record.step, reason="--resume PATH")
+        self.newest_commit = record
         return record
 
     def next_candidate(self) -> ckpt.CommitRecord | None:
