@@ -64,6 +64,10 @@ def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, An
     }
 
 
+def _log_set_aside(path: Path, moved: Path, why: str) -> None:
+    log("checkpoint_set_aside", level="warning", checkpoint=path.name, to=str(moved), reason=why)
+
+
 class CheckpointCommitCallback(TrainerCallback):
     """After HF wrote checkpoint-N: barrier → (main) verify, fsync, marker, retention → barrier."""
 
@@ -88,7 +92,9 @@ class CheckpointCommitCallback(TrainerCallback):
                 log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
             else:
                 keep = [state.best_model_checkpoint] if state.best_model_checkpoint else []
-                deleted = ckpt.apply_retention(run.output_dir, run.save_total_limit, keep=keep)
+                deleted = ckpt.apply_retention(
+                    run.output_dir, run.save_total_limit, keep=keep, on_set_aside=_log_set_aside
+                )
                 run.retained = len(ckpt.committed_checkpoints(run.output_dir))
                 run.last_commit = record
                 run.last_save_seconds = record.save_seconds
