@@ -65,7 +65,8 @@ def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, An
 
 
 def _log_set_aside(path: Path, moved: Path, why: str) -> None:
-    log("checkpoint_set_aside", level="warning", checkpoint=path.name, to=str(moved), reason=why)
+    to = f"{moved.parent.name}/{moved.name}"  # damaged/checkpoint-N, relative to the output dir
+    log("checkpoint_set_aside", level="warning", checkpoint=path.name, to=to, reason=why)
 
 
 class CheckpointCommitCallback(TrainerCallback):
