@@ -7,6 +7,7 @@ save_total_limit=None) → on_save. The commit happens in on_save; retention aft
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,7 @@ class ProgressCallback(TrainerCallback):
         self._tokens_at_start = 0
         self._step_seconds: float | None = None
         self._tokens_per_second: float | None = None
+        self._reported_non_finite = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.run.total_steps = state.max_steps
@@ -253,11 +255,26 @@ class ProgressCallback(TrainerCallback):
         if state.epoch is not None:
             status["epoch"] = round(float(state.epoch), 4)
         if "loss" in logs:
-            status["loss"] = round(float(logs["loss"]), 6)
+            loss = float(logs["loss"])
+            # JSON has no NaN: a non-finite loss is reported as null (and once as an Event), so the status
+            # patch stays valid and step/lastCheckpoint keep updating.
+            status["loss"] = round(loss, 6) if math.isfinite(loss) else None
+            if not math.isfinite(loss) and not self._reported_non_finite:
+                self._reported_non_finite = True
+                log("loss_not_finite", level="warning", step=state.global_step, loss=str(loss))
+                self.reporter.event(
+                    "Warning", "LossNotFinite", f"loss is {_finite_name(loss)} at step {state.global_step}"
+                )
             if self.metrics is not None:
-                self.metrics.loss.set(float(logs["loss"]))
+                self.metrics.loss.set(loss)
         self.reporter.update(status)
         return control
+
+
+def _finite_name(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Inf" if value > 0 else "-Inf"
 
 
 class FaultInjectionCallback(TrainerCallback):

@@ -285,7 +285,12 @@ class Run:
             RunState,
         )
         from finetune_trainer.faults import Faults
-        from finetune_trainer.reporting import StatusReporter, TrainerMetrics, kubernetes_patcher
+        from finetune_trainer.reporting import (
+            StatusReporter,
+            TrainerMetrics,
+            kubernetes_event_poster,
+            kubernetes_patcher,
+        )
         from finetune_trainer.trainer import CommitTrainer
 
         use_cuda = torch.cuda.is_available()
@@ -306,13 +311,14 @@ class Run:
             world_size=self.world_size,
         )
 
-        patcher = None
+        patcher = post_event = None
         if config.job is not None and self.is_main:
             try:
                 patcher = kubernetes_patcher(config.job)
+                post_event = kubernetes_event_poster(config.job)
             except Exception as error:  # not in a cluster: log only
                 log("status_reporting_off", level="warning", error=f"{type(error).__name__}: {error}"[:300])
-        reporter = StatusReporter(patcher)
+        reporter = StatusReporter(patcher, post_event=post_event)
         metrics = None
         if self.is_main:
             try:
