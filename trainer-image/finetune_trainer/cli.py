@@ -214,7 +214,7 @@ class Run:
             self.config = config
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # DIR is created only once the config proved workable (train()): a config error leaves it alone.
             self.newest_commit = ckpt.find_resume_checkpoint(self.output_dir).checkpoint
             if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
                 log("already_complete", final=str(self.output_dir / FINAL_DIR))
@@ -295,8 +295,9 @@ class Run:
 
         use_cuda = torch.cuda.is_available()
         t0 = time.monotonic()
+        train_ds, eval_ds = build.load_datasets(config)  # first: its config errors need no model load
         tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
-        train_ds, eval_ds = build.load_datasets(config)
+        build.check_lora_targets(config, model)
         if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
             raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
         args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
@@ -341,20 +342,26 @@ class Run:
             ProgressCallback(run, reporter, metrics),
             FaultInjectionCallback(run, faults),
         ]
-        trainer = CommitTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            peft_config=build.lora_config(config),
-            callbacks=callbacks,
-            run=run,
-            faults=faults,
-        )
+        try:
+            trainer = CommitTrainer(
+                model=model,
+                args=args,
+                train_dataset=train_ds,
+                eval_dataset=eval_ds,
+                processing_class=tokenizer,
+                peft_config=build.lora_config(config),
+                callbacks=callbacks,
+                run=run,
+                faults=faults,
+            )
+        except ValueError as error:
+            if type(error).__name__ == "NoMatchingPeftModuleError":  # e.g. a regex that matches nothing
+                raise ConfigError(f"lora.target_modules: {str(error).splitlines()[0]}") from error
+            raise
         from transformers.trainer_callback import PrinterCallback
 
         if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
             if stale:
                 log(
