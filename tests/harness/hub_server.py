@@ -10,8 +10,8 @@ It answers the way huggingface_hub's `hf_raise_for_status` reads a response (hug
 utils/_http.py): the exception type is chosen by the `X-Error-Code` header (RepoNotFound →
 RepositoryNotFoundError, RevisionNotFound → RevisionNotFoundError, GatedRepo → GatedRepoError, EntryNotFound →
 RemoteEntryNotFoundError), 401 on a repo URL without a code → RepositoryNotFoundError, and
-408/429/500/502/503/504 are retried by its backoff (honouring `Retry-After`, which `Failure` sets to 0 so tests
-stay fast) before they surface.
+408/429/500/502/503/504 are retried by its backoff (honouring `Retry-After`, which `Failure` sets to 0 so
+tests stay fast) before they surface.
 
 Routing: every request is parsed into a `HubRequest` (repo type, repo id, revision, file) and counted per
 repo; a repo with a configured `Failure` answers with it. Repos without one get 404 RepoNotFound for now;
