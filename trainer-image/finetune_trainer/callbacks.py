@@ -16,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer import dist
+from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import TRAINING, Preemption
@@ -85,6 +85,12 @@ class CheckpointCommitCallback(TrainerCallback):
                 )
                 assert record.save_seconds is not None
             except (ckpt.CheckpointError, OSError) as error:
+                if isinstance(error, OSError) and volume.is_out_of_space(error, run.output_dir):
+                    free = volume.free_bytes(run.output_dir)
+                    ckpt.remove_checkpoint(path)  # its marker could not be written: never committed
+                    raise volume.VolumeFull(
+                        path.name, run.output_dir, free, None, volume.first_line(error)
+                    ) from error
                 run.commit_failures.append(f"{path.name}: {error}")
                 log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
             else:

@@ -25,6 +25,7 @@ from finetune_api.contract import (
     EXIT_CUDA_OOM,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
+    EXIT_VOLUME_FULL,
     FINAL_DIR,
     TerminationMessage,
 )
@@ -267,11 +268,43 @@ class Run:
                 gradient_accumulation_steps=t.gradient_accumulation_steps,
                 message=(str(error).splitlines() or ["CUDA out of memory"])[0][:500],
             )
+        full = self._volume_full(error)
+        if full is not None:
+            log(
+                "volume_full",
+                level="error",
+                checkpoint=full.what,
+                volume=str(full.volume),
+                free_bytes=full.free_bytes,
+                needed_bytes=full.needed_bytes,
+                error=full.detail,
+            )
+            return self.exit_with(
+                EXIT_VOLUME_FULL,
+                "VolumeFull",
+                message=str(full),
+                free_bytes=full.free_bytes,
+                needed_bytes=full.needed_bytes,
+            )
         if isinstance(error, KeyboardInterrupt | SystemExit):
             return self.exit_with(EXIT_ERROR, "Error", message=f"{type(error).__name__}")
         log("traceback", level="error", traceback=traceback.format_exc()[-4000:])
         text = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
         return self.exit_with(EXIT_ERROR, "Error", message=text)
+
+    def _volume_full(self, error: BaseException) -> Any:
+        """A VolumeFull from a save, or an out-of-space error from elsewhere (final/, the commit marker)."""
+        from finetune_trainer import volume
+
+        for seen in (error, error.__cause__, error.__context__):
+            if isinstance(seen, volume.VolumeFull):
+                return seen
+        if isinstance(error, Exception) and volume.is_out_of_space(error, self.output_dir):
+            what = FINAL_DIR if self.preemption.phase == FINISHING else "a file on the checkpoint volume"
+            return volume.VolumeFull(
+                what, self.output_dir, volume.free_bytes(self.output_dir), None, volume.first_line(error)
+            )
+        return None
 
     def train(self, config: TrainerConfig, resume: ckpt.CommitRecord | None) -> int:
         import torch  # heavy imports from here on
