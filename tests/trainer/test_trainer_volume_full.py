@@ -52,7 +52,7 @@ def test_a_save_that_does_not_fit_exits_74_and_keeps_earlier_checkpoints(
     term = proc.termination()
     assert term["reason"] == "VolumeFull", term
     assert "checkpoint volume full" in term["message"] and "checkpoint-6" in term["message"]
-    assert "spec.checkpoint.volumeSize" in term["message"], term["message"]
+    assert "lower training.save_total_limit" in term["message"], term["message"]
     assert 0 <= term["free_bytes"] < term["needed_bytes"], term  # what was free vs the last checkpoint's size
     assert term["checkpoint"] == "checkpoint-4"
     logged = [e for e in proc.events() if e.get("event") == "volume_full"]

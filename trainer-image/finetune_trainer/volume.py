@@ -36,8 +36,7 @@ class VolumeFull(Exception):
         need = f"needs about {needed_bytes} bytes" if needed_bytes else "needs more"
         super().__init__(
             f"checkpoint volume full: {what} could not be written: {free_bytes} bytes free on {volume}, "
-            f"the checkpoint {need}; raise spec.checkpoint.volumeSize or lower "
-            f"spec.training.save_total_limit ({detail})"
+            f"the checkpoint {need}; make the volume bigger or lower training.save_total_limit ({detail})"
         )
 
 
