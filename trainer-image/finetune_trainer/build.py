@@ -39,6 +39,7 @@ _PERMANENT_HUB_ERRORS = {
     "DatasetNotFoundError",
     "HFValidationError",
     "OfflineModeIsEnabled",  # HF_HUB_OFFLINE=1 and the files are not cached: the environment says so
+    "FileMetadataError",  # HF_ENDPOINT answered, but not like a hub (no X-Repo-Commit/ETag)
 }
 # Connection refused, DNS, timeouts, dropped connections (httpx/httpx2 and the builtins under them).
 _TRANSIENT_NETWORK_ERRORS = {"TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError"}
