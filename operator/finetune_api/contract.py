@@ -44,6 +44,8 @@ class TerminationMessage(BaseModel):
     per_device_train_batch_size: int | None = None  # the batch that ran out of memory (CudaOOM)
     gradient_accumulation_steps: int | None = None
     save_seconds: float | None = None  # how long the emergency save took (Preempted)
+    free_bytes: int | None = None  # free bytes on the checkpoint volume when a save failed (VolumeFull)
+    needed_bytes: int | None = None  # what that checkpoint needs, estimated from the last committed one
     message: str | None = None  # one human line (errors)
 
     def to_json(self) -> str:

@@ -130,7 +130,8 @@ def build_service_account(job: FineTuneJob, uid: str) -> dict[str, Any]:
 
 
 def build_role(job: FineTuneJob, uid: str) -> dict[str, Any]:
-    """The trainer may read and patch its own job's status, nothing else."""
+    """The trainer may read and patch its own job's status, and post Events (e.g. "loss is NaN at step N");
+    nothing else. (RBAC cannot limit `create` by name: events in this namespace.)"""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -141,7 +142,8 @@ def build_role(job: FineTuneJob, uid: str) -> dict[str, Any]:
                 "resources": [f"{PLURAL}/status"],
                 "resourceNames": [job.metadata.name],
                 "verbs": ["get", "patch"],
-            }
+            },
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ],
     }
 

@@ -28,6 +28,7 @@ from finetune_api.contract import (
     EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
+    EXIT_VOLUME_FULL,
     TerminationMessage,
 )
 from finetune_api.models import (
@@ -73,6 +74,7 @@ End = Literal[
     "CudaOOM",
     "Error",
     "ConfigError",
+    "VolumeFull",
     "Unschedulable",
     "NoIntactCheckpoint",
 ]
@@ -414,6 +416,10 @@ def _classify_terminated(
             f"checkpoint.deleteWithJob); damaged ones are then moved to damaged/ on the volume. {detail}",
             **info,
         )
+    if code == EXIT_VOLUME_FULL or (msg is not None and msg.reason == "VolumeFull"):
+        # Before the preemption check: a save that failed for lack of space fails again on every attempt.
+        detail = (msg.message if msg else None) or _tail(term.message) or "no detail"
+        return Outcome("VolumeFull", "VolumeFull", detail, **info)
     if disrupted or pod.deleting:
         reason = disrupted or "PodDeleted"
         who = disrupted or "someone deleted the pod"
@@ -533,6 +539,8 @@ def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome
         return Plan("stop", "Suspended", f"suspended (spec.suspend): {outcome.message}", lost_steps=lost)
     if outcome.end in ("ConfigError", "Unschedulable", "NoIntactCheckpoint"):
         return Plan("fail", outcome.reason, outcome.message, lost_steps=lost)
+    if outcome.end == "VolumeFull":
+        return Plan("fail", "VolumeFull", f"{outcome.message}; {volume_full_advice(spec)}", lost_steps=lost)
 
     if outcome.end == "Preempted":
         if restarts.preemption >= policy.max_preemptions:
@@ -580,6 +588,17 @@ def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome
         delay_seconds=delay,
         lost_steps=lost,
     )
+
+
+def volume_full_advice(spec: FineTuneJobSpec) -> str:
+    """What the user can change when the checkpoint volume is full (retrying alone fails the same way)."""
+    ckpt, limit = spec.checkpoint, spec.training.save_total_limit
+    keep = "lower spec.training.save_total_limit" + (f" (now {limit})" if limit else " (now unlimited)")
+    if ckpt.existing_claim_name:
+        grow = f"grow the PersistentVolumeClaim {ckpt.existing_claim_name} (checkpoint.existingClaimName)"
+    else:
+        grow = f"raise spec.checkpoint.volumeSize (now {ckpt.volume_size})"
+    return f"{grow} or {keep}; the committed checkpoints on the volume are intact"
 
 
 def _plan_host_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome: Outcome, lost: int) -> Plan:

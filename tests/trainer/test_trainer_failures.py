@@ -96,6 +96,26 @@ def _bad(tiny: Path, work: Path, case: str) -> tuple[Path, str]:
         del config["dataset"]["path"]
         config["dataset"]["examples"] = [{"text": "hello"}, {"prompt": "no text here"}]
         field = "dataset.examples[1]"
+    elif case == "empty_dataset_file":
+        (work / "empty.jsonl").write_text("\n")
+        config["dataset"]["path"] = str(work / "empty.jsonl")
+        field = "dataset.path"
+    elif case == "malformed_jsonl":
+        (work / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "cut off\n{"text": "x"}\n')
+        config["dataset"]["path"] = str(work / "bad.jsonl")
+        field = "dataset.path"
+    elif case == "text_not_a_string":
+        (work / "numbers.jsonl").write_text("".join(f'{{"text": {i}}}\n' for i in range(8)))
+        config["dataset"]["path"] = str(work / "numbers.jsonl")
+        field = "dataset.text_field"
+    elif case == "eval_fraction_leaves_no_training_rows":
+        (work / "two.jsonl").write_text('{"text": "one row"}\n{"text": "another row"}\n')
+        config["dataset"]["path"] = str(work / "two.jsonl")
+        config["dataset"]["eval_fraction"] = 0.6
+        field = "dataset.eval_fraction"
+    elif case == "lora_target_module_missing":
+        config["lora"]["target_modules"] = ["c_attn", "q_proj"]  # GPT-2 has c_attn; peft alone ignores q_proj
+        field = "lora.target_modules"
     else:  # pragma: no cover
         raise AssertionError(case)
     path = work / "bad.yaml"
@@ -111,7 +131,12 @@ def _bad(tiny: Path, work: Path, case: str) -> tuple[Path, str]:
         "missing_dataset_file",
         "unknown_key",
         "inline_example_without_field",
+        "empty_dataset_file",
         pytest.param("missing_dataset_field", marks=pytest.mark.slow),  # found after loading the data
+        pytest.param("malformed_jsonl", marks=pytest.mark.slow),
+        pytest.param("text_not_a_string", marks=pytest.mark.slow),
+        pytest.param("eval_fraction_leaves_no_training_rows", marks=pytest.mark.slow),
+        pytest.param("lora_target_module_missing", marks=pytest.mark.slow),  # found after loading the model
     ],
 )
 def test_bad_config_exits_78_with_one_clear_line_and_touches_nothing(tiny: Path, work: Path, case: str):
@@ -129,6 +154,16 @@ def test_bad_config_exits_78_with_one_clear_line_and_touches_nothing(tiny: Path,
     term = proc.termination()
     assert term["reason"] == "ConfigError" and field in term["message"]
     assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_config_error_does_not_create_a_missing_output_dir(tiny: Path, work: Path) -> None:
+    config, field = _bad(tiny, work, "lora_target_module_missing")  # the last check: after the model load
+    out = work / "not-yet"
+    proc = run(config, out, tag="fresh")
+    assert proc.popen.returncode == 78, proc.tail()
+    assert field in proc.termination()["message"]
+    assert not out.exists()
 
 
 def test_resume_never_refuses_a_directory_with_committed_checkpoints(reference: Reference, work: Path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +24,95 @@ def looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
 
 
-def _hub_error_is_permanent(error: BaseException) -> bool:
-    """A hub lookup that will fail again on retry (not found, gated, offline without a cache)."""
-    names = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError", "EntryNotFoundError"}
-    names |= {"LocalEntryNotFoundError", "DatasetNotFoundError", "HFValidationError", "OfflineModeIsEnabled"}
+class HubUnavailable(Exception):
+    """The hub (or HF_ENDPOINT) could not be reached or answered 429/5xx: transient, exit 1 (retried)."""
+
+
+# huggingface_hub's errors that retrying cannot fix (hf_raise_for_status: X-Error-Code RepoNotFound,
+# RevisionNotFound, GatedRepo, EntryNotFound; 401 on a repo URL → RepositoryNotFoundError).
+_PERMANENT_HUB_ERRORS = {
+    "RepositoryNotFoundError",
+    "RevisionNotFoundError",
+    "GatedRepoError",
+    "RemoteEntryNotFoundError",
+    "DisabledRepoError",
+    "DatasetNotFoundError",
+    "HFValidationError",
+    "OfflineModeIsEnabled",  # HF_HUB_OFFLINE=1 and the files are not cached: the environment says so
+    "FileMetadataError",  # HF_ENDPOINT answered, but not like a hub (no X-Repo-Commit/ETag)
+}
+# Connection refused, DNS, timeouts, dropped connections (httpx/httpx2 and the builtins under them).
+_TRANSIENT_NETWORK_ERRORS = {"TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError"}
+# 408, 429 and 5xx: huggingface_hub's own retry list (_DEFAULT_RETRY_ON_STATUS_CODES) plus the rest of 5xx.
+_TRANSIENT_STATUSES = {408, 429}
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            break
-        if type(seen).__name__ in names:
+    while seen is not None and len(chain) < 12 and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+def _http_status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _hub_error_is_permanent(error: BaseException) -> bool:
+    """A hub lookup that will fail again on retry: not found, gated/unauthorized, offline without a cache."""
+    for seen in _error_chain(error):
+        if type(seen).__name__ in _PERMANENT_HUB_ERRORS:
             return True
+        if _http_status(seen) in (401, 403):
+            return True  # unauthorized / forbidden: the token or the repo's access list must change
+    if _hub_error_is_transient(error):
+        return False
+    for seen in _error_chain(error):
         text = str(seen)
         if (
             "is not a local folder and is not a valid model identifier" in text
             or "offline mode" in text.lower()
         ):
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _transient_cause(error: BaseException) -> BaseException | None:
+    """The error in the chain showing the hub could not be reached or is failing (connection, DNS, timeout,
+    408/429/5xx), or None."""
+    for seen in _error_chain(error):
+        status = _http_status(seen)
+        if status is not None and (status in _TRANSIENT_STATUSES or status >= 500):
+            return seen
+        if {cls.__name__ for cls in type(seen).__mro__} & _TRANSIENT_NETWORK_ERRORS:
+            return seen
+        if isinstance(seen, ConnectionError | TimeoutError | socket.gaierror) and (
+            type(seen).__name__ not in _PERMANENT_HUB_ERRORS
+        ):
+            return seen
+    return None
+
+
+def _hub_error_is_transient(error: BaseException) -> bool:
+    return _transient_cause(error) is not None
+
+
+def classify_hub_error(error: BaseException, field: str, name: str) -> BaseException:
+    """What to raise instead: ConfigError (78) for what no retry fixes, HubUnavailable (exit 1, retried with
+    backoff) for a hub that is down or unreachable, else the error itself."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if _hub_error_is_permanent(error):
+        return ConfigError(f"{field}: cannot load {name!r}: {first}")
+    cause = _transient_cause(error)
+    if cause is not None:
+        status = _http_status(cause)
+        why = f"HTTP {status}" if status is not None else type(cause).__name__
+        return HubUnavailable(f"{field}: the hub is unreachable or failing ({why}) loading {name!r}: {first}")
+    return error
 
 
 def needs_hub(config: TrainerConfig) -> bool:
@@ -73,6 +147,8 @@ def check_static(config: TrainerConfig) -> None:
                 f"dataset.path: unsupported file type {path.suffix!r} "
                 f"(use {', '.join(sorted(_DATA_BUILDERS))})"
             )
+        if path.is_file() and _is_blank(path):
+            raise ConfigError(f"dataset.path: {data.path} is empty (no rows)")
     if data.examples is not None:
         field = data.text_field if data.format == "text" else data.messages_field
         for i, example in enumerate(data.examples):
@@ -80,6 +156,50 @@ def check_static(config: TrainerConfig) -> None:
                 raise ConfigError(
                     f"dataset.examples[{i}]: has no field {field!r} (dataset.{data.format}_field)"
                 )
+
+
+def _is_blank(path: Path) -> bool:
+    """Empty or only whitespace (datasets fails on these with a bare StopIteration)."""
+    size = path.stat().st_size
+    if size > 65536:
+        return False
+    return not path.read_bytes().strip()
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """Where a JSON Lines file stops being JSON (only called after datasets failed to read it)."""
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+            return None
+        except ValueError:
+            pass  # maybe JSON Lines under a .json name: check line by line
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                return f"line {number} is not valid JSON ({error})"
+            if not isinstance(row, dict):
+                return f"line {number} is not a JSON object"
+    return None
+
+
+def check_lora_targets(config: TrainerConfig, model: Any) -> None:
+    """Every listed target module must exist in the model (peft ignores a misspelt one if another matches)."""
+    targets = config.lora.target_modules
+    if not targets or targets == ["all-linear"]:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if not list(m.children())})
+        raise ConfigError(
+            f"lora.target_modules: {', '.join(missing)} not in model {config.model.name_or_path!r} "
+            f"(its leaf modules: {', '.join(leaves[:20])})"
+        )
 
 
 def load_tokenizer_and_model(config: TrainerConfig, use_cuda: bool) -> tuple[Any, Any]:
@@ -110,10 +230,13 @@ def load_tokenizer_and_model(config: TrainerConfig, use_cuda: bool) -> tuple[Any
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **common)
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype, **common)
     except (OSError, ValueError) as error:
-        if _hub_error_is_permanent(error) or isinstance(error, ValueError):
+        classified = classify_hub_error(error, "model.name_or_path", spec.name_or_path)
+        if classified is error and isinstance(error, ValueError):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"model.name_or_path: cannot load {spec.name_or_path!r}: {first}") from error
-        raise
+            classified = ConfigError(f"model.name_or_path: cannot load {spec.name_or_path!r}: {first}")
+        if classified is error:
+            raise
+        raise classified from error
     if not use_cuda and next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
         model = model.float()
     if tokenizer.pad_token is None:
@@ -135,7 +258,14 @@ def _load_split(config: TrainerConfig, split: str) -> Any:
             path = Path(data.path).expanduser()
             if path.is_file():
                 builder = _DATA_BUILDERS[path.suffix]
-                loaded = datasets.load_dataset(builder, data_files={data.split: str(path)})
+                try:
+                    loaded = datasets.load_dataset(builder, data_files={data.split: str(path)})
+                except Exception as error:  # a file that does not parse: name the line when it is JSON
+                    where = _first_bad_json_line(path) if builder == "json" else None
+                    if where is None and builder == "json":
+                        raise
+                    detail = where or str(error).strip().splitlines()[0]
+                    raise ConfigError(f"dataset.path: {data.path}: {detail}") from error
             elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
                 loaded = datasets.load_from_disk(str(path))
                 if isinstance(loaded, datasets.Dataset):
@@ -147,13 +277,14 @@ def _load_split(config: TrainerConfig, split: str) -> Any:
             return datasets.load_dataset(data.name, data.config_name, split=split, token=token)
     except ConfigError:
         raise
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"dataset: cannot load split {split!r}: {str(error).splitlines()[0]}") from error
     except Exception as error:
-        if _hub_error_is_permanent(error):
-            raise ConfigError(
-                f"dataset.name: cannot load {data.name!r}: {str(error).splitlines()[0]}"
-            ) from error
+        if data.name is not None:
+            classified = classify_hub_error(error, "dataset.name", data.name)
+            if classified is not error:
+                raise classified from error
+        if isinstance(error, FileNotFoundError | ValueError):
+            first = (str(error).splitlines() or [type(error).__name__])[0]
+            raise ConfigError(f"dataset: cannot load split {split!r}: {first}") from error
         raise
     if split not in loaded:
         field = "dataset.split" if split == data.split else "dataset.eval_split"
@@ -173,12 +304,24 @@ def load_datasets(config: TrainerConfig) -> tuple[Any, Any | None]:
         )
     if len(train) == 0:
         raise ConfigError(f"dataset.split: split {data.split!r} is empty")
+    if data.format == "text":
+        feature = train.features[field]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            kind = getattr(feature, "dtype", None) or type(feature).__name__
+            raise ConfigError(f"{name}: column {field!r} holds {kind} values, not text strings")
     eval_ds = None
     if data.eval_split is not None:
         eval_ds = _load_split(config, data.eval_split)
         if field not in eval_ds.column_names:
             raise ConfigError(f"dataset.eval_split: column {field!r} not in split {data.eval_split!r}")
     elif data.eval_fraction is not None:
+        rows = len(train)
+        held_out = math.ceil(data.eval_fraction * rows)  # how datasets' train_test_split sizes the test part
+        if rows - held_out < 1:
+            raise ConfigError(
+                f"dataset.eval_fraction: {data.eval_fraction} of {rows} rows holds out {held_out}, "
+                "leaving no training rows"
+            )
         parts = train.train_test_split(test_size=data.eval_fraction, seed=config.training.seed)
         train, eval_ds = parts["train"], parts["test"]
 

@@ -7,6 +7,7 @@ save_total_limit=None) → on_save. The commit happens in on_save; retention aft
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer import dist
+from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import TRAINING, Preemption
@@ -89,6 +90,12 @@ class CheckpointCommitCallback(TrainerCallback):
                 )
                 assert record.save_seconds is not None
             except (ckpt.CheckpointError, OSError) as error:
+                if isinstance(error, OSError) and volume.is_out_of_space(error, run.output_dir):
+                    free = volume.free_bytes(run.output_dir)
+                    ckpt.remove_checkpoint(path)  # its marker could not be written: never committed
+                    raise volume.VolumeFull(
+                        path.name, run.output_dir, free, None, volume.first_line(error)
+                    ) from error
                 run.commit_failures.append(f"{path.name}: {error}")
                 log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
             else:
@@ -196,6 +203,7 @@ class ProgressCallback(TrainerCallback):
         self._tokens_at_start = 0
         self._step_seconds: float | None = None
         self._tokens_per_second: float | None = None
+        self._reported_non_finite = False
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.run.total_steps = state.max_steps
@@ -260,11 +268,26 @@ class ProgressCallback(TrainerCallback):
         if state.epoch is not None:
             status["epoch"] = round(float(state.epoch), 4)
         if "loss" in logs:
-            status["loss"] = round(float(logs["loss"]), 6)
+            loss = float(logs["loss"])
+            # JSON has no NaN: a non-finite loss is reported as null (and once as an Event), so the status
+            # patch stays valid and step/lastCheckpoint keep updating.
+            status["loss"] = round(loss, 6) if math.isfinite(loss) else None
+            if not math.isfinite(loss) and not self._reported_non_finite:
+                self._reported_non_finite = True
+                log("loss_not_finite", level="warning", step=state.global_step, loss=str(loss))
+                self.reporter.event(
+                    "Warning", "LossNotFinite", f"loss is {_finite_name(loss)} at step {state.global_step}"
+                )
             if self.metrics is not None:
-                self.metrics.loss.set(float(logs["loss"]))
+                self.metrics.loss.set(loss)
         self.reporter.update(status)
         return control
+
+
+def _finite_name(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Inf" if value > 0 else "-Inf"
 
 
 class FaultInjectionCallback(TrainerCallback):

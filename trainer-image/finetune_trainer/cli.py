@@ -30,6 +30,7 @@ from finetune_api.contract import (
     EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
+    EXIT_VOLUME_FULL,
     FINAL_DIR,
     TerminationMessage,
 )
@@ -293,7 +294,7 @@ class Run:
             self.config = config
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # DIR is created only once the config proved workable (train()): a config error leaves it alone.
             if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
                 log("already_complete", final=str(self.output_dir / FINAL_DIR))
                 final = ckpt.final_complete(self.output_dir) or {}
@@ -354,27 +355,65 @@ class Run:
                 gradient_accumulation_steps=t.gradient_accumulation_steps,
                 message=(str(error).splitlines() or ["CUDA out of memory"])[0][:500],
             )
+        full = self._volume_full(error)
+        if full is not None:
+            log(
+                "volume_full",
+                level="error",
+                checkpoint=full.what,
+                volume=str(full.volume),
+                free_bytes=full.free_bytes,
+                needed_bytes=full.needed_bytes,
+                error=full.detail,
+            )
+            return self.exit_with(
+                EXIT_VOLUME_FULL,
+                "VolumeFull",
+                message=str(full),
+                free_bytes=full.free_bytes,
+                needed_bytes=full.needed_bytes,
+            )
         if isinstance(error, KeyboardInterrupt | SystemExit):
             return self.exit_with(EXIT_ERROR, "Error", message=f"{type(error).__name__}")
         log("traceback", level="error", traceback=traceback.format_exc()[-4000:])
         text = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
         return self.exit_with(EXIT_ERROR, "Error", message=text)
 
+    def _volume_full(self, error: BaseException) -> Any:
+        """A VolumeFull from a save, or an out-of-space error from elsewhere (final/, the commit marker)."""
+        from finetune_trainer import volume
+
+        for seen in (error, error.__cause__, error.__context__):
+            if isinstance(seen, volume.VolumeFull):
+                return seen
+        if isinstance(error, Exception) and volume.is_out_of_space(error, self.output_dir):
+            what = FINAL_DIR if self.preemption.phase == FINISHING else "a file on the checkpoint volume"
+            return volume.VolumeFull(
+                what, self.output_dir, volume.free_bytes(self.output_dir), None, volume.first_line(error)
+            )
+        return None
+
     def train(self, config: TrainerConfig, resume: ckpt.CommitRecord | None) -> int:
         import torch  # heavy imports from here on
 
         from finetune_trainer.faults import Faults
-        from finetune_trainer.reporting import StatusReporter, TrainerMetrics, kubernetes_patcher
+        from finetune_trainer.reporting import (
+            StatusReporter,
+            TrainerMetrics,
+            kubernetes_event_poster,
+            kubernetes_patcher,
+        )
 
         use_cuda = torch.cuda.is_available()
         faults = Faults.from_env()
-        patcher = None
+        patcher = post_event = None
         if config.job is not None and self.is_main:
             try:
                 patcher = kubernetes_patcher(config.job)
+                post_event = kubernetes_event_poster(config.job)
             except Exception as error:  # not in a cluster: log only
                 log("status_reporting_off", level="warning", error=f"{type(error).__name__}: {error}"[:300])
-        reporter = StatusReporter(patcher)
+        reporter = StatusReporter(patcher, post_event=post_event)
         metrics = None
         if self.is_main:
             try:
@@ -447,8 +486,9 @@ class Run:
         from finetune_trainer.trainer import CommitTrainer
 
         t0 = time.monotonic()
+        train_ds, eval_ds = build.load_datasets(config)  # first: its config errors need no model load
         tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
-        train_ds, eval_ds = build.load_datasets(config)
+        build.check_lora_targets(config, model)
         if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
             raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
         args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
@@ -478,20 +518,26 @@ class Run:
             ProgressCallback(run, reporter, metrics),
             FaultInjectionCallback(run, faults),
         ]
-        trainer = CommitTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            peft_config=build.lora_config(config),
-            callbacks=callbacks,
-            run=run,
-            faults=faults,
-        )
+        try:
+            trainer = CommitTrainer(
+                model=model,
+                args=args,
+                train_dataset=train_ds,
+                eval_dataset=eval_ds,
+                processing_class=tokenizer,
+                peft_config=build.lora_config(config),
+                callbacks=callbacks,
+                run=run,
+                faults=faults,
+            )
+        except ValueError as error:
+            if type(error).__name__ == "NoMatchingPeftModuleError":  # e.g. a regex that matches nothing
+                raise ConfigError(f"lora.target_modules: {str(error).splitlines()[0]}") from error
+            raise
         from transformers.trainer_callback import PrinterCallback
 
         if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             self.set_aside_damaged()
             stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
             if stale:

@@ -2,15 +2,20 @@
 
 `StatusReporter` keeps one pending merge patch: `update()` merges into it and returns at once (a one-slot
 queue that coalesces), a daemon thread sends it with short timeouts, and failures are logged (rate-limited)
-and retried with the newest values. The pod's ServiceAccount may only get/patch `finetunejobs/status` of its
-own job.
+and retried with the newest values — except a patch the apiserver rejects as invalid (400/422): resending it
+would fail forever and, merged into every later patch, freeze the status, so it is dropped. Non-finite numbers
+(a NaN loss) are sent as null: JSON has no NaN. The pod's ServiceAccount may only get/patch
+`finetunejobs/status` of its own job, and create Events (`event()`, e.g. "loss is NaN at step N").
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from finetune_api.models import GROUP, PLURAL, VERSION
@@ -19,14 +24,40 @@ from finetune_api.trainer_config import JobRef
 from finetune_trainer.logs import log
 
 PatchFn = Callable[[dict[str, Any]], None]
+EventFn = Callable[[str, str, str], None]  # (type, reason, message)
+
+#: HTTP statuses meaning "this body is invalid": sending it again can never succeed.
+INVALID_PATCH_STATUSES = (400, 422)
 
 
-def kubernetes_patcher(job: JobRef, timeout: tuple[float, float] = (2.0, 5.0)) -> PatchFn:
-    """A function sending a JSON merge patch to the job's status subresource with in-cluster credentials."""
+def finite_or_null(value: Any) -> Any:
+    """NaN/Inf → None (JSON null), recursively: the apiserver rejects a body containing NaN (400)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def _api_client(api_client: Any | None) -> Any:
+    if api_client is not None:
+        return api_client
     from kubernetes import client, config
 
     config.load_incluster_config()
-    api = client.CustomObjectsApi()
+    return client.ApiClient()
+
+
+def kubernetes_patcher(
+    job: JobRef, timeout: tuple[float, float] = (2.0, 5.0), api_client: Any | None = None
+) -> PatchFn:
+    """A function sending a JSON merge patch to the job's status subresource (in-cluster credentials unless
+    `api_client` is given)."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(_api_client(api_client))
 
     def patch(body: dict[str, Any]) -> None:
         api.patch_namespaced_custom_object_status(
@@ -43,9 +74,66 @@ def kubernetes_patcher(job: JobRef, timeout: tuple[float, float] = (2.0, 5.0)) -
     return patch
 
 
+def kubernetes_event_poster(
+    job: JobRef, timeout: tuple[float, float] = (2.0, 5.0), api_client: Any | None = None
+) -> EventFn:
+    """A function posting a core/v1 Event about the job (the Role allows `create events`)."""
+    from kubernetes import client
+
+    api_client = _api_client(api_client)
+    core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    uid: list[str] = []
+
+    def post(type_: str, reason: str, message: str) -> None:
+        if not uid:  # the Event names its object by uid too; `get` on our own job's status is allowed
+            obj: Any = custom.get_namespaced_custom_object_status(
+                GROUP, VERSION, job.namespace, PLURAL, job.name, _request_timeout=timeout
+            )
+            uid.append(obj["metadata"]["uid"])
+        now = datetime.now(UTC)
+        core.create_namespaced_event(
+            job.namespace,
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{job.name}.", namespace=job.namespace),
+                involved_object=client.V1ObjectReference(
+                    api_version=f"{GROUP}/{VERSION}",
+                    kind="FineTuneJob",
+                    name=job.name,
+                    namespace=job.namespace,
+                    uid=uid[0],
+                ),
+                reason=reason,
+                message=message[:1024],
+                type=type_,
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                source=client.V1EventSource(component="finetune-trainer"),
+                reporting_component="finetune-trainer",
+                reporting_instance=os.environ.get("HOSTNAME", "trainer"),
+            ),
+            _request_timeout=timeout,
+        )
+
+    return post
+
+
+def _rejected_as_invalid(error: BaseException) -> bool:
+    return getattr(error, "status", None) in INVALID_PATCH_STATUSES
+
+
 class StatusReporter:
-    def __init__(self, patch: PatchFn | None, min_interval: float = 1.0, log_every: float = 60.0):
+    def __init__(
+        self,
+        patch: PatchFn | None,
+        min_interval: float = 1.0,
+        log_every: float = 60.0,
+        post_event: EventFn | None = None,
+    ):
         self._patch = patch
+        self._post_event = post_event
+        self._events: list[tuple[str, str, str]] = []
         self._min_interval = min_interval
         self._log_every = log_every
         self._pending: dict[str, Any] = {}
@@ -55,6 +143,8 @@ class StatusReporter:
         self._last_error_log = 0.0
         self.sent = 0
         self.failed = 0
+        self.rejected = 0
+        self.events_sent = 0
         self._thread: threading.Thread | None = None
         if patch is not None:
             self._thread = threading.Thread(target=self._run, name="status-reporter", daemon=True)
@@ -69,18 +159,48 @@ class StatusReporter:
         if self._patch is None:
             return
         with self._cond:
-            self._pending.update(fields)
+            self._pending.update(finite_or_null(fields))
             self._cond.notify()
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        """Queue a Kubernetes Event about the job; sent by the reporter thread, never blocks."""
+        if self._patch is None or self._post_event is None:
+            return
+        with self._cond:
+            self._events.append((type_, reason, message))
+            self._cond.notify()
+
+    def _send_events(self) -> None:
+        assert self._post_event is not None
+        with self._cond:
+            events, self._events = self._events, []
+        for type_, reason, message in events:
+            try:
+                self._post_event(type_, reason, message)
+                self.events_sent += 1
+            except Exception as error:  # an Event is best effort: log it, never retry forever
+                log(
+                    "event_post_failed",
+                    level="warning",
+                    reason=reason,
+                    error=f"{type(error).__name__}: {error}"[:300],
+                )
 
     def _run(self) -> None:
         assert self._patch is not None
         last_sent = 0.0
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._events and not self._closed:
                     self._cond.wait()
-                if not self._pending and self._closed:
+                has_events = bool(self._events)
+                if not self._pending and not has_events and self._closed:
                     return
+            if has_events:
+                self._send_events()
+            with self._cond:
+                if not self._pending:
+                    continue
                 wait = self._min_interval - (time.monotonic() - last_sent)
                 if wait > 0 and not self._closed:
                     self._cond.wait(wait)  # coalesce what arrives meanwhile
@@ -90,6 +210,16 @@ class StatusReporter:
                 self._patch(body)
                 self.sent += 1
             except Exception as error:  # a report must never stop training
+                if _rejected_as_invalid(error):
+                    # Resending (or merging into later patches) can only fail again: drop this body.
+                    self.rejected += 1
+                    log(
+                        "status_patch_rejected",
+                        level="warning",
+                        fields=sorted(body),
+                        error=f"{type(error).__name__}: {error}"[:300],
+                    )
+                    continue
                 self.failed += 1
                 with self._cond:
                     self._pending = {**body, **self._pending}  # keep the newest values, retry later

@@ -18,6 +18,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 
 from finetune_trainer import checkpoints as ckpt
+from finetune_trainer import volume
 from finetune_trainer.callbacks import RunState
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
@@ -89,10 +90,31 @@ class CommitTrainer(SFTTrainer):
             # Leftover of an earlier attempt (torn, or committed but skipped as damaged): its marker must
             # never describe files of this write. Resume chose an older checkpoint: this one is unused.
             ckpt.remove_checkpoint(Path(target))
+        needed = volume.estimate_checkpoint_bytes(run.last_commit, self.model)
+        if run.is_main and needed:
+            keep = [self.state.best_model_checkpoint] if self.state.best_model_checkpoint else []
+            freed = volume.make_room(run.output_dir, run.save_total_limit, needed, keep)
+            if freed:
+                log(
+                    "retention_before_save",
+                    step=self.state.global_step,
+                    deleted=[p.name for p in freed],
+                    needed_bytes=needed,
+                    free_bytes=volume.free_bytes(run.output_dir),
+                    reason="free space short of the last checkpoint's size",
+                )
+        free_before = volume.free_bytes(run.output_dir) if run.is_main else 0
         self._in_checkpoint = True
         try:
             # Skip SFTTrainer._save_checkpoint: it rewrites a README model card in output_dir on every save.
             Trainer._save_checkpoint(self, model, trial)
+        except Exception as error:
+            if run.is_main and volume.is_out_of_space(error, run.output_dir, needed):
+                ckpt.remove_checkpoint(Path(target))  # never committed: its partial files only take space
+                raise volume.VolumeFull(
+                    Path(target).name, run.output_dir, free_before, needed, volume.first_line(error)
+                ) from error
+            raise
         finally:
             self._in_checkpoint = False
 

@@ -68,7 +68,7 @@ def test_existing_claim_is_used_as_is() -> None:
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared-ckpts"
 
 
-def test_role_allows_only_own_status() -> None:
+def test_role_allows_only_own_status_and_posting_events() -> None:
     role = b.build_role(job(), UID)
     assert role["rules"] == [
         {
@@ -76,7 +76,8 @@ def test_role_allows_only_own_status() -> None:
             "resources": ["finetunejobs/status"],
             "resourceNames": ["demo"],
             "verbs": ["get", "patch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},  # "loss is NaN at step N"
     ]
     binding = b.build_role_binding(job(), UID)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-trainer", "namespace": "ml"}]

@@ -880,3 +880,37 @@ def test_pending_restart_waits_for_terminating_pod_on_unready_node_until_lost() 
     nodes = {"node-a": d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=61))}
     step = d.reconcile(world(st=st, pods=[stuck], nodes=nodes))
     assert only(step, d.DeletePod).force
+
+
+VOLUME_FULL_MESSAGE = {
+    "reason": "VolumeFull",
+    "message": "checkpoint volume full: checkpoint-6 could not be written: 61440 bytes free on "
+    "/checkpoints/run, the checkpoint needs about 80805 bytes; make the volume bigger or lower "
+    "training.save_total_limit",
+    "free_bytes": 61440,
+    "needed_bytes": 80805,
+    "checkpoint": "checkpoint-4",
+    "checkpoint_step": 4,
+}
+
+
+@pytest.mark.parametrize("disruption", [None, "EvictionByEvictionAPI"])
+def test_exit_74_is_volume_full_even_during_an_emergency_save(disruption: str | None) -> None:
+    out = classify(pod(exit_code=74, message=VOLUME_FULL_MESSAGE, disruption=disruption), READY)
+    assert out is not None and (out.end, out.reason) == ("VolumeFull", "VolumeFull")
+    assert "61440 bytes free" in out.message and out.checkpoint_step == 4
+
+
+def test_volume_full_fails_at_once_with_advice_not_a_blind_retry() -> None:
+    out = classify(pod(exit_code=74, message=VOLUME_FULL_MESSAGE), READY)
+    assert out is not None
+    small = spec(checkpoint={"volumeSize": "2Gi"}, training={"save_total_limit": 3})
+    plan = d.plan_next(small, status(), out)
+    assert (plan.action, plan.reason, plan.cause) == ("fail", "VolumeFull", None)
+    assert "61440 bytes free" in plan.message
+    assert "raise spec.checkpoint.volumeSize (now 2Gi)" in plan.message
+    assert "lower spec.training.save_total_limit (now 3)" in plan.message
+
+    shared = d.plan_next(spec(checkpoint={"existingClaimName": "team-ckpts"}), status(), out)
+    assert "grow the PersistentVolumeClaim team-ckpts" in shared.message
+    assert "volumeSize" not in shared.message

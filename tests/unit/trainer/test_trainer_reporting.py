@@ -135,3 +135,56 @@ def test_termination_writer_first_message_wins(tmp_path: Any) -> None:
     writer.write(TerminationMessage(reason="Error", message="later"))
     assert json.loads(path.read_text()) == {"reason": "Preempted", "step": 4, "checkpoint": "checkpoint-4"}
     TerminationWriter(None).write(TerminationMessage(reason="Completed"))  # no path: nothing, no error
+
+
+class _Rejected(Exception):
+    """What kubernetes.client raises for a 422: an exception carrying the HTTP status."""
+
+    status = 422
+
+
+def test_non_finite_values_are_sent_as_null_and_a_rejected_body_is_never_resent() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def patch(body: dict[str, Any]) -> None:
+        calls.append(body)
+        if body.get("lastCheckpointStep") == "bad":
+            raise _Rejected("Unprocessable Entity")
+
+    reporter = StatusReporter(patch, min_interval=0.0)
+    reporter.update({"step": 1, "loss": float("nan"), "lastCheckpoint": {"saveSeconds": float("inf")}})
+    reporter.update({"lastCheckpointStep": "bad"})
+    deadline = time.monotonic() + 5
+    while reporter.rejected == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    reporter.update({"step": 2})
+    reporter.close(timeout=5)
+    assert json.dumps(calls[0], allow_nan=False)  # valid JSON: no NaN/Infinity anywhere
+    assert calls[0]["loss"] is None and calls[0]["lastCheckpoint"] == {"saveSeconds": None}
+    assert reporter.rejected == 1
+    assert calls[-1] == {"step": 2}  # the rejected field is not merged into later patches
+    assert all(c.get("lastCheckpointStep") != "bad" for c in calls[calls.index({"step": 2}) :])
+
+
+def test_progress_reports_nan_loss_as_null_and_one_event() -> None:
+    from pathlib import Path
+
+    from finetune_trainer.callbacks import ProgressCallback, RunState
+    from transformers import TrainerControl, TrainerState
+
+    sent: list[dict[str, Any]] = []
+    events: list[tuple[str, str, str]] = []
+    reporter = StatusReporter(sent.append, min_interval=0.0, post_event=lambda *e: events.append(e))
+    callback = ProgressCallback(RunState(output_dir=Path("/nonexistent")), reporter, None)
+    state = TrainerState()
+    state.max_steps = 10
+    for step, loss in ((3, 1.5), (4, float("nan")), (5, float("nan")), (6, 1.25)):
+        state.global_step = step
+        callback.on_log(None, state, TrainerControl(), logs={"loss": loss})  # type: ignore[arg-type]
+    reporter.close(timeout=5)
+    merged: dict[str, Any] = {}
+    for body in sent:
+        assert json.dumps(body, allow_nan=False)
+        merged.update(body)
+    assert merged["step"] == 6 and merged["loss"] == 1.25
+    assert events == [("Warning", "LossNotFinite", "loss is NaN at step 4")]  # once, at the first
