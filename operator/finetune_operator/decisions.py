@@ -57,6 +57,9 @@ CONFIG_WAITING_REASONS = frozenset({"ErrImageNeverPull", "InvalidImageName", "Cr
 #: A failed pull may work on the next try (registry 429/5xx, a credential-provider race on a fresh node): the
 #: kubelet retries it, and the operator waits up to restartPolicy.imagePullTimeoutSeconds...
 IMAGE_PULL_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff"})
+#: The runtime failed to create the container (CRI-O reports a missing executable here; a device or runtime
+#: hiccup otherwise): the kubelet retries too, bounded by the same timeout.
+CREATE_WAITING_REASONS = frozenset({"CreateContainerError"})
 #: ...unless the registry said the image does not exist or may not be pulled (no retry fixes that).
 PERMANENT_PULL_ERRORS = (
     "not found",
@@ -352,13 +355,17 @@ def classify_end(
             f"the trainer container cannot start: {pod.waiting_reason}: {pod.waiting_message or ''}".strip(),
             finished_at=now,
         )
-    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS and not pod.deleting:
+    if pod.waiting_reason in CREATE_WAITING_REASONS and missing_executable(pod.waiting_message):
+        return _executable_not_found(pod.waiting_message, finished_at=now)
+    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS | CREATE_WAITING_REASONS and not pod.deleting:
         waited = image_pull_seconds(pod, now)
         if image_pull_timeout_seconds > 0 and waited is not None and waited >= image_pull_timeout_seconds:
+            pulling = pod.waiting_reason in IMAGE_PULL_WAITING_REASONS
             return Outcome(
                 "StartFailure",
-                "ImagePullTimeout",
-                f"the trainer image could not be pulled on node {pod.node_name} for "
+                "ImagePullTimeout" if pulling else "CreateContainerTimeout",
+                f"the trainer {'image could not be pulled' if pulling else 'container could not be created'} "
+                f"on node {pod.node_name} for "
                 f"{image_pull_timeout_seconds} s (restartPolicy.imagePullTimeoutSeconds): "
                 f"{pod.waiting_reason}: {pod.waiting_message or 'no detail'}",
                 finished_at=now,
@@ -391,6 +398,21 @@ def image_pull_is_permanent(message: str | None) -> bool:
     """The registry said the image does not exist or may not be pulled: no retry will fix it."""
     text = (message or "").lower()
     return any(marker in text for marker in PERMANENT_PULL_ERRORS)
+
+
+def missing_executable(message: str | None) -> bool:
+    """The image has no such executable (a custom image without the trainer): a configuration error."""
+    return "executable file not found" in (message or "")
+
+
+def _executable_not_found(message: str | None, **info: Any) -> Outcome:
+    return Outcome(
+        "ConfigError",
+        "ExecutableNotFound",
+        "the image has no trainer executable (spec.image must contain finetune-trainer): "
+        f"{_tail(message) or 'executable file not found'}",
+        **info,
+    )
 
 
 def image_pull_seconds(pod: PodView, now: datetime) -> float | None:
@@ -433,13 +455,8 @@ def _classify_terminated(
         return Outcome("Completed", "Completed", "training finished; the final adapter is written", **info)
     if term.reason in START_FAILURE_REASONS or (code == 128 and msg is None):
         detail = _tail(term.message) or term.reason or "no detail"
-        if "executable file not found" in (term.message or ""):
-            return Outcome(
-                "ConfigError",
-                "ExecutableNotFound",
-                f"the image has no trainer executable (spec.image must contain finetune-trainer): {detail}",
-                **info,
-            )
+        if missing_executable(term.message):
+            return _executable_not_found(term.message, **info)
         return Outcome(
             "StartFailure",
             term.reason or f"ExitCode{code}",
@@ -1202,8 +1219,8 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
         text = f"waiting for a node: {pod.unschedulable_message or 'unschedulable'}"
         if status.message != text[:1024]:
             step.actions.append(PatchStatus({"message": text[:1024], "reason": "Unschedulable"}))
-    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS:
-        _waiting_for_image(world, pod, step)
+    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS | CREATE_WAITING_REASONS:
+        _waiting_to_start(world, pod, step)
     ckpt = status.last_checkpoint
     if ckpt is not None and ckpt.time and pod.annotations.get(ANNOTATION_LAST_CHECKPOINT) != ckpt.time:
         step.actions.append(
@@ -1219,11 +1236,17 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
         _requeue_for_node(step, pod, world)
 
 
-def _waiting_for_image(world: World, pod: PodView, step: Step) -> None:
-    """The kubelet retries a failed pull: say so in status, and look again when the wait runs out."""
+def _waiting_to_start(world: World, pod: PodView, step: Step) -> None:
+    """The kubelet retries a failed pull (or container creation): say so in status, and look again when
+    the wait runs out."""
     status, timeout = world.status, world.spec.restart_policy.image_pull_timeout_seconds
     bound = f"up to {timeout} s (restartPolicy.imagePullTimeoutSeconds)" if timeout else "without a bound"
-    text = f"the trainer image cannot be pulled yet, retrying {bound}: {pod.waiting_message or ''}".strip()
+    what = (
+        "image cannot be pulled"
+        if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS
+        else "container cannot be created"
+    )
+    text = f"the trainer {what} yet, retrying {bound}: {pod.waiting_message or ''}".strip()
     if (status.reason, status.message) != (pod.waiting_reason, text[:1024]):
         step.actions.append(PatchStatus({"reason": pod.waiting_reason, "message": text[:1024]}))
     waited = image_pull_seconds(pod, world.now)

@@ -919,6 +919,21 @@ def test_pending_restart_waits_for_terminating_pod_on_unready_node_until_lost() 
 # =============================================================================== infrastructure, storms
 
 
+def test_container_the_runtime_keeps_failing_to_create() -> None:
+    """CreateContainerError: the kubelet retries; a missing executable (CRI-O reports it here) is a config
+    error at once, anything else is bounded like a pull and then replaced on another node."""
+    missing = 'container create failed: exec: "finetune-trainer": executable file not found in $PATH'
+    out = classify(pod(phase="Pending", waiting="CreateContainerError", waiting_message=missing), READY)
+    assert out is not None and (out.end, out.reason) == ("ConfigError", "ExecutableNotFound")
+    flaky = "failed to reserve container name: name is reserved"
+    early = pod(phase="Pending", waiting="CreateContainerError", waiting_message=flaky, started_ago=30)
+    assert classify(early, READY, image_pull_timeout_seconds=600) is None
+    late = pod(phase="Pending", waiting="CreateContainerError", waiting_message=flaky, started_ago=700)
+    out = classify(late, READY, image_pull_timeout_seconds=600)
+    assert out is not None and (out.end, out.reason) == ("StartFailure", "CreateContainerTimeout")
+    assert "could not be created" in out.message
+
+
 def test_start_failure_restarts_with_backoff_on_another_node_on_its_own_budget() -> None:
     s = spec(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300, "maxFailures": 0})
     out = outcome("StartFailure", reason="StartError", node="gpu-7")
