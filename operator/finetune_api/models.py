@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_api.quantity import QUANTITY_PATTERN, parse_quantity
-from finetune_api.rules import CelRule, RuleModel
+from finetune_api.rules import CelRule, RuleModel, immutable
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -56,6 +56,8 @@ def _quantity_field(description: str, default: str | None = None) -> Any:
 
 
 class ModelSpec(HFModel):
+    cel_transition_rules = (immutable("spec.model"),)
+
     name_or_path: str = Field(
         min_length=1,
         description="Hugging Face hub id (e.g. 'gpt2') or an absolute path inside the trainer pod.",
@@ -74,6 +76,7 @@ class ModelSpec(HFModel):
 
 
 class DatasetSpec(HFModel):
+    cel_transition_rules = (immutable("spec.dataset"),)
     cel_rules = (
         CelRule(
             cel="[has(self.name), has(self.path), has(self.examples)].filter(x, x).size() == 1",
@@ -116,6 +119,8 @@ class DatasetSpec(HFModel):
 
 
 class LoraSpec(HFModel):
+    cel_transition_rules = (immutable("spec.lora"),)
+
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -131,6 +136,8 @@ class LoraSpec(HFModel):
 
 class TrainingSpec(HFModel):
     """A subset of TrainingArguments / trl.SFTConfig, with their names and the seed's defaults."""
+
+    cel_transition_rules = (immutable("spec.training"),)
 
     cel_rules = (
         CelRule(
@@ -263,6 +270,11 @@ class GpuResources(KubeModel):
     max_memory: str | None = _quantity_field(
         "Cap for memory raised after host OOM kills (default: memory x 2 x oomMemoryFactor)."
     )
+    scratch_size: str = _quantity_field(
+        "Size limit of the trainer's scratch /tmp (emptyDir; the Hugging Face cache is on the checkpoint "
+        "volume). Writing more gets the pod evicted.",
+        "8Gi",
+    )
 
 
 class Toleration(KubeModel):
@@ -306,6 +318,19 @@ class RestartPolicy(KubeModel):
     oom_memory_factor: float = Field(1.5, gt=1, le=4, description="Memory x this after a host OOM kill.")
     pending_timeout_seconds: int = Field(
         0, ge=0, description="Fail a pod that stays unschedulable this long (0 = wait forever)."
+    )
+    max_infrastructure_restarts: int = Field(
+        10,
+        ge=0,
+        description="Restarts after the container could not start (StartError: the node's runtime or GPU "
+        "hook failed) or the image could not be pulled in time, each on a new pod with backoff, preferring "
+        "another node.",
+    )
+    image_pull_timeout_seconds: int = Field(
+        600,
+        ge=0,
+        description="How long a pod may keep retrying its image pull (ErrImagePull, ImagePullBackOff) before "
+        "it is replaced on another node (0 = wait forever). An unknown image or denied access fails at once.",
     )
 
 
@@ -358,8 +383,8 @@ class FineTuneJobSpec(KubeModel):
 # ---------------------------------------------------------------------------------------------- status
 
 Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-RestartCause = Literal["preemption", "hostOOM", "cudaOOM", "error"]
-RESTART_CAUSES: tuple[RestartCause, ...] = ("preemption", "hostOOM", "cudaOOM", "error")
+RestartCause = Literal["preemption", "hostOOM", "cudaOOM", "error", "infrastructure"]
+RESTART_CAUSES: tuple[RestartCause, ...] = ("preemption", "hostOOM", "cudaOOM", "error", "infrastructure")
 
 
 class StatusModel(BaseModel):
@@ -387,10 +412,18 @@ class RestartCounts(StatusModel):
     host_oom: int = Field(0, alias="hostOOM")
     cuda_oom: int = Field(0, alias="cudaOOM")
     error: int = 0
+    infrastructure: int = 0
 
     @property
     def total(self) -> int:
-        return self.preemption + self.host_oom + self.cuda_oom + self.error
+        return self.preemption + self.host_oom + self.cuda_oom + self.error + self.infrastructure
+
+
+class RestartStreak(StatusModel):
+    """Consecutive pod ends for the same reason with no training progress in between."""
+
+    reason: str
+    count: int = Field(description="Ends in a row; reset when the trainer reports a new step.")
 
 
 class EffectiveTraining(StatusModel):
@@ -416,6 +449,9 @@ class PendingDecision(StatusModel):
     message: str | None = None
     pod_name: str = Field(description="The attempt's pod that ended.")
     not_before: str | None = Field(None, description="RFC 3339: create the next pod no earlier (backoff).")
+    avoid_node: str | None = Field(
+        None, description="The node the ended pod failed on; the next pod prefers other nodes."
+    )
 
 
 class FineTuneJobStatus(StatusModel):
@@ -433,6 +469,9 @@ class FineTuneJobStatus(StatusModel):
     last_checkpoint_step: int | None = None
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
     lost_steps: int = 0
+    streak: RestartStreak | None = Field(
+        None, description="Pod ends in a row for one reason without training progress (a restart storm)."
+    )
     effective: EffectiveTraining = Field(default_factory=EffectiveTraining)
     pending: PendingDecision | None = Field(
         None, description="Recorded decision still being carried out (the operator's restart-safe state)."

@@ -22,6 +22,7 @@ from finetune_operator.decisions import (
     LABEL_JOB,
     POD_FINALIZER,
     TRAINER_CONTAINER,
+    effective_memory,
     pod_name,
 )
 
@@ -31,6 +32,10 @@ ANNOTATION_VOLUME_JOB_UID = "finetune.dev/created-for-uid"
 CONFIG_MOUNT = "/etc/finetune"
 CONFIG_FILE = "config.json"
 TMP_MOUNT = "/tmp"
+#: The Hugging Face cache (hub downloads, datasets' processed files) lives on the checkpoint volume: it grows
+#: with the model, so on the size-limited scratch /tmp it would get the pod evicted; there it also survives
+#: attempts, so a restarted pod does not download the model again.
+HF_HOME_DIR = f"{CHECKPOINT_MOUNT}/.cache/hf"
 TRAINER_METRICS_PORT = 9400
 #: How long a trainer pod stays bound to a node that stopped answering (the default is 300 s): after this
 #: the taint manager evicts it and the operator can replace it once the node is confirmed lost.
@@ -194,7 +199,7 @@ def _resources(job: FineTuneJob, effective: EffectiveTraining | None) -> dict[st
     if res.gpus > 0:
         limits[res.gpu_resource_name] = str(res.gpus)
         requests[res.gpu_resource_name] = str(res.gpus)
-    memory = (effective.memory if effective else None) or res.memory
+    memory = effective_memory(job.spec, effective)
     if res.cpu:
         limits["cpu"] = requests["cpu"] = res.cpu
     if memory:
@@ -217,7 +222,7 @@ def _threads(job: FineTuneJob) -> str | None:
 def _env(job: FineTuneJob, attempt: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": TMP_MOUNT},
-        {"name": "HF_HOME", "value": f"{TMP_MOUNT}/hf"},
+        {"name": "HF_HOME", "value": HF_HOME_DIR},
         {"name": "XDG_CACHE_HOME", "value": f"{TMP_MOUNT}/cache"},
         {"name": "TRITON_CACHE_DIR", "value": f"{TMP_MOUNT}/triton"},
         {"name": "MPLCONFIGDIR", "value": f"{TMP_MOUNT}/matplotlib"},
@@ -266,18 +271,30 @@ def _tolerations(job: FineTuneJob, unreachable_seconds: int) -> list[dict[str, A
     return out
 
 
-def _affinity(job: FineTuneJob) -> dict[str, Any] | None:
+def _affinity(job: FineTuneJob, avoid_node: str | None = None) -> dict[str, Any] | None:
     affinity = json.loads(json.dumps(job.spec.scheduling.affinity)) if job.spec.scheduling.affinity else None
-    if not job.spec.scheduling.spot:
+    if not job.spec.scheduling.spot and not avoid_node:
         return affinity
     affinity = affinity or {}
     node = affinity.setdefault("nodeAffinity", {})
     preferred = node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
-    for key, value in SPOT_NODE_LABELS:
+    if job.spec.scheduling.spot:
+        for key, value in SPOT_NODE_LABELS:
+            preferred.append(
+                {
+                    "weight": 50,
+                    "preference": {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]},
+                }
+            )
+    if avoid_node:
+        # Preferred, not required: the failed node stays usable when it is the only one that fits.
+        # matchFields on metadata.name: the hostname label need not equal the node's name.
         preferred.append(
             {
-                "weight": 50,
-                "preference": {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]},
+                "weight": 100,
+                "preference": {
+                    "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [avoid_node]}]
+                },
             }
         )
     return affinity
@@ -285,7 +302,7 @@ def _affinity(job: FineTuneJob) -> dict[str, Any] | None:
 
 def trainer_args(job: FineTuneJob, effective: EffectiveTraining | None, resume: bool) -> list[str]:
     batch, accumulation = effective_batch(job, effective)
-    return [
+    args = [
         "--config",
         f"{CONFIG_MOUNT}/{CONFIG_FILE}",
         "--output-dir",
@@ -297,6 +314,10 @@ def trainer_args(job: FineTuneJob, effective: EffectiveTraining | None, resume: 
         "--gradient-accumulation-steps",
         str(accumulation),
     ]
+    if job.spec.resources.gpus > 1:
+        # One DDP rank per GPU; the trainer stays PID 1 and forwards SIGTERM to every rank.
+        args += ["--nproc-per-node", str(job.spec.resources.gpus)]
+    return args
 
 
 def build_pod(
@@ -310,8 +331,12 @@ def build_pod(
     last_checkpoint_step: int | None = None,
     unreachable_toleration_seconds: int = DEFAULT_UNREACHABLE_TOLERATION_SECONDS,
     cause: str | None = None,
+    avoid_node: str | None = None,
 ) -> dict[str, Any]:
-    """The trainer pod `<job>-<attempt>`. `finetune-trainer` is PID 1 (exec form) so it gets SIGTERM."""
+    """The trainer pod `<job>-<attempt>`. `finetune-trainer` is PID 1 (exec form) so it gets SIGTERM.
+
+    `avoid_node`: the node the previous attempt failed on (start failure, admission, eviction): preferred not.
+    """
     spec = job.spec
     meta = _meta(job, uid, pod_name(job.metadata.name, attempt), "trainer")
     meta["labels"][LABEL_ATTEMPT] = str(attempt)
@@ -366,13 +391,15 @@ def build_pod(
         "volumes": [
             {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(job)}},
             {"name": "config", "configMap": {"name": config_map_name(job)}},
-            {"name": "tmp", "emptyDir": {}},
+            # Scratch only (HOME, small tool caches): a limit keeps a runaway writer from filling the node's
+            # disk, which would get this and other pods evicted.
+            {"name": "tmp", "emptyDir": {"sizeLimit": spec.resources.scratch_size}},
         ],
         "tolerations": _tolerations(job, unreachable_toleration_seconds),
     }
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
-    affinity = _affinity(job)
+    affinity = _affinity(job, avoid_node)
     if affinity:
         pod_spec["affinity"] = affinity
     if spec.scheduling.priority_class_name:

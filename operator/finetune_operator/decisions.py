@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -55,15 +55,30 @@ ANNOTATION_LAST_CHECKPOINT = "finetune.dev/last-checkpoint-time"
 ANNOTATION_LAST_CHECKPOINT_STEP = "finetune.dev/last-checkpoint-step"
 
 #: Container waiting reasons that no retry will fix.
-CONFIG_WAITING_REASONS = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "ErrImageNeverPull",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-    }
+CONFIG_WAITING_REASONS = frozenset({"ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError"})
+#: A failed pull may work on the next try (registry 429/5xx, a credential-provider race on a fresh node): the
+#: kubelet retries it, and the operator waits up to restartPolicy.imagePullTimeoutSeconds...
+IMAGE_PULL_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff"})
+#: The runtime failed to create the container (CRI-O reports a missing executable here; a device or runtime
+#: hiccup otherwise): the kubelet retries too, bounded by the same timeout.
+CREATE_WAITING_REASONS = frozenset({"CreateContainerError"})
+#: ...unless the registry said the image does not exist or may not be pulled (no retry fixes that).
+PERMANENT_PULL_ERRORS = (
+    "not found",
+    "manifest unknown",
+    "repository does not exist",
+    "unauthorized",
+    "authorization failed",
+    "access denied",
+    "403 forbidden",
 )
+#: Container termination reasons of a container that never started (the runtime failed to create it).
+START_FAILURE_REASONS = frozenset({"StartError", "ContainerCannotRun"})
+#: pod.status.reason when the kubelet rejects a pod at admission (besides "OutOf<resource>").
+ADMISSION_FAILURE_REASONS = frozenset({"UnexpectedAdmissionError", "NodeAffinity", "NodeSelectorMismatching"})
+#: Ends that point at the node and can repeat at once (admission failures, kubelet evictions): from this many
+#: in a row without training progress on, the next pod waits a short doubling backoff.
+STORM_AFTER = 3
 #: status.reason the kubelet writes when it ends a pod itself (node pressure, node shutdown).
 KUBELET_STOP_REASONS = frozenset({"Evicted", "Preempting", "Shutdown", "Terminated", "NodeShutdown"})
 
@@ -77,6 +92,7 @@ End = Literal[
     "VolumeFull",
     "Unschedulable",
     "NoIntactCheckpoint",
+    "StartFailure",
 ]
 Action_ = Literal["restart", "fail", "succeed", "stop"]
 
@@ -142,6 +158,7 @@ class PodView:
     unschedulable_since: datetime | None = None
     unschedulable_message: str | None = None
     created: datetime | None = None
+    started: datetime | None = None  # pod.status.startTime: the kubelet accepted the pod (pulls start then)
 
     @property
     def deleting(self) -> bool:
@@ -237,6 +254,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         unschedulable_since=unschedulable_since,
         unschedulable_message=unschedulable_message,
         created=parse_time(meta.get("creationTimestamp")),
+        started=parse_time(status.get("startTime")),
     )
 
 
@@ -291,6 +309,8 @@ class Outcome:
     accumulation: int | None = None
     finished_at: datetime | None = None
     force_delete: bool = False  # the pod's node is lost: the pod may be removed without the kubelet
+    node: str | None = None  # the node the pod was bound to
+    node_trouble: bool = False  # the end points at the node (admission, eviction): may repeat at once
 
 
 def classify_end(
@@ -301,6 +321,7 @@ def classify_end(
     pending_timeout_seconds: int = 0,
     node_lost_seconds: float = 120.0,
     grace_seconds: int | None = None,
+    image_pull_timeout_seconds: int = 0,
 ) -> Outcome | None:
     """How did this attempt's pod end? None while it may still run (or is still shutting down)."""
     if pod is None:
@@ -321,8 +342,10 @@ def classify_end(
         return Outcome(
             "Preempted",
             reason,
-            f"the pod failed before its trainer ran ({pod.status_message or reason}): restarting",
+            f"the pod failed before its trainer ran ({pod.status_message or reason})",
             finished_at=now,
+            node=pod.node_name,
+            node_trouble=_node_trouble(pod),
         )
     if pod.node_name and node_lost(node, now, node_lost_seconds):
         gone = "was deleted" if node is not None and not node.exists else "is not ready"
@@ -334,13 +357,31 @@ def classify_end(
             finished_at=now,
             force_delete=True,
         )
-    if pod.waiting_reason in CONFIG_WAITING_REASONS:
+    if pod.waiting_reason in CONFIG_WAITING_REASONS or (
+        pod.waiting_reason in IMAGE_PULL_WAITING_REASONS and image_pull_is_permanent(pod.waiting_message)
+    ):
         return Outcome(
             "ConfigError",
             pod.waiting_reason or "ConfigError",
             f"the trainer container cannot start: {pod.waiting_reason}: {pod.waiting_message or ''}".strip(),
             finished_at=now,
         )
+    if pod.waiting_reason in CREATE_WAITING_REASONS and missing_executable(pod.waiting_message):
+        return _executable_not_found(pod.waiting_message, finished_at=now)
+    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS | CREATE_WAITING_REASONS and not pod.deleting:
+        waited = image_pull_seconds(pod, now)
+        if image_pull_timeout_seconds > 0 and waited is not None and waited >= image_pull_timeout_seconds:
+            pulling = pod.waiting_reason in IMAGE_PULL_WAITING_REASONS
+            return Outcome(
+                "StartFailure",
+                "ImagePullTimeout" if pulling else "CreateContainerTimeout",
+                f"the trainer {'image could not be pulled' if pulling else 'container could not be created'} "
+                f"on node {pod.node_name} for "
+                f"{image_pull_timeout_seconds} s (restartPolicy.imagePullTimeoutSeconds): "
+                f"{pod.waiting_reason}: {pod.waiting_message or 'no detail'}",
+                finished_at=now,
+                node=pod.node_name,
+            )
     if pod.deleting and not pod.node_name:
         return Outcome(
             "Preempted",
@@ -362,6 +403,40 @@ def classify_end(
             finished_at=now,
         )
     return None
+
+
+def image_pull_is_permanent(message: str | None) -> bool:
+    """The registry said the image does not exist or may not be pulled: no retry will fix it."""
+    text = (message or "").lower()
+    return any(marker in text for marker in PERMANENT_PULL_ERRORS)
+
+
+def missing_executable(message: str | None) -> bool:
+    """The image has no such executable (a custom image without the trainer): a configuration error."""
+    return "executable file not found" in (message or "")
+
+
+def _executable_not_found(message: str | None, **info: Any) -> Outcome:
+    return Outcome(
+        "ConfigError",
+        "ExecutableNotFound",
+        "the image has no trainer executable (spec.image must contain finetune-trainer): "
+        f"{_tail(message) or 'executable file not found'}",
+        **info,
+    )
+
+
+def image_pull_seconds(pod: PodView, now: datetime) -> float | None:
+    """How long the pod has been trying to start its container (since the kubelet accepted it)."""
+    since = pod.started or pod.created
+    return None if since is None else max(0.0, (now - since).total_seconds())
+
+
+def _node_trouble(pod: PodView) -> bool:
+    """The kubelet rejected the pod at admission or evicted it (node pressure): an end that points at the
+    node and, restarted at once, tends to repeat on the same node."""
+    reason = pod.status_reason or ""
+    return reason == "Evicted" or reason in ADMISSION_FAILURE_REASONS or reason.startswith("OutOf")
 
 
 def node_restarted_since(node: NodeView | None, finished_at: datetime | None) -> bool:
@@ -389,6 +464,18 @@ def _classify_terminated(
     during = f" during the emergency save after {disrupted}" if disrupted else ""
     if code == EXIT_SUCCEEDED and (msg is None or msg.reason == "Completed"):
         return Outcome("Completed", "Completed", "training finished; the final adapter is written", **info)
+    if term.reason in START_FAILURE_REASONS or (code == 128 and msg is None):
+        detail = _tail(term.message) or term.reason or "no detail"
+        if missing_executable(term.message):
+            return _executable_not_found(term.message, **info)
+        return Outcome(
+            "StartFailure",
+            term.reason or f"ExitCode{code}",
+            f"the container could not start on node {pod.node_name or '?'} (container runtime, GPU hook or "
+            f"driver not ready): {detail}",
+            node=pod.node_name,
+            **info,
+        )
     if term.reason == "OOMKilled":
         return Outcome(
             "HostOOM",
@@ -423,6 +510,8 @@ def _classify_terminated(
     if disrupted or pod.deleting:
         reason = disrupted or "PodDeleted"
         who = disrupted or "someone deleted the pod"
+        if pod.status_reason == "Evicted" and pod.status_message:
+            who = f"{who}: {pod.status_message.strip()}"
         if code == EXIT_KILLED:
             grace = f"{grace_seconds} s" if grace_seconds else "the grace period"
             text = (
@@ -434,7 +523,7 @@ def _classify_terminated(
             text = f"preempted ({who}); the trainer committed an emergency checkpoint"
         else:
             text = f"preempted ({who}); the trainer exited {code}"
-        return Outcome("Preempted", reason, text, **info)
+        return Outcome("Preempted", reason, text, node=pod.node_name, node_trouble=_node_trouble(pod), **info)
     if term.reason == "ContainerStatusUnknown" or (
         code == EXIT_KILLED and node_restarted_since(node, term.finished_at)
     ):
@@ -486,6 +575,18 @@ class Plan:
     effective: EffectiveTraining | None = None  # new adaptations (None = unchanged)
     change: str | None = None  # human: "memory 512Mi → 768Mi"
     lost_steps: int = 0
+    streak: int = 1  # ends in a row for this reason without training progress (this one included)
+    avoid_node: str | None = None  # the next pod prefers other nodes than this one
+
+
+def effective_memory(spec: FineTuneJobSpec, effective: EffectiveTraining | None) -> str | None:
+    """The memory the next attempt gets: the OOM-adapted value, unless the user's `resources.memory` (which
+    may have been raised since) is larger — an explicit raise is never overridden by an older adaptation."""
+    adapted = effective.memory if effective is not None else None
+    explicit = spec.resources.memory
+    if adapted is None or explicit is None:
+        return adapted or explicit
+    return explicit if parse_quantity(explicit) >= parse_quantity(adapted) else adapted
 
 
 def memory_cap(spec: FineTuneJobSpec) -> int | None:
@@ -526,12 +627,32 @@ def lost_steps(status: FineTuneJobStatus, outcome: Outcome) -> int:
     return max(0, last - (committed or 0))
 
 
+def streak_after(status: FineTuneJobStatus, outcome: Outcome) -> int:
+    """Ends in a row for `outcome.reason` (this one included) since the trainer last made progress."""
+    previous = status.streak
+    return previous.count + 1 if previous is not None and previous.reason == outcome.reason else 1
+
+
+def storm_delay(policy: Any, streak: int) -> float:
+    """The doubling backoff of a node-trouble end repeated `streak` times in a row (0 below STORM_AFTER)."""
+    if streak < STORM_AFTER:
+        return 0.0
+    return float(min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (streak - STORM_AFTER)))
+
+
 def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome) -> Plan:
     """What to do after `outcome`, given the budgets and adaptations already recorded in `status`."""
+    plan = _plan(spec, status, outcome)
+    streak = streak_after(status, outcome)
+    return replace(plan, streak=streak) if plan.action in ("restart", "fail") else plan
+
+
+def _plan(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome) -> Plan:
     policy = spec.restart_policy
     restarts = status.restarts
     effective = status.effective
     lost = 0 if outcome.end == "Completed" else lost_steps(status, outcome)
+    streak = streak_after(status, outcome)
 
     if outcome.end == "Completed":
         return Plan("succeed", "Completed", outcome.message)
@@ -550,12 +671,45 @@ def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome
                 f"{outcome.message}; restartPolicy.maxPreemptions={policy.max_preemptions} reached",
                 lost_steps=lost,
             )
+        if not outcome.node_trouble:  # drain, taint, priority preemption, spot reclaim: never wait
+            return Plan(
+                "restart",
+                outcome.reason,
+                f"{outcome.message}; restarting now",
+                cause="preemption",
+                lost_steps=lost,
+            )
+        delay = storm_delay(policy, streak)
+        when = f"restarting in {delay:g} s ({streak} in a row)" if delay else "restarting now"
         return Plan(
             "restart",
             outcome.reason,
-            f"{outcome.message}; restarting now",
+            f"{outcome.message}; {when}",
             cause="preemption",
+            delay_seconds=delay,
             lost_steps=lost,
+            avoid_node=outcome.node,
+        )
+
+    if outcome.end == "StartFailure":
+        if restarts.infrastructure >= policy.max_infrastructure_restarts:
+            return Plan(
+                "fail",
+                "InfrastructureBudgetExhausted",
+                f"{outcome.message}; restartPolicy.maxInfrastructureRestarts="
+                f"{policy.max_infrastructure_restarts} reached",
+                lost_steps=lost,
+            )
+        delay = min(float(policy.max_backoff_seconds), policy.backoff_seconds * 2.0 ** (streak - 1))
+        avoid = f", preferring another node than {outcome.node}" if outcome.node else ""
+        return Plan(
+            "restart",
+            outcome.reason,
+            f"{outcome.message}; a new pod in {delay:g} s{avoid}",
+            cause="infrastructure",
+            delay_seconds=delay,
+            lost_steps=lost,
+            avoid_node=outcome.node,
         )
 
     if outcome.end in ("HostOOM", "CudaOOM"):
@@ -602,7 +756,7 @@ def volume_full_advice(spec: FineTuneJobSpec) -> str:
 
 
 def _plan_host_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome: Outcome, lost: int) -> Plan:
-    current_text = effective.memory or spec.resources.memory
+    current_text = effective_memory(spec, effective)
     if current_text is None:
         return Plan(
             "restart",
@@ -738,14 +892,13 @@ def decision_patch(
         patch["lostSteps"] = status.lost_steps + plan.lost_steps
     if plan.cause is not None:
         counts = status.restarts.model_dump(by_alias=True)
-        key = {"preemption": "preemption", "hostOOM": "hostOOM", "cudaOOM": "cudaOOM", "error": "error"}[
-            plan.cause
-        ]
-        counts[key] += 1
+        counts[plan.cause] += 1  # the causes are the counters' wire names
         patch["restarts"] = counts
         patch["restartsTotal"] = sum(counts.values())
     if plan.effective is not None:
         patch["effective"] = plan.effective.model_dump(by_alias=True)
+    if plan.action in ("restart", "fail"):
+        patch["streak"] = {"reason": outcome.reason, "count": plan.streak}
     if plan.action == "restart":
         not_before = now + timedelta(seconds=plan.delay_seconds)
         patch["pending"] = {
@@ -755,6 +908,7 @@ def decision_patch(
             "message": plan.message[:1024],
             "podName": pod_name or "",
             "notBefore": format_time(not_before),
+            "avoidNode": plan.avoid_node,
         }
         patch["nextAttemptTime"] = format_time(not_before)
     else:
@@ -1014,6 +1168,7 @@ def reconcile(world: World) -> Step:
         pending_timeout_seconds=spec.restart_policy.pending_timeout_seconds,
         node_lost_seconds=world.node_lost_seconds,
         grace_seconds=spec.checkpoint.termination_grace_period_seconds,
+        image_pull_timeout_seconds=spec.restart_policy.image_pull_timeout_seconds,
     )
     for pod in world.pods:  # strays (an older attempt left behind): clean up, they block the next attempt
         if pod.name != status.pod_name:
@@ -1028,6 +1183,17 @@ def reconcile(world: World) -> Step:
     step.actions.append(PatchStatus(decision_patch(status, outcome, plan, status.pod_name, now)))
     step.actions.append(Decided(outcome, plan))
     step.actions.append(_event_for(status, outcome, plan))
+    if plan.action == "restart" and plan.streak >= STORM_AFTER:
+        where = f" on node {outcome.node}" if outcome.node else ""
+        wait = f"waiting {plan.delay_seconds:g} s" if plan.delay_seconds else "restarting at once"
+        step.actions.append(
+            Event(
+                "Warning",
+                "RestartStorm",
+                f"{plan.streak} pod ends in a row for {outcome.reason}{where} without training progress: "
+                f"{wait}" + (", preferring another node" if plan.avoid_node else ""),
+            )
+        )
     if current is not None and plan.action in ("fail", "succeed", "stop"):
         if current.tracked:
             step.actions.append(ReleasePod(current.name))
@@ -1083,6 +1249,8 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
                 )
             )
         )
+        if status.streak is not None:  # training again: the restart storm (if any) is over
+            step.actions.append(PatchStatus({"streak": None}))
         ended = parse_time(status.last_pod_end_time)
         if ended is not None:
             step.actions.append(Recovered(max(0.0, (now - ended).total_seconds())))
@@ -1090,6 +1258,8 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
         text = f"waiting for a node: {pod.unschedulable_message or 'unschedulable'}"
         if status.message != text[:1024]:
             step.actions.append(PatchStatus({"message": text[:1024], "reason": "Unschedulable"}))
+    if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS | CREATE_WAITING_REASONS:
+        _waiting_to_start(world, pod, step)
     ckpt = status.last_checkpoint
     if ckpt is not None and ckpt.time and pod.annotations.get(ANNOTATION_LAST_CHECKPOINT) != ckpt.time:
         step.actions.append(
@@ -1103,3 +1273,21 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
         step.requeue(timeout - (now - pod.unschedulable_since).total_seconds() + 0.5)
     if pod.node_name:
         _requeue_for_node(step, pod, world)
+
+
+def _waiting_to_start(world: World, pod: PodView, step: Step) -> None:
+    """The kubelet retries a failed pull (or container creation): say so in status, and look again when
+    the wait runs out."""
+    status, timeout = world.status, world.spec.restart_policy.image_pull_timeout_seconds
+    bound = f"up to {timeout} s (restartPolicy.imagePullTimeoutSeconds)" if timeout else "without a bound"
+    what = (
+        "image cannot be pulled"
+        if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS
+        else "container cannot be created"
+    )
+    text = f"the trainer {what} yet, retrying {bound}: {pod.waiting_message or ''}".strip()
+    if (status.reason, status.message) != (pod.waiting_reason, text[:1024]):
+        step.actions.append(PatchStatus({"reason": pod.waiting_reason, "message": text[:1024]}))
+    waited = image_pull_seconds(pod, world.now)
+    if timeout and waited is not None:
+        step.requeue(timeout - waited + 0.5)

@@ -401,6 +401,7 @@ def _create_attempt(
         last_checkpoint_step=ckpt.step if ckpt else None,
         unreachable_toleration_seconds=RUNTIME.config.unreachable_toleration_seconds,
         cause=(pending.cause or pending.reason) if pending else None,
+        avoid_node=pending.avoid_node if pending else None,
     )
     try:
         core.create_namespaced_pod(namespace, pod)

@@ -39,6 +39,7 @@ class _Snapshot:
     checkpoint_bytes: int | None
     lost_steps: int
     restarts: dict[str, int]
+    streak: int  # status.streak.count: pod ends in a row for one reason without training progress
     last_save: tuple[Any, Any] | None  # (step, time) of the newest committed checkpoint seen
 
 
@@ -83,6 +84,7 @@ class OperatorMetrics(Collector):
             checkpoint_bytes=ckpt.get("bytes"),
             lost_steps=int(status.get("lostSteps") or 0),
             restarts={cause: int(restarts.get(cause) or 0) for cause in RESTART_CAUSES},
+            streak=int((status.get("streak") or {}).get("count") or 0),
             last_save=save,
         )
         key = (namespace, name)
@@ -139,12 +141,20 @@ class OperatorMetrics(Collector):
             "Size of the newest committed checkpoint.",
             labels=list(JOB_LABELS),
         )
+        streak = GaugeMetricFamily(
+            "finetune_restart_streak",
+            "Trainer pod ends in a row for the same reason without training progress (0 = none); "
+            "not exported for finished jobs.",
+            labels=list(JOB_LABELS),
+        )
         phases = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["namespace", "phase"])
         per_namespace: dict[str, dict[str, int]] = {}
         for (namespace, name), snap in sorted(jobs.items()):
             for cause in RESTART_CAUSES:
                 restarts.add_metric([namespace, name, cause], snap.restarts.get(cause, 0))
             lost.add_metric([namespace, name], snap.lost_steps)
+            if snap.phase not in ("Succeeded", "Failed"):  # a finished job's last streak is not a storm
+                streak.add_metric([namespace, name], snap.streak)
             if snap.step is not None:
                 step.add_metric([namespace, name], snap.step)
             if snap.checkpoints is not None:
@@ -156,7 +166,7 @@ class OperatorMetrics(Collector):
         for namespace, counts in sorted(per_namespace.items()):
             for phase, count in counts.items():
                 phases.add_metric([namespace, phase], count)
-        yield from (restarts, lost, step, checkpoints, size, phases)
+        yield from (restarts, lost, step, checkpoints, size, streak, phases)
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # dynamic: collected on every scrape

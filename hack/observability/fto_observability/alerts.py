@@ -56,6 +56,13 @@ PARAMS: dict[str, Param] = {
         "restartLoopThreshold",
         "FineTuneJobRestartLoop fires above this many restarts (any cause) in the window.",
     ),
+    "storm_threshold": Param(
+        "3",
+        "{{ default 3 $r.restartStormThreshold }}",
+        "restartStormThreshold",
+        "FineTuneJobRestartStorm fires at this many pod ends in a row for one reason without training "
+        "progress (the operator starts backing off at 3).",
+    ),
     "latency_factor": Param(
         "2",
         "{{ default 2 $r.saveLatencyFactor }}",
@@ -138,10 +145,25 @@ unless on ({BY})
         "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }} restarted "
         "{{ $value | humanize }} times in <<restart_window>>.",
         "The job's trainer pod keeps being replaced. Causes are in finetune_restarts_total{cause} "
-        "(preemption, hostOOM, cudaOOM, error) and the job's Events.",
+        "(preemption, hostOOM, cudaOOM, error, infrastructure) and the job's Events.",
         "`kubectl describe ftj` (restarts by cause, Events), then: preemption → spot capacity churn, "
         "consider another zone/instance type; hostOOM/cudaOOM → raise memory or lower the batch; "
         "error → the trainer's logs of the previous attempt (`kubectl logs <job>-<attempt>`).",
+    ),
+    Rule(
+        "FineTuneJobRestartStorm",
+        f"max by ({BY}) (finetune_restart_streak) >= <<storm_threshold>>",
+        "0m",
+        "warning",
+        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }}: {{ $value }} pod ends in a row "
+        "for the same reason without training.",
+        "The job's pods keep ending for the same reason before the trainer makes progress: admission "
+        "failures (UnexpectedAdmissionError, OutOf<resource>), kubelet evictions, containers that cannot "
+        "start. The operator backs off (doubling) and prefers another node; the job is not training.",
+        "`kubectl describe ftj` (status.streak, the RestartStorm Event names the reason and the node), then "
+        "`kubectl describe node <node>`: a GPU gone bad or its device plugin (admission), disk or memory "
+        "pressure (evictions), the container runtime or GPU driver (StartError). Cordon the node if it "
+        "keeps failing.",
     ),
     Rule(
         "FineTuneCheckpointSaveLatencyRegression",

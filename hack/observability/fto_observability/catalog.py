@@ -18,7 +18,7 @@ JOB = "finetunejob"
 
 #: The values the `phase` and `cause` labels take (finetune_api.models.Phase / RESTART_CAUSES).
 PHASES: tuple[str, ...] = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-CAUSES: tuple[str, ...] = ("preemption", "hostOOM", "cudaOOM", "error")
+CAUSES: tuple[str, ...] = ("preemption", "hostOOM", "cudaOOM", "error", "infrastructure")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,13 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
         "finetune_restarts_total",
         "counter",
         (NS, JOB, "cause"),
-        "Trainer pods replaced, by cause (preemption, hostOOM, cudaOOM, error).",
+        "Trainer pods replaced, by cause (preemption, hostOOM, cudaOOM, error, infrastructure).",
+    ),
+    Metric(
+        "finetune_restart_streak",
+        "gauge",
+        (NS, JOB),
+        "Trainer pod ends in a row for the same reason without training progress (a restart storm).",
     ),
     # Per namespace, not per job (finetune_operator.metrics): the alerts and panels that read it aggregate
     # `by (namespace, finetunejob)`, which also works if it becomes a per-job 0/1 state set.

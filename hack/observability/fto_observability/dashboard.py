@@ -142,7 +142,8 @@ PANELS: tuple[Panel, ...] = (
             ),
         ),
         "Trainer pods replaced per interval, by cause: preemption (spot reclaim, drain, eviction, node "
-        "lost), hostOOM (kernel OOM kill), cudaOOM (GPU out of memory), error.",
+        "lost), hostOOM (kernel OOM kill), cudaOOM (GPU out of memory), error, infrastructure (the "
+        "container could not start, the image could not be pulled in time).",
         width=12,
         row=ROW_DISRUPTIONS,
         stack=True,
@@ -153,6 +154,16 @@ PANELS: tuple[Panel, ...] = (
         "stat",
         (Target(_q("sum by (cause) (finetune_restarts_total{SEL})"), "{{cause}}", instant=True),),
         "Restart counters of the selected jobs, by cause.",
+        width=6,
+        row=ROW_DISRUPTIONS,
+    ),
+    Panel(
+        "Restart streak",
+        "timeseries",
+        (Target(_q("max by (namespace, finetunejob) (finetune_restart_streak{SEL})"), "{{finetunejob}}"),),
+        "Pod ends in a row for the same reason without training progress; back to 0 once the trainer "
+        "steps again. From 3 on, admission failures and evictions wait a doubling backoff "
+        "(FineTuneJobRestartStorm).",
         width=6,
         row=ROW_DISRUPTIONS,
     ),

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 from finetune_api.crd import CRD_PATHS, build_crd, main, render_crd
+from finetune_api.models import FineTuneJobSpec
+from finetune_api.rules import transition_violations
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -50,6 +52,39 @@ def test_cross_field_rules_reach_the_crd() -> None:
     fragments = ("save_steps <= self.max_steps", "quantity(self.maxMemory)", "has(self.dataset.eval_split)")
     for fragment in fragments:
         assert fragment in text
+
+
+def test_training_defining_sections_are_immutable_and_the_rest_is_not() -> None:
+    """model, dataset, lora and training carry `self == oldSelf` (the apiserver refuses an edit, see
+    tests/integration/api); resources, scheduling, restartPolicy, image, env, suspend stay editable."""
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for section in ("model", "dataset", "lora", "training"):
+        rules = spec["properties"][section]["x-kubernetes-validations"]
+        immutable = [r for r in rules if r["rule"] == "self == oldSelf"]
+        assert len(immutable) == 1 and "create a new FineTuneJob" in immutable[0]["message"], section
+        assert f"spec.{section}" in immutable[0]["message"]
+    for path, node in walk(spec):
+        for rule in node.get("x-kubernetes-validations", []):
+            if "oldSelf" in rule["rule"]:
+                assert path.split(".")[-1] in ("model", "dataset", "lora", "training"), path
+
+
+def test_transition_rules_are_checked_in_python_too() -> None:
+    base = FineTuneJobSpec.model_validate(
+        {"model": {"name_or_path": "gpt2"}, "dataset": {"path": "/d.jsonl"}, "resources": {"memory": "1Gi"}}
+    )
+    assert transition_violations(base, base.model_copy(deep=True)) == []
+    edited = base.model_copy(
+        update={
+            "training": base.training.model_copy(update={"learning_rate": 1e-4}),
+            "resources": base.resources.model_copy(update={"memory": "2Gi"}),
+            "suspend": True,
+        }
+    )
+    violations = transition_violations(base, edited)
+    assert len(violations) == 1 and violations[0].startswith("training: spec.training cannot change")
+    other_data = base.model_copy(update={"dataset": base.dataset.model_copy(update={"path": "/other.jsonl"})})
+    assert [v.split(":")[0] for v in transition_violations(base, other_data)] == ["dataset"]
 
 
 def test_printer_columns_and_names() -> None:

@@ -71,6 +71,7 @@ def test_every_rule_is_documented_and_labelled() -> None:
     assert {r["alert"] for r in rules} == {
         "FineTuneJobNoCheckpoint",
         "FineTuneJobRestartLoop",
+        "FineTuneJobRestartStorm",
         "FineTuneCheckpointSaveLatencyRegression",
         "FineTuneJobFailed",
     }

@@ -173,7 +173,7 @@ def test_pod_security_context_non_root_read_only() -> None:
     assert pod["spec"]["securityContext"]["fsGroup"] == 1000
     mounts = {m["mountPath"]: m["name"] for m in container(pod)["volumeMounts"]}
     assert mounts == {"/checkpoints": "checkpoints", "/etc/finetune": "config", "/tmp": "tmp"}
-    assert env(pod)["HF_HOME"].startswith("/tmp/")
+    assert env(pod)["HOME"] == "/tmp"
     assert container(pod)["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
@@ -233,3 +233,75 @@ def test_pod_env_hf_token_and_user_overrides() -> None:
     assert e["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "k"}}
     names = [x["name"] for x in container(pod)["env"]]
     assert len(names) == len(set(names))
+
+
+def test_scratch_is_size_limited_and_the_hub_cache_lives_on_the_checkpoint_volume() -> None:
+    """A full /tmp must not evict the trainer (or its node's other pods): scratch has a limit, and the
+    Hugging Face cache, which grows with the model, is on the checkpoint volume (kept across attempts)."""
+    pod = b.build_pod(job(), UID, 1)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "8Gi"}
+    assert env(pod)["HF_HOME"] == "/checkpoints/.cache/hf"
+    mounts = {m["name"]: m["mountPath"] for m in container(pod)["volumeMounts"]}
+    assert env(pod)["HF_HOME"].startswith(mounts["checkpoints"] + "/")
+    assert not env(pod)["HF_HOME"].startswith(mounts["tmp"])
+    bigger = b.build_pod(job(resources={"gpus": 1, "scratchSize": "50Gi"}), UID, 1)
+    assert {v["name"]: v for v in bigger["spec"]["volumes"]}["tmp"]["emptyDir"] == {"sizeLimit": "50Gi"}
+    # the user's env still wins
+    own = b.build_pod(job(env=[{"name": "HF_HOME", "value": "/models/cache"}]), UID, 1)
+    assert env(own)["HF_HOME"] == "/models/cache"
+
+
+def test_several_gpus_run_one_rank_per_gpu() -> None:
+    four = container(b.build_pod(job(resources={"gpus": 4, "cpu": "16", "memory": "64Gi"}), UID, 1))
+    assert four["command"] == ["finetune-trainer"]
+    args = four["args"]
+    assert args[args.index("--nproc-per-node") + 1] == "4"
+    assert args.count("--nproc-per-node") == 1
+    for gpus in (0, 1):
+        one = container(b.build_pod(job(resources={"gpus": gpus}), UID, 1))
+        assert "--nproc-per-node" not in one["args"]
+
+
+def test_next_pod_prefers_another_node_than_the_failed_one() -> None:
+    user_affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+            }
+        }
+    }
+    pod = b.build_pod(
+        job(scheduling={"spot": True, "affinity": user_affinity}), UID, 3, avoid_node="gpu-7.ec2.internal"
+    )
+    node = pod["spec"]["affinity"]["nodeAffinity"]
+    assert (
+        node["requiredDuringSchedulingIgnoredDuringExecution"]
+        == user_affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    )
+    preferred = node["preferredDuringSchedulingIgnoredDuringExecution"]
+    avoid = [p for p in preferred if "matchFields" in p["preference"]]
+    assert avoid == [
+        {
+            "weight": 100,
+            "preference": {
+                "matchFields": [
+                    {"key": "metadata.name", "operator": "NotIn", "values": ["gpu-7.ec2.internal"]}
+                ]
+            },
+        }
+    ]
+    assert len(preferred) == len(b.SPOT_NODE_LABELS) + 1
+    plain = b.build_pod(job(), UID, 3, avoid_node="gpu-7")
+    assert plain["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0][
+        "preference"
+    ]["matchFields"][0]["values"] == ["gpu-7"]
+    assert "affinity" not in b.build_pod(job(), UID, 3)["spec"]
+
+
+def test_users_memory_raise_wins_over_an_older_oom_adaptation() -> None:
+    adapted = EffectiveTraining(memory="3Gi")
+    raised = b.build_pod(job(resources={"gpus": 1, "memory": "6Gi"}), UID, 3, effective=adapted)
+    assert container(raised)["resources"]["limits"]["memory"] == "6Gi"
+    lower = b.build_pod(job(resources={"gpus": 1, "memory": "2Gi"}), UID, 3, effective=adapted)
+    assert container(lower)["resources"]["limits"]["memory"] == "3Gi"

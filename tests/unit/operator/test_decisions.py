@@ -42,6 +42,8 @@ def pod(
     disruption: str | None = None,
     deleted: bool = False,
     waiting: str | None = None,
+    waiting_message: str | None = None,
+    started_ago: float | None = None,
     running: bool = False,
     unschedulable_for: float | None = None,
     finalizer: bool = True,
@@ -58,7 +60,7 @@ def pod(
         state["terminated"] = term
         phase = "Succeeded" if exit_code == 0 else "Failed"
     elif waiting:
-        state["waiting"] = {"reason": waiting, "message": f"{waiting} detail"}
+        state["waiting"] = {"reason": waiting, "message": waiting_message or f"{waiting} detail"}
     elif running:
         state["running"] = {"startedAt": "2026-01-01T11:00:00Z"}
     conditions = []
@@ -94,6 +96,8 @@ def pod(
             "containerStatuses": [{"name": "trainer", "state": state}] if state else [],
         },
     }
+    if started_ago is not None:
+        body["status"]["startTime"] = T(NOW - timedelta(seconds=started_ago))
     return body
 
 
@@ -227,19 +231,88 @@ def test_exit_0_while_evicted_is_still_success() -> None:
     assert out is not None and out.end == "Completed"
 
 
+@pytest.mark.parametrize("waiting", ["CreateContainerConfigError", "InvalidImageName", "ErrImageNeverPull"])
+def test_image_and_config_waiting_reasons_are_config_errors(waiting: str) -> None:
+    out = classify(pod(phase="Pending", waiting=waiting), READY, image_pull_timeout_seconds=600)
+    assert out is not None and out.end == "ConfigError" and out.reason == waiting
+
+
+TRANSIENT_PULL = (
+    'failed to pull and unpack image "ghcr.io/acme/trainer:1.2": failed to copy: httpReadSeeker: '
+    "failed open: unexpected status code https://ghcr.io/v2/acme/trainer/blobs/sha256:4f2e: "
+    "429 Too Many Requests"
+)
+
+
+@pytest.mark.parametrize("waiting", ["ErrImagePull", "ImagePullBackOff"])
+def test_transient_pull_failure_waits_up_to_the_timeout(waiting: str) -> None:
+    """Registry 429/5xx, a credential race on a fresh node: the kubelet retries; a multi-day job must not
+    end on the first ErrImagePull."""
+    p = pod(phase="Pending", waiting=waiting, waiting_message=TRANSIENT_PULL, started_ago=599)
+    assert classify(p, READY, image_pull_timeout_seconds=600) is None
+    late = pod(phase="Pending", waiting=waiting, waiting_message=TRANSIENT_PULL, started_ago=600)
+    out = classify(late, READY, image_pull_timeout_seconds=600)
+    assert out is not None and (out.end, out.reason, out.node) == (
+        "StartFailure",
+        "ImagePullTimeout",
+        "node-a",
+    )
+    assert "imagePullTimeoutSeconds" in out.message and "429 Too Many Requests" in out.message
+    # 0 = wait as long as it takes
+    assert classify(late, READY, image_pull_timeout_seconds=0) is None
+
+
 @pytest.mark.parametrize(
-    "waiting",
+    "message",
     [
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "CreateContainerConfigError",
-        "InvalidImageName",
-        "ErrImageNeverPull",
+        'rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/acme/trainer:typo": '
+        'failed to resolve reference "docker.io/acme/trainer:typo": docker.io/acme/trainer:typo: not found',
+        'failed to resolve reference "ghcr.io/acme/private:1": failed to authorize: failed to fetch '
+        "anonymous token: unexpected status: 401 Unauthorized",
+        "pull access denied, repository does not exist or may require authorization: server message: "
+        "insufficient_scope: authorization failed",
+        'manifest unknown: manifest tagged by "v9" is not found',
     ],
 )
-def test_image_and_config_waiting_reasons_are_config_errors(waiting: str) -> None:
-    out = classify(pod(phase="Pending", waiting=waiting), READY)
-    assert out is not None and out.end == "ConfigError" and out.reason == waiting
+def test_pull_of_a_missing_or_forbidden_image_fails_at_once(message: str) -> None:
+    out = classify(
+        pod(phase="Pending", waiting="ErrImagePull", waiting_message=message, started_ago=1),
+        READY,
+        image_pull_timeout_seconds=600,
+    )
+    assert out is not None and (out.end, out.reason) == ("ConfigError", "ErrImagePull")
+    plan = d.plan_next(spec(), status(), out)
+    assert plan.action == "fail" and plan.cause is None
+
+
+GPU_HOOK_FAILURE = (
+    "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create "
+    "failed: unable to start container process: error during container init: error running hook #0: error "
+    "running hook: exit status 1, stdout: , stderr: nvidia-container-cli: initialization error: nvml error: "
+    "driver not loaded: unknown"
+)
+
+
+def test_container_that_cannot_start_is_an_infrastructure_failure() -> None:
+    """StartError (exit 128): the runtime or the GPU hook failed on this node, the trainer never ran."""
+    out = classify(pod(exit_code=128, reason="StartError", message=GPU_HOOK_FAILURE), READY)
+    assert out is not None and (out.end, out.reason, out.node) == ("StartFailure", "StartError", "node-a")
+    assert "driver not loaded" in out.message
+    # exit 128 without a trainer's termination message: the same
+    out = classify(pod(exit_code=128, reason="Error", message="runc: exec failed"), READY)
+    assert out is not None and out.end == "StartFailure"
+
+
+def test_missing_trainer_executable_is_a_config_error() -> None:
+    message = (
+        "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc "
+        'create failed: unable to start container process: exec: "finetune-trainer": executable file not '
+        "found in $PATH: unknown"
+    )
+    out = classify(pod(exit_code=128, reason="StartError", message=message), READY)
+    assert out is not None and (out.end, out.reason) == ("ConfigError", "ExecutableNotFound")
+    assert "spec.image" in out.message
+    assert d.plan_next(spec(), status(), out).action == "fail"
 
 
 def test_exit_78_is_config_error() -> None:
@@ -514,7 +587,7 @@ def test_decision_patch_records_counters_pending_and_backoff() -> None:
     plan = d.plan_next(spec(), st, out)
     patch = d.decision_patch(st, out, plan, "job-2", NOW)
     assert patch["phase"] == "Restarting"
-    assert patch["restarts"] == {"preemption": 1, "hostOOM": 0, "cudaOOM": 0, "error": 1}
+    assert patch["restarts"] == {"preemption": 1, "hostOOM": 0, "cudaOOM": 0, "error": 1, "infrastructure": 0}
     assert patch["restartsTotal"] == 2
     assert patch["lostSteps"] == 5
     assert patch["lastEndStep"] == 17
@@ -765,10 +838,10 @@ def test_vanished_pod_is_preemption() -> None:
 
 def test_config_error_fails_and_deletes_stuck_pod() -> None:
     st = running_status(phase="Pending", step=None)
-    step = d.reconcile(world(st=st, pods=[pod(phase="Pending", waiting="ImagePullBackOff")]))
+    step = d.reconcile(world(st=st, pods=[pod(phase="Pending", waiting="InvalidImageName")]))
     assert only(step, d.PatchStatus).patch["phase"] == "Failed"
     event = only(step, d.Event)
-    assert event.type == "Warning" and event.reason == "ImagePullBackOff"
+    assert event.type == "Warning" and event.reason == "InvalidImageName"
     assert "ReleasePod" in kinds(step) and "DeletePod" in kinds(step)
 
 
@@ -914,3 +987,180 @@ def test_volume_full_fails_at_once_with_advice_not_a_blind_retry() -> None:
     shared = d.plan_next(spec(checkpoint={"existingClaimName": "team-ckpts"}), status(), out)
     assert "grow the PersistentVolumeClaim team-ckpts" in shared.message
     assert "volumeSize" not in shared.message
+
+
+# =============================================================================== infrastructure, storms
+
+
+def test_container_the_runtime_keeps_failing_to_create() -> None:
+    """CreateContainerError: the kubelet retries; a missing executable (CRI-O reports it here) is a config
+    error at once, anything else is bounded like a pull and then replaced on another node."""
+    missing = 'container create failed: exec: "finetune-trainer": executable file not found in $PATH'
+    out = classify(pod(phase="Pending", waiting="CreateContainerError", waiting_message=missing), READY)
+    assert out is not None and (out.end, out.reason) == ("ConfigError", "ExecutableNotFound")
+    flaky = "failed to reserve container name: name is reserved"
+    early = pod(phase="Pending", waiting="CreateContainerError", waiting_message=flaky, started_ago=30)
+    assert classify(early, READY, image_pull_timeout_seconds=600) is None
+    late = pod(phase="Pending", waiting="CreateContainerError", waiting_message=flaky, started_ago=700)
+    out = classify(late, READY, image_pull_timeout_seconds=600)
+    assert out is not None and (out.end, out.reason) == ("StartFailure", "CreateContainerTimeout")
+    assert "could not be created" in out.message
+
+
+def test_start_failure_restarts_with_backoff_on_another_node_on_its_own_budget() -> None:
+    s = spec(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300, "maxFailures": 0})
+    out = outcome("StartFailure", reason="StartError", node="gpu-7")
+    plan = d.plan_next(s, status(), out)
+    assert (plan.action, plan.cause, plan.delay_seconds, plan.avoid_node) == (
+        "restart",
+        "infrastructure",
+        10,
+        "gpu-7",
+    )
+    # again in a row: the delay doubles; the error budget (maxFailures=0) is never touched
+    st = status(restarts={"infrastructure": 1}, streak={"reason": "StartError", "count": 1})
+    assert d.plan_next(s, st, out).delay_seconds == 20
+    patch = d.decision_patch(st, out, d.plan_next(s, st, out), "job-2", NOW)
+    assert patch["restarts"]["infrastructure"] == 2 and patch["restarts"]["error"] == 0
+    assert patch["pending"]["avoidNode"] == "gpu-7" and patch["pending"]["cause"] == "infrastructure"
+    assert patch["streak"] == {"reason": "StartError", "count": 2}
+
+
+def test_start_failure_budget() -> None:
+    s = spec(restartPolicy={"maxInfrastructureRestarts": 2})
+    out = outcome("StartFailure", reason="ImagePullTimeout", node="gpu-7")
+    assert d.plan_next(s, status(restarts={"infrastructure": 1}), out).action == "restart"
+    plan = d.plan_next(s, status(restarts={"infrastructure": 2}), out)
+    assert (plan.action, plan.reason) == ("fail", "InfrastructureBudgetExhausted")
+    assert "maxInfrastructureRestarts=2" in plan.message
+
+
+def admission_failure(reason: str = "UnexpectedAdmissionError") -> dict[str, Any]:
+    p = pod(phase="Failed", node="gpu-7")
+    p["status"]["reason"] = reason
+    p["status"]["message"] = "Allocate failed due to no healthy devices present; cannot allocate unhealthy"
+    return p
+
+
+@pytest.mark.parametrize("reason", ["UnexpectedAdmissionError", "OutOfnvidia.com/gpu", "OutOfcpu"])
+def test_repeated_admission_failures_back_off_after_a_few(reason: str) -> None:
+    """A bad GPU: the kubelet rejects pod after pod at once. The first ones restart at once, then a short
+    doubling backoff, preferring another node, on the preemption budget (no work was lost)."""
+    s = spec(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 60})
+    out = classify(admission_failure(reason), d.NodeView("gpu-7"))
+    assert out is not None and out.end == "Preempted" and out.node_trouble and out.node == "gpu-7"
+    delays, streak = [], None
+    for _ in range(7):
+        plan = d.plan_next(s, status(streak=streak), out)
+        assert plan.action == "restart" and plan.cause == "preemption" and plan.avoid_node == "gpu-7"
+        delays.append(plan.delay_seconds)
+        streak = {"reason": reason, "count": plan.streak}
+    assert delays == [0, 0, 10, 20, 40, 60, 60]
+
+
+def test_repeated_kubelet_evictions_back_off() -> None:
+    p = pod(exit_code=137, reason="Error", disruption="TerminationByKubelet", node="gpu-7")
+    p["status"]["reason"] = "Evicted"
+    p["status"]["message"] = "The node was low on resource: ephemeral-storage."
+    out = classify(p, READY)
+    assert out is not None and out.end == "Preempted" and out.node_trouble
+    assert "low on resource: ephemeral-storage" in out.message
+    st = status(streak={"reason": out.reason, "count": 2})
+    assert d.plan_next(spec(), st, out).delay_seconds == 10
+
+
+@pytest.mark.parametrize(
+    "disruption", ["EvictionByEvictionAPI", "DeletionByTaintManager", "PreemptionByScheduler"]
+)
+def test_real_disruptions_stay_immediate_even_in_a_streak(disruption: str) -> None:
+    """Drain, NoExecute taint, priority preemption: another node or capacity comes from elsewhere."""
+    out = classify(pod(exit_code=75, disruption=disruption), READY)
+    assert out is not None and not out.node_trouble
+    plan = d.plan_next(spec(), status(streak={"reason": disruption, "count": 9}), out)
+    assert (plan.delay_seconds, plan.avoid_node, plan.streak) == (0, None, 10)
+
+
+def test_streak_counts_only_the_same_reason_in_a_row() -> None:
+    out = outcome("Preempted", reason="UnexpectedAdmissionError", node_trouble=True)
+    assert d.streak_after(status(), out) == 1
+    assert d.streak_after(status(streak={"reason": "UnexpectedAdmissionError", "count": 4}), out) == 5
+    assert d.streak_after(status(streak={"reason": "OutOfcpu", "count": 4}), out) == 1
+
+
+def test_storm_posts_a_warning_and_waits() -> None:
+    st = running_status(
+        phase="Restarting", step=None, streak={"reason": "UnexpectedAdmissionError", "count": 2}
+    )
+    step = d.reconcile(world(st=st, pods=[admission_failure()], nodes={"gpu-7": d.NodeView("gpu-7")}))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["streak"] == {"reason": "UnexpectedAdmissionError", "count": 3}
+    assert patch["pending"]["notBefore"] == T(NOW + timedelta(seconds=10))
+    assert patch["pending"]["avoidNode"] == "gpu-7"
+    storm = [a for a in step.actions if isinstance(a, d.Event) and a.reason == "RestartStorm"]
+    assert len(storm) == 1 and storm[0].type == "Warning"
+    assert "3 pod ends in a row for UnexpectedAdmissionError on node gpu-7" in storm[0].message
+    # below the threshold: no storm Event
+    st = running_status(
+        phase="Restarting", step=None, streak={"reason": "UnexpectedAdmissionError", "count": 1}
+    )
+    step = d.reconcile(world(st=st, pods=[admission_failure()], nodes={"gpu-7": d.NodeView("gpu-7")}))
+    assert not [a for a in step.actions if isinstance(a, d.Event) and a.reason == "RestartStorm"]
+
+
+def test_training_progress_ends_the_streak() -> None:
+    st = running_status(
+        phase="Restarting",
+        attempt=4,
+        podName="job-4",
+        step=13,
+        lastEndStep=12,
+        streak={"reason": "UnexpectedAdmissionError", "count": 3},
+    )
+    step = d.reconcile(world(st=st, pods=[pod("job-4", running=True)]))
+    assert d.PatchStatus({"streak": None}) in step.actions
+    # no progress yet (the step is the one reported before the end): the streak stays
+    st = running_status(
+        phase="Restarting", attempt=4, podName="job-4", step=12, lastEndStep=12, streak=st.streak
+    )
+    step = d.reconcile(world(st=st, pods=[pod("job-4", running=True)]))
+    assert d.PatchStatus({"streak": None}) not in step.actions
+
+
+def test_waiting_for_the_image_is_shown_in_status_until_the_timeout() -> None:
+    st = running_status(phase="Restarting", attempt=2, podName="job-2")
+    pulling = pod(
+        "job-2", phase="Pending", waiting="ErrImagePull", waiting_message=TRANSIENT_PULL, started_ago=590
+    )
+    step = d.reconcile(world(st=st, pods=[pulling]))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["reason"] == "ErrImagePull"
+    assert "restartPolicy.imagePullTimeoutSeconds" in patch["message"] and "429" in patch["message"]
+    assert step.requeue_seconds == pytest.approx(10.5)  # look again when the 600 s run out
+    assert "Decided" not in kinds(step)
+    # recorded: nothing more to write
+    st2 = running_status(phase="Restarting", attempt=2, podName="job-2", **patch)
+    assert not d.reconcile(world(st=st2, pods=[pulling])).actions
+    # the timeout passes: a new pod on another node, on the infrastructure budget
+    late = pod(
+        "job-2", phase="Pending", waiting="ImagePullBackOff", waiting_message=TRANSIENT_PULL, started_ago=601
+    )
+    step = d.reconcile(world(st=st2, pods=[late]))
+    decided = only(step, d.PatchStatus).patch
+    assert decided["phase"] == "Restarting" and decided["restarts"]["infrastructure"] == 1
+    assert decided["pending"]["reason"] == "ImagePullTimeout" and decided["pending"]["avoidNode"] == "node-a"
+
+
+def test_effective_memory_the_larger_of_adapted_and_explicit() -> None:
+    adapted = d.EffectiveTraining(memory="3Gi")
+    assert d.effective_memory(spec(resources={"memory": "1Gi"}), adapted) == "3Gi"
+    assert d.effective_memory(spec(resources={"memory": "4Gi"}), adapted) == "4Gi"  # the user raised it
+    assert d.effective_memory(spec(resources={"memory": "4Gi"}), None) == "4Gi"
+    assert d.effective_memory(spec(resources={"memory": None}), adapted) == "3Gi"
+
+
+def test_host_oom_after_the_user_raised_memory_adapts_from_the_raise() -> None:
+    """After one OOM (1Gi → 1536Mi) the user raises resources.memory to 4Gi: the next OOM starts from 4Gi."""
+    s = spec(resources={"memory": "4Gi"})
+    plan = d.plan_next(s, status(effective={"memory": "1536Mi"}), outcome("HostOOM"))
+    assert plan.effective is not None and plan.effective.memory == "6Gi"
+    assert plan.change == "memory 4Gi → 6Gi"

@@ -42,6 +42,7 @@ def test_names_types_and_labels() -> None:
         "finetune_lost_steps": "counter",
         "finetune_recovery_duration_seconds": "histogram",
         "finetune_checkpoint_size_bytes": "gauge",
+        "finetune_restart_streak": "gauge",
     }
     for name, kind in expected.items():
         assert name in fams and fams[name].type == kind, name  # type: ignore[attr-defined]
@@ -63,6 +64,21 @@ def test_values_follow_status() -> None:
     assert sample(m, "finetune_lost_steps_total", finetunejob="a") == 5
     assert sample(m, "finetune_jobs", namespace="ns", phase="Running") == 1
     assert sample(m, "finetune_jobs", namespace="ns", phase="Failed") == 0
+
+
+def test_restart_streak_follows_status_while_the_job_is_not_finished() -> None:
+    m = OperatorMetrics()
+    m.observe_job("ns", "a", status(10, 8, restarts={"infrastructure": 2}))
+    assert sample(m, "finetune_restart_streak", finetunejob="a") == 0
+    assert sample(m, "finetune_restarts_total", finetunejob="a", cause="infrastructure") == 2
+    storm = {"reason": "UnexpectedAdmissionError", "count": 4}
+    m.observe_job("ns", "a", status(10, 8, phase="Restarting", streak=storm))
+    assert sample(m, "finetune_restart_streak", finetunejob="a") == 4
+    m.observe_job("ns", "a", status(12, 8, phase="Running"))  # the trainer stepped: streak cleared
+    assert sample(m, "finetune_restart_streak", finetunejob="a") == 0
+    # a finished job's last streak is no storm (FineTuneJobFailed covers it)
+    m.observe_job("ns", "a", status(12, 8, phase="Failed", streak=storm))
+    assert sample(m, "finetune_restart_streak", finetunejob="a") is None
 
 
 def test_each_new_save_is_observed_once() -> None:
