@@ -76,7 +76,6 @@ class Runtime:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    conflicts: int = 0  # passes abandoned on a 409 (the job changed since it was read)
     fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
     api: client.ApiClient | None = None
 
@@ -367,8 +366,8 @@ async def job_loop(
                 logger.warning(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
-            if requeue is None:  # the job is gone
-                return
+            if requeue is None:  # the job is gone or being deleted
+                break
             deadline = time.monotonic() + (IDLE_RECHECK_SECONDS if requeue <= 0 else requeue)
             while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
@@ -395,7 +394,6 @@ def run_once(namespace: str, name: str) -> float | None:
         try:
             execute(job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
-            RUNTIME.conflicts += 1
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
     return 1.0
 

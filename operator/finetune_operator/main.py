@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         start_http_server(
             args.metrics_port, addr=args.bind_address, registry=handlers.RUNTIME.metrics.registry
         )
-    lock = None
+    lock, renewer = None, None
+    renewing = threading.Event()  # set: stop renewing (before the lease is released)
     if args.leader_election:
         lock = _lease(args)
         standby = None
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             standby.server_close()
         # Lost the lease (could not renew in time, or someone took it): stop acting at once. Whatever this
         # process was writing is conditional (handlers.Fence), and the Deployment restarts it as a candidate.
-        lock.keep_renewing(lambda: os._exit(1), threading.Event())
+        renewer = lock.keep_renewing(lambda: os._exit(1), renewing)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     scope = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
     logging.getLogger("finetune_operator").info(
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
     finally:
         if lock is not None:
+            renewing.set()
+            if renewer is not None:
+                renewer.join(timeout=10)  # a renewal in flight must not take the lease back after the release
             lock.release()
     return 0
 
