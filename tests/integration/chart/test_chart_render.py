@@ -114,6 +114,8 @@ def test_full_values_render(helm: str) -> None:
     objects = installed(template(helm, "-f", str(FULL_VALUES)))
     deploy = one(objects, "Deployment")
     assert deploy["metadata"]["name"] == "ml-finetune"
+    assert deploy["spec"]["replicas"] == 2  # a hot standby: only the Lease holder acts
+    assert not hooks(template(helm, "-f", str(FULL_VALUES)))  # uninstall.releaseFinalizers: false
     pod = deploy["spec"]["template"]["spec"]
     c = container(objects)
     assert (
