@@ -34,8 +34,9 @@ def default_identity() -> str:
     return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _now() -> str:
+    """A MicroTime as the apiserver parses it (the client's isoformat drops a zero fraction)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
