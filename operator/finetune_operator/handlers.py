@@ -326,14 +326,17 @@ def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]
         finalizers = list(meta.get("finalizers") or [])
         if KOPF_FINALIZER not in finalizers:
             continue
-        index = finalizers.index(KOPF_FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": KOPF_FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
+        # A merge patch (the client sends custom-object patches as such) replacing the list, conditional
+        # on the resourceVersion so that a concurrent change of the finalizers is not overwritten.
+        body = {
+            "metadata": {
+                "finalizers": [f for f in finalizers if f != KOPF_FINALIZER],
+                "resourceVersion": meta["resourceVersion"],
+            }
+        }
         try:
             custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], ops
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
             )
             jobs.append(f"{meta['namespace']}/{meta['name']}")
         except ApiException as error:
