@@ -5,6 +5,13 @@ on the same job). Pod events and relevant job changes wake the loop at once; oth
 `reconcile` asked (backoff deadline, pending timeout, node check) or every 30 s. All state that matters is
 in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator continues
 where the previous one stopped.
+
+Single writer: every status write of a pass is conditional on the resourceVersion the pass read (a merge
+patch carrying metadata.resourceVersion), and a pass that touches pods before writing status first checks
+that precondition with an empty conditional patch. A 409 means someone else (another operator replica, the
+trainer) changed the job since: the pass stops and the next one re-reads and decides again. So a decision
+computed on a stale read is never recorded and never counted twice. Leader election (leader.py, chart
+default) keeps a second replica from acting at all.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from typing import Any
 
 import kopf
@@ -45,6 +53,8 @@ from finetune_operator.metrics import OperatorMetrics
 log = logging.getLogger("finetune_operator")
 
 IDLE_RECHECK_SECONDS = 30.0
+#: kopf's finalizer on each FineTuneJob (it stops the job's daemon before the job goes).
+KOPF_FINALIZER = "finetune.dev/operator"
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
@@ -53,6 +63,10 @@ class OperatorConfig:
     node_lost_seconds: float = 120.0
     unreachable_toleration_seconds: int = builders.DEFAULT_UNREACHABLE_TOLERATION_SECONDS
     instance: str = field(default_factory=socket.gethostname)
+    #: The namespaces (patterns) served; empty: the whole cluster. For the orphan sweep.
+    namespaces: list[str] = field(default_factory=list)
+    #: How often to look for trainer pods left on our finalizer by a job that is gone (0 = never).
+    orphan_sweep_seconds: float = 60.0
 
 
 @dataclass
@@ -91,13 +105,44 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # job's own fields (and the trainer patches it).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="finetune.dev")
-    settings.persistence.finalizer = "finetune.dev/operator"
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf posts only problems
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     RUNTIME.apis()
+
+
+@kopf.on.startup()
+async def start_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
+    memo["orphan_sweep"] = asyncio.get_running_loop().create_task(_orphan_sweep_loop())
+
+
+@kopf.on.cleanup()
+async def stop_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("orphan_sweep")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _orphan_sweep_loop() -> None:
+    """At start-up and then periodically: release trainer pods whose job can no longer do it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            released = await loop.run_in_executor(None, release_orphans, RUNTIME.config.namespaces)
+            if released:
+                log.info(
+                    "released %d orphaned trainer pod(s)", len(released), extra={"pods": ",".join(released)}
+                )
+        except Exception as error:  # the next round tries again
+            log.warning("orphan sweep failed: %s: %s", error.__class__.__name__, error)
+        if RUNTIME.config.orphan_sweep_seconds <= 0:
+            return
+        await asyncio.sleep(RUNTIME.config.orphan_sweep_seconds)
 
 
 @kopf.on.probe(id="jobs")
@@ -158,16 +203,146 @@ async def pod_event(body: kopf.Body, namespace: str | None, labels: kopf.Labels,
 
 def _release_orphan(pod: dict[str, Any], namespace: str) -> None:
     core, custom, _ = RUNTIME.apis()
-    job_name = pod["metadata"]["labels"][LABEL_JOB]
-    owners = {o.get("uid") for o in pod["metadata"].get("ownerReferences") or []}
+    if orphaned(custom, namespace, pod, {}):
+        _release(core, namespace, pod["metadata"]["name"])
+
+
+def orphaned(custom: Any, namespace: str, pod: dict[str, Any], jobs: dict[str, Any]) -> bool:
+    """Nobody will release this tracked pod: its job is gone, another job's, or being deleted; or the pod
+    is deleting and its end is already recorded. `jobs` caches job reads (name → body or None)."""
+    meta = pod["metadata"]
+    job_name = (meta.get("labels") or {}).get(LABEL_JOB, "")
+    if job_name not in jobs:
+        try:
+            jobs[job_name] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job_name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            jobs[job_name] = None
+    job = jobs[job_name]
+    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+    if job is None or job["metadata"]["uid"] not in owners or job["metadata"].get("deletionTimestamp"):
+        return True
+    if not meta.get("deletionTimestamp"):
+        return False  # its job lives: its loop handles the pod
+    status = job.get("status") or {}
+    attempt = decisions.pod_view(pod).attempt
+    return (
+        status.get("phase") in ("Succeeded", "Failed")
+        or (status.get("pending") or {}).get("podName") == meta.get("name")
+        or (attempt is not None and attempt < int(status.get("attempt") or 0))
+    )
+
+
+def release_job_pods(core: Any, namespace: str, name: str, uid: str | None) -> None:
+    """Release every tracked pod of this job (it is being deleted: no end will be recorded)."""
+    pods = _json(
+        core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
+    )
+    for pod in pods.get("items") or []:
+        meta = pod.get("metadata") or {}
+        owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+        if POD_FINALIZER in (meta.get("finalizers") or []) and (uid is None or uid in owners):
+            _release(core, namespace, meta["name"])
+
+
+def _release_if_job_going(namespace: str, name: str) -> None:
+    core, custom, _ = RUNTIME.apis()
     try:
-        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job_name)
-        if job["metadata"]["uid"] in owners and not job["metadata"].get("deletionTimestamp"):
-            return  # its job lives: its loop will handle the pod
+        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as error:
         if error.status != 404:
             raise
-    _release(core, namespace, pod["metadata"]["name"])
+        job = None
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        release_job_pods(core, namespace, name, job["metadata"]["uid"] if job else None)
+
+
+def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
+    """The namespaces served: exact names, glob patterns matched against the cluster's; None = all."""
+    if not namespaces:
+        return None
+    names = {n for n in namespaces if not any(c in n for c in "*?[")}
+    patterns = [n for n in namespaces if n not in names]
+    if patterns:
+        listed = _json(core.list_namespace(_preload_content=False)).get("items") or []
+        names |= {
+            n["metadata"]["name"] for n in listed if any(fnmatch(n["metadata"]["name"], p) for p in patterns)
+        }
+    return sorted(names)
+
+
+def _scoped_pods(core: Any, namespaces: list[str]) -> list[dict[str, Any]]:
+    """Trainer pods (those with the job label) in the namespaces served."""
+    scope = _namespaces_in_scope(core, namespaces)
+    if scope is None:
+        found = _json(core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _preload_content=False))
+        return list(found.get("items") or [])
+    items: list[dict[str, Any]] = []
+    for namespace in scope:
+        found = _json(core.list_namespaced_pod(namespace, label_selector=LABEL_JOB, _preload_content=False))
+        items += found.get("items") or []
+    return items
+
+
+def release_orphans(namespaces: list[str]) -> list[str]:
+    """Release tracked trainer pods that no job loop will release (see `orphaned`); returns their names."""
+    core, custom, _ = RUNTIME.apis()
+    released: list[str] = []
+    jobs_by_ns: dict[str, dict[str, Any]] = {}
+    for pod in _scoped_pods(core, namespaces):
+        meta = pod["metadata"]
+        if POD_FINALIZER not in (meta.get("finalizers") or []):
+            continue
+        namespace = meta["namespace"]
+        if orphaned(custom, namespace, pod, jobs_by_ns.setdefault(namespace, {})):
+            _release(core, namespace, meta["name"])
+            released.append(f"{namespace}/{meta['name']}")
+    return released
+
+
+def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]:
+    """Uninstall: with no operator left, release every trainer pod and drop kopf's finalizer from every
+    FineTuneJob in scope, so deleting or draining them later does not hang. Returns (pods, jobs)."""
+    core, custom, _ = RUNTIME.apis()
+    pods = []
+    for pod in _scoped_pods(core, namespaces):
+        meta = pod["metadata"]
+        if POD_FINALIZER in (meta.get("finalizers") or []):
+            _release(core, meta["namespace"], meta["name"])
+            pods.append(f"{meta['namespace']}/{meta['name']}")
+    jobs = []
+    scope = _namespaces_in_scope(core, namespaces)
+    if scope is None:
+        listed = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+    else:
+        listed = [
+            job
+            for namespace in scope
+            for job in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        ]
+    for job in listed:
+        meta = job["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if KOPF_FINALIZER not in finalizers:
+            continue
+        # A merge patch (the client sends custom-object patches as such) replacing the list, conditional
+        # on the resourceVersion so that a concurrent change of the finalizers is not overwritten.
+        body = {
+            "metadata": {
+                "finalizers": [f for f in finalizers if f != KOPF_FINALIZER],
+                "resourceVersion": meta["resourceVersion"],
+            }
+        }
+        try:
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+            jobs.append(f"{meta['namespace']}/{meta['name']}")
+        except ApiException as error:
+            if error.status not in (404, 409, 422):
+                raise
+    return pods, jobs
 
 
 # ============================================================================================ the loop
@@ -194,14 +369,19 @@ async def job_loop(
                 logger.warning(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
-            if requeue is None:  # the job is gone
-                return
+            if requeue is None:  # the job is gone or being deleted
+                break
             deadline = time.monotonic() + (IDLE_RECHECK_SECONDS if requeue <= 0 else requeue)
             while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=min(1.0, left))
     finally:
         RUNTIME.wakes.pop(key, None)
+    # Stopped because the job is deleted (namespace deletion, a cascade)? Its pods may already be deleting
+    # and their events went to this loop: release them now, or they stay Terminating. (Later pod events
+    # take the orphan path in pod_event, as the wake-up is gone.)
+    with contextlib.suppress(Exception):
+        await loop.run_in_executor(None, _release_if_job_going, namespace, name)
 
 
 def run_once(namespace: str, name: str) -> float | None:
@@ -210,15 +390,19 @@ def run_once(namespace: str, name: str) -> float | None:
         world = read_world(namespace, name)
         if world is None:
             return None
-        job, uid, state = world
+        job, uid, state, resource_version = world
         step = decisions.reconcile(state)
         if not step.actions:
             return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
-        execute(job, uid, state, step.actions)
+        try:
+            execute(job, uid, state, step.actions, resource_version)
+        except StaleRead as stale:
+            log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
     return 1.0
 
 
-def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World] | None:
+def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:
+    """The job, its uid, the World to decide on and the job's resourceVersion (None: the job is going)."""
     core, custom, _ = RUNTIME.apis()
     try:
         body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -228,7 +412,10 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World] | No
         raise
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
-        return None  # the garbage collector takes the pods (owner references) and, if asked, the volume
+        # The garbage collector takes the pods (owner references) and, if asked, the volume; nobody will
+        # record how the pods end, so they must not wait for us (foreground deletion waits for them).
+        release_job_pods(core, namespace, name, meta.get("uid"))
+        return None
     uid = meta["uid"]
     try:
         job = parse_job({**body, "status": None}, f"{namespace}/{name}")
@@ -274,7 +461,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World] | No
         volume_fresh=volume_fresh,
         node_lost_seconds=RUNTIME.config.node_lost_seconds,
     )
-    return job, uid, world
+    return job, uid, world, str(meta.get("resourceVersion") or "")
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -291,22 +478,71 @@ def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], 
         namespace,
         PLURAL,
         name,
-        {"status": {"phase": "Failed", "reason": "InvalidSpec", "message": text[:1024]}},
+        {
+            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+            "status": {"phase": "Failed", "reason": "InvalidSpec", "message": text[:1024]},
+        },
     )
 
 
 # ============================================================================================ actions
 
 
-def execute(job: FineTuneJob, uid: str, world: World, actions: list[decisions.Action]) -> None:
+class StaleRead(Exception):
+    """A conditional write got 409: the job changed since this pass read it. Re-read and decide again."""
+
+
+@dataclass
+class Fence:
+    """The job's resourceVersion this pass decided on. Every status write is conditional on it."""
+
+    custom: Any
+    namespace: str
+    name: str
+    resource_version: str
+    vouched: bool = False  # a conditional write of this pass succeeded: the read was current then
+
+    def patch_status(self, patch: dict[str, Any]) -> None:
+        body: dict[str, Any] = {"status": patch}
+        if self.resource_version:
+            body["metadata"] = {"resourceVersion": self.resource_version}
+        try:
+            result = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, body
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise StaleRead(
+                    f"job {self.namespace}/{self.name} changed since resourceVersion {self.resource_version}"
+                ) from None
+            raise
+        if isinstance(result, dict) and result.get("metadata", {}).get("resourceVersion"):
+            self.resource_version = result["metadata"]["resourceVersion"]
+        self.vouched = True
+
+    def check(self) -> None:
+        """Before touching pods: an empty conditional patch fails with 409 if the read is stale."""
+        if not self.vouched:
+            self.patch_status({})
+
+
+_POD_ACTIONS = (CreatePod, DeletePod, ReleasePod, AnnotatePod)
+
+
+def execute(
+    job: FineTuneJob, uid: str, world: World, actions: list[decisions.Action], resource_version: str = ""
+) -> None:
     core, custom, rbac = RUNTIME.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
+    fence = Fence(custom, namespace, name, resource_version)
     for action in actions:
+        if isinstance(action, _POD_ACTIONS):
+            fence.check()
         if isinstance(action, PatchStatus):
-            _patch_status(custom, namespace, name, action.patch)
+            fence.patch_status(action.patch)
         elif isinstance(action, CreatePod):
             _create_attempt(core, rbac, job, uid, world, action)
-            _patch_status(custom, namespace, name, action.status_patch)
+            fence.patch_status(action.status_patch)
             _event(core, job, uid, "Normal", action.event_reason, action.event_message)
             log.info(
                 "created pod",
@@ -317,7 +553,7 @@ def execute(job: FineTuneJob, uid: str, world: World, actions: list[decisions.Ac
                 },
             )
         elif isinstance(action, AdoptPod):
-            _patch_status(custom, namespace, name, action.status_patch)
+            fence.patch_status(action.status_patch)
             log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
         elif isinstance(action, DeletePod):
             _delete_pod(core, namespace, action)
@@ -350,10 +586,6 @@ def execute(job: FineTuneJob, uid: str, world: World, actions: list[decisions.Ac
         elif isinstance(action, Recovered):
             RUNTIME.metrics.observe_recovery(namespace, name, action.seconds)
             log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
-
-
-def _patch_status(custom: Any, namespace: str, name: str, patch: dict[str, Any]) -> None:
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
 
 
 def _create_or_keep(create: Any, *args: Any) -> None:

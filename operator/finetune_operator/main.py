@@ -2,9 +2,12 @@
 
     finetune-operator --namespace team-a --namespace team-b   # only these namespaces
     finetune-operator --all-namespaces                         # the whole cluster (the default)
+    finetune-operator --leader-election --leader-election-namespace finetune-system   # one of N replicas
+    finetune-operator --release-finalizers -n team-a          # uninstall: release pods and jobs, exit
 
-Credentials: in-cluster ServiceAccount, else $KUBECONFIG / ~/.kube/config. One replica per scope: kopf's
-peering is off (standalone), so run a single replica (the chart's Deployment uses `strategy: Recreate`).
+Credentials: in-cluster ServiceAccount, else $KUBECONFIG / ~/.kube/config. kopf's peering is off
+(standalone); with --leader-election only the holder of a coordination.k8s.io Lease acts, the other replicas
+stand by (the chart turns it on).
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from finetune_operator import handlers
+from finetune_operator import handlers, leader
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _SKIP = {"settings", "k8s_skip", "k8s_ref"}  # kopf's per-record extras (the whole settings object!)
@@ -97,12 +102,87 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(env("FTO_UNREACHABLE_TOLERATION_SECONDS", "30")),
         help="tolerationSeconds of trainer pods for not-ready/unreachable nodes (Kubernetes default: 300)",
     )
+    parser.add_argument(
+        "--orphan-sweep-seconds",
+        type=float,
+        default=float(env("FTO_ORPHAN_SWEEP_SECONDS", "60")),
+        help="release trainer pods left on our finalizer by a deleted job: at start-up and this often",
+    )
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=env("FTO_LEADER_ELECTION", "") in ("1", "true"),
+        help="act only while holding the Lease --leader-election-id (for more than one replica)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=env("FTO_LEADER_ELECTION_NAMESPACE") or env("POD_NAMESPACE") or "default",
+    )
+    parser.add_argument(
+        "--leader-election-id", default=env("FTO_LEADER_ELECTION_ID", "finetune-operator"), help="Lease name"
+    )
+    parser.add_argument("--lease-duration-seconds", type=int, default=15)
+    parser.add_argument("--renew-deadline-seconds", type=float, default=10.0)
+    parser.add_argument("--retry-period-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--release-finalizers",
+        action="store_true",
+        help="do not run: remove the operator's finalizers from every trainer pod and FineTuneJob in scope "
+        "and exit (the chart's uninstall hook; with --leader-election, first take the lease)",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default=env("FTO_LOG_FORMAT", "json"))
     parser.add_argument("--log-level", default=env("FTO_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
+    if args.renew_deadline_seconds >= args.lease_duration_seconds:
+        parser.error("--renew-deadline-seconds must be shorter than --lease-duration-seconds")
     if not args.namespace and env("FTO_NAMESPACES"):
         args.namespace = [n for n in env("FTO_NAMESPACES", "").split(",") if n]
     return args
+
+
+class _StandbyHealth(BaseHTTPRequestHandler):
+    """/healthz while standing by for the lease: alive, not leading (kopf serves it once leading)."""
+
+    def do_GET(self) -> None:
+        body = b'{"leader": false}'
+        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def _lease(args: argparse.Namespace) -> leader.LeaseLock:
+    handlers.RUNTIME.apis()
+    assert handlers.RUNTIME.api is not None
+    return leader.LeaseLock(
+        handlers.RUNTIME.api,
+        args.leader_election_namespace,
+        args.leader_election_id,
+        lease_seconds=args.lease_duration_seconds,
+        renew_deadline=args.renew_deadline_seconds,
+        retry_period=args.retry_period_seconds,
+    )
+
+
+def release_finalizers(args: argparse.Namespace) -> int:
+    log = logging.getLogger("finetune_operator")
+    lock = _lease(args) if args.leader_election else None
+    if lock is not None:  # wait until no operator acts (it released the lease, or it expired)
+        lock.acquire()
+    try:
+        pods, jobs = handlers.release_all_finalizers(args.namespace)
+    finally:
+        if lock is not None:
+            lock.release()
+    log.info(
+        "released finalizers",
+        extra={"pods": len(pods), "jobs": len(jobs), "scope": ",".join(args.namespace) or "cluster"},
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,17 +191,43 @@ def main(argv: list[str] | None = None) -> int:
     handlers.RUNTIME.config = handlers.OperatorConfig(
         node_lost_seconds=args.node_lost_seconds,
         unreachable_toleration_seconds=args.unreachable_toleration_seconds,
+        namespaces=list(args.namespace),
+        orphan_sweep_seconds=args.orphan_sweep_seconds,
     )
+    if args.release_finalizers:
+        return release_finalizers(args)
     if args.metrics_port:
         start_http_server(
             args.metrics_port, addr=args.bind_address, registry=handlers.RUNTIME.metrics.registry
         )
+    lock, renewer = None, None
+    renewing = threading.Event()  # set: stop renewing (before the lease is released)
+    if args.leader_election:
+        lock = _lease(args)
+        standby = None
+        if args.health_port:
+            standby = ThreadingHTTPServer((args.bind_address, args.health_port), _StandbyHealth)
+            threading.Thread(target=standby.serve_forever, daemon=True).start()
+        lock.acquire()
+        if standby is not None:
+            standby.shutdown()
+            standby.server_close()
+        # Lost the lease (could not renew in time, or someone took it): stop acting at once. Whatever this
+        # process was writing is conditional (handlers.Fence), and the Deployment restarts it as a candidate.
+        renewer = lock.keep_renewing(lambda: os._exit(1), renewing)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     scope = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
     logging.getLogger("finetune_operator").info(
         "starting", extra={"scope": ",".join(args.namespace) or "cluster", "metrics_port": args.metrics_port}
     )
-    kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
+    try:
+        kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
+    finally:
+        if lock is not None:
+            renewing.set()
+            if renewer is not None:
+                renewer.join(timeout=10)  # a renewal in flight must not take the lease back after the release
+            lock.release()
     return 0
 
 

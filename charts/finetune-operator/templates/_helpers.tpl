@@ -66,14 +66,8 @@ app.kubernetes.io/part-of: finetune-operator
 
 {{/* Arguments of `finetune-operator` (the image's entrypoint; see operator/finetune_operator/main.py). */}}
 {{- define "finetune-operator.args" -}}
+{{- include "finetune-operator.scopeArgs" . }}
 {{- with .Values.operator }}
-{{- if .watchNamespaces }}
-{{- range .watchNamespaces }}
-- --namespace={{ . }}
-{{- end }}
-{{- else }}
-- --all-namespaces
-{{- end }}
 - --metrics-port={{ .metricsPort }}
 - --health-port={{ .healthPort }}
 - --log-level={{ .logLevel }}
@@ -84,4 +78,123 @@ app.kubernetes.io/part-of: finetune-operator
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+{{- include "finetune-operator.leaderArgs" . }}
+{{- end }}
+
+{{/* Leader election flags (shared by the operator and the uninstall hook, which takes the lease first). */}}
+{{- define "finetune-operator.leaderArgs" -}}
+{{- if .Values.leaderElection.enabled }}
+- --leader-election
+- --leader-election-namespace={{ .Release.Namespace }}
+- --leader-election-id={{ include "finetune-operator.leaseName" . }}
+{{- end }}
+{{- end }}
+
+{{/* The coordination.k8s.io Lease the replicas elect their leader with. */}}
+{{- define "finetune-operator.leaseName" -}}
+{{- printf "%s-leader" (include "finetune-operator.fullname" .) }}
+{{- end }}
+
+{{/* --namespace flags (or --all-namespaces) for the scope the chart serves. */}}
+{{- define "finetune-operator.scopeArgs" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- range .Values.operator.watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules for objects in the namespaces whose FineTuneJobs the operator serves: a ClusterRole's rules in a
+cluster-wide install, a Role's in each watched namespace otherwise. Each rule is used by the operator, and
+tests/integration/chart/test_rbac.py fails when a rule (or a verb) has no use in operator/finetune_operator/
+or kopf, or when the code uses an API the chart does not grant. No Secrets: trainer pods reference the HF
+token Secret by name (secretKeyRef), which the kubelet resolves; the operator never reads it.
+*/}}
+{{- define "finetune-operator.jobNamespaceRules" -}}
+# The FineTuneJobs: kopf lists and watches them (handlers, daemons) and patches its finalizer and
+# bookkeeping annotations onto them; the reconcile loop reads each one.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs]
+  verbs: [get, list, watch, patch]
+# Phase, attempt, counters and budgets live in status. `get` is also needed because the per-job Role the
+# operator creates grants the trainer get/patch on its job's status, and RBAC lets a subject grant only
+# what it holds itself (no `escalate`).
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs/status]
+  verbs: [get, patch]
+# Owned objects carry blockOwnerDeletion: where the OwnerReferencesPermissionEnforcement admission
+# plugin is on (e.g. OpenShift), setting it needs update on the owner's finalizers subresource.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs/finalizers]
+  verbs: [update]
+# Trainer pods <job>-<attempt>: watched (kopf) and listed by label to classify how each ended (and to
+# release orphans of deleted jobs); created per attempt (read back on 409 to adopt); deleted on
+# suspend/node loss; patched for the last-checkpoint annotation and to release the pod finalizer.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+# The checkpoint volume: read (whose is it?) and created. Deleted with the job by the garbage collector
+# (owner reference) when spec.checkpoint.deleteWithJob, never by the operator.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create]
+# The trainer config rendered from the spec: created, replaced when an OOM changes the batch.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, update]
+# The per-job ServiceAccount/Role/RoleBinding that let a trainer patch only its own job's status
+# (created once; a 409 means it exists).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create]
+# Kubernetes Events for every decision (why a pod was replaced, what changed); kopf posts its warnings.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/* What stays cluster-scoped in every install: reads of cluster-scoped objects only. */}}
+{{- define "finetune-operator.clusterRules" -}}
+# The trainer's node: NotReady/Unknown for too long means lost (counted as a preemption).
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
+# kopf's resource observer watches CRDs (to notice resources added at runtime); without this it retries
+# the 403 with error logs at every start. Read-only; drop it if the operator sets scanning.disabled.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.operator.watchNamespaces }}
+# Namespace-scoped (operator.watchNamespaces): kopf lists/watches namespaces to match its patterns.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- end }}
+
+{{/* The uninstall hook's rules where the jobs live: release the finalizers of trainer pods and jobs. */}}
+{{- define "finetune-operator.uninstallRules" -}}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs]
+  verbs: [list, patch]
+{{- end }}
+
+{{/* Leader election: read, renew and (first time) create the Lease, in the release namespace. */}}
+{{- define "finetune-operator.leaseRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "finetune-operator.leaseName" . }}]
+  verbs: [get, update]
 {{- end }}

@@ -81,11 +81,13 @@ def trainer_scrape_config(
     """Scrape the trainer pods listed in `targets_file` (file_sd JSON, written by `TrainerDiscovery`).
 
     Debian's prometheus is built without kubernetes_sd_configs, so the pods are found through the API by
-    `TrainerDiscovery` and handed over as a file; the labels are what the chart's PodMonitor gives them.
+    `TrainerDiscovery` and handed over as a file; the labels are what the chart's PodMonitor gives them,
+    and like the PodMonitor it does not honour labels the trainer exports (no spoofing another job's).
     """
     cfg: dict[str, Any] = {
         "job_name": "finetune-trainers",
-        "honor_labels": True,
+        # As the PodMonitor: the target's labels (from the pod) win over what a trainer exports itself.
+        "honor_labels": False,
         "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
     }
     if scrape_interval:

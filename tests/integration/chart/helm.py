@@ -54,6 +54,19 @@ def render_error(helm: str, *args: str) -> str:
     return r.stderr
 
 
+def is_hook(obj: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
+
+
+def installed(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's own objects, without hook objects (the uninstall hook's Job and its RBAC)."""
+    return [o for o in objects if not is_hook(o)]
+
+
+def hooks(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if is_hook(o)]
+
+
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o.get("kind") == kind]
 

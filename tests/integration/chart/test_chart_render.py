@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helm import CHART, FULL_VALUES, by_kind, one, render_error, run, template
+from .helm import CHART, FULL_VALUES, by_kind, hooks, installed, one, render_error, run, template
 
 EXPECTED_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
 
@@ -28,7 +28,7 @@ def test_lint(helm: str, values: list[str]) -> None:
 
 
 def test_default_values_render_the_operator(helm: str) -> None:
-    objects = template(helm)
+    objects = installed(template(helm))
     kinds = {o["kind"] for o in objects}
     assert kinds >= EXPECTED_KINDS, kinds
     # Monitoring objects are opt-in (their CRDs may not exist in the cluster).
@@ -66,6 +66,12 @@ def test_default_values_render_the_operator(helm: str) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"]["port"] in ports, probe
     assert "--all-namespaces" in c["args"]
+    # Leader election on by default (it also covers a terminating operator pod's overlap with its successor).
+    assert {
+        "--leader-election",
+        "--leader-election-namespace=fto-system",
+        "--leader-election-id=fto-finetune-operator-leader",
+    } <= set(c["args"])
     assert f"--health-port={ports['health']}" in c["args"]
     assert f"--metrics-port={ports['metrics']}" in c["args"]
 
@@ -95,7 +101,9 @@ def test_no_secret_access_anywhere(helm: str) -> None:
     for values in ([], ["-f", str(FULL_VALUES)]):
         objects = template(helm, *values)
         assert not by_kind(objects, "Secret")
-        for rule in one(objects, "ClusterRole")["rules"]:
+        roles = by_kind(objects, "ClusterRole") + by_kind(objects, "Role")
+        assert len(roles) >= 3  # the operator's, the leader Lease's, the uninstall hook's
+        for rule in [rule for role in roles for rule in role["rules"]]:
             assert "secrets" not in rule["resources"]
             assert "*" not in rule["resources"] and "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
@@ -103,9 +111,11 @@ def test_no_secret_access_anywhere(helm: str) -> None:
 
 def test_full_values_render(helm: str) -> None:
     full = yaml.safe_load(FULL_VALUES.read_text())
-    objects = template(helm, "-f", str(FULL_VALUES))
+    objects = installed(template(helm, "-f", str(FULL_VALUES)))
     deploy = one(objects, "Deployment")
     assert deploy["metadata"]["name"] == "ml-finetune"
+    assert deploy["spec"]["replicas"] == 2  # a hot standby: only the Lease holder acts
+    assert not hooks(template(helm, "-f", str(FULL_VALUES)))  # uninstall.releaseFinalizers: false
     pod = deploy["spec"]["template"]["spec"]
     c = container(objects)
     assert (
@@ -149,6 +159,48 @@ def test_optional_objects_can_be_turned_off(helm: str) -> None:
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "byo"
 
 
+def test_replicas_elect_a_leader(helm: str) -> None:
+    deploy = one(template(helm, "--set", "replicaCount=3"), "Deployment")
+    assert deploy["spec"]["replicas"] == 3
+    assert "--leader-election" in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    # Without leader election the operator acts on its own: one replica only (refused otherwise, below).
+    deploy = one(template(helm, "--set", "leaderElection.enabled=false"), "Deployment")
+    assert not [a for a in deploy["spec"]["template"]["spec"]["containers"][0]["args"] if "leader" in a]
+    assert not [o for o in template(helm, "--set", "leaderElection.enabled=false") if "leader" in str(o)]
+
+
+def test_uninstall_hook_releases_the_finalizers(helm: str) -> None:
+    """helm uninstall runs a post-delete Job with the operator image: `--release-finalizers` over the same
+    scope, after taking the leader Lease (so it runs once no operator acts)."""
+    objects = template(helm, "--set", "operator.watchNamespaces={a,b}")
+    job = one(hooks(objects), "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    assert "hook-succeeded" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    operator = container(installed(objects))
+    assert c["image"] == operator["image"]
+    assert c["securityContext"] == operator["securityContext"]
+    assert c["args"][0] == "--release-finalizers"
+    assert {"--namespace=a", "--namespace=b", "--leader-election"} <= set(c["args"])
+    assert {a for a in c["args"] if a.startswith("--leader-election-")} == {
+        a for a in operator["args"] if a.startswith("--leader-election-")
+    }
+    sa = one(hooks(objects), "ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == sa
+    # Its RBAC is created before it (hook weight) and bound in the watched namespaces only.
+    for o in hooks(objects):
+        if o["kind"] != "Job":
+            assert int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0, o["kind"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(hooks(objects), "RoleBinding")) == [
+        "a",
+        "b",
+        "fto-system",
+    ]
+    assert not by_kind(hooks(objects), "ClusterRoleBinding")
+    assert not hooks(template(helm, "--set", "uninstall.releaseFinalizers=false"))
+
+
 def test_existing_service_account_needs_a_name(helm: str) -> None:
     assert "serviceAccount.name is required" in render_error(helm, "--set", "serviceAccount.create=false")
 
@@ -180,7 +232,13 @@ BAD_VALUES = [
     (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
     (["--set", "image.digest=latest"], "/image/digest"),
     (["--set", "image.repository="], "/image/repository"),
-    (["--set", "replicaCount=2"], "replicaCount"),  # single replica by design: no such value
+    # two replicas that would both act: more than one needs leader election
+    (["--set", "replicaCount=2,leaderElection.enabled=false"], "replicaCount"),
+    (["--set", "replicaCount=0"], "/replicaCount"),
+    (["--set", "leaderElection.enabled=yes"], "/leaderElection/enabled"),
+    (["--set", "uninstall.releaseFinalizers=1"], "/uninstall/releaseFinalizers"),
+    # Roles are bound per namespace: exact names only
+    (["--set", "operator.watchNamespaces={team-*}"], "/operator/watchNamespaces/0"),
     (["--set", "operator.logLevel=verbose"], "/operator/logLevel"),
     (["--set", "operator.metricsPort=0"], "/operator/metricsPort"),
     (["--set", "operator.healthPort=70000"], "/operator/healthPort"),

@@ -1,5 +1,7 @@
-"""The chart's ClusterRole is exactly what the operator's code needs: no rule or verb without a use, no use
-without a rule.
+"""The chart's RBAC (ClusterRole, and the Roles of a namespaced install) is exactly what the operator's code
+needs: no rule or verb without a use, no use without a rule. A namespaced install (operator.watchNamespaces)
+writes only in the watched namespaces: checked on the rendered objects, and on the real apiserver with
+`kubectl auth can-i` (marker `cluster`).
 
 What the operator needs is derived from its source, not restated by hand:
 - every Kubernetes client call in operator/finetune_operator/*.py (`core.create_namespaced_pod`, ...) → one
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import re
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,7 +29,9 @@ import yaml
 from finetune_api.trainer_config import parse_job
 from finetune_operator import builders
 
-from .helm import REPO_ROOT, one, template
+from tests.harness.kube import Kube
+
+from .helm import REPO_ROOT, is_hook, one, template
 
 OPERATOR_SRC = REPO_ROOT / "operator" / "finetune_operator"
 MINIMAL_JOB = REPO_ROOT / "tests" / "manifests" / "minimal-job.yaml"
@@ -53,11 +58,22 @@ RESOURCES = {
     "role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
     # the operator's only custom resource (every custom-object call passes GROUP/VERSION/PLURAL)
     "custom_object": ("finetune.dev", "finetunejobs"),
+    "cluster_custom_object": ("finetune.dev", "finetunejobs"),
+    "lease": ("coordination.k8s.io", "leases"),
     "custom_object_status": ("finetune.dev", "finetunejobs/status"),
 }
 CLIENT_CALL = re.compile(
     r"\.(create|read|list|patch|replace|delete|get)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
 )
+
+
+def operator_roles(objects: list[dict]) -> list[dict]:
+    """The operator's ClusterRole and Roles (not the uninstall hook's)."""
+    return [o for o in objects if o["kind"] in ("ClusterRole", "Role") and not is_hook(o)]
+
+
+def granted_all(roles: list[dict]) -> set[Perm]:
+    return set().union(*(granted(r) for r in roles))
 
 
 def granted(role: dict) -> set[Perm]:
@@ -197,25 +213,145 @@ SCOPES = {"cluster-wide": ([], True), "namespaced": (["--set", "operator.watchNa
 @pytest.mark.parametrize("scope", list(SCOPES))
 def test_every_granted_permission_is_used(helm: str, scope: str) -> None:
     values, clusterwide = SCOPES[scope]
-    role = one(template(helm, *values), "ClusterRole")
-    unused = granted(role) - needed(clusterwide).keys()
-    assert not unused, f"ClusterRole grants permissions the operator never uses: {sorted(unused)}"
+    unused = granted_all(operator_roles(template(helm, *values))) - needed(clusterwide).keys()
+    assert not unused, f"the chart grants permissions the operator never uses: {sorted(unused)}"
 
 
 @pytest.mark.parametrize("scope", list(SCOPES))
 def test_every_used_permission_is_granted(helm: str, scope: str) -> None:
     values, clusterwide = SCOPES[scope]
-    role = one(template(helm, *values), "ClusterRole")
     need = needed(clusterwide)
-    missing = {perm: need[perm] for perm in need.keys() - granted(role)}
-    assert not missing, f"the operator uses permissions the ClusterRole lacks: {missing}"
+    missing = {
+        perm: need[perm] for perm in need.keys() - granted_all(operator_roles(template(helm, *values)))
+    }
+    assert not missing, f"the operator uses permissions the chart does not grant: {missing}"
+
+
+#: What a namespaced install may still grant cluster-wide: reads of cluster-scoped objects.
+CLUSTER_SCOPED_READS = {
+    ("", "nodes", "get"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+}
+
+
+def test_namespaced_install_writes_only_in_its_namespaces(helm: str) -> None:
+    objects = template(helm, "--set", "operator.watchNamespaces={a,b}")
+    (cluster_role,) = [o for o in operator_roles(objects) if o["kind"] == "ClusterRole"]
+    assert granted(cluster_role) <= CLUSTER_SCOPED_READS, granted(cluster_role) - CLUSTER_SCOPED_READS
+    sa = one([o for o in objects if not is_hook(o)], "ServiceAccount")["metadata"]["name"]
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects if o["kind"] == "Role"}
+    bindings = [o for o in objects if o["kind"] == "RoleBinding" and not is_hook(o)]
+    writes = {
+        perm
+        for perm in needed(clusterwide=False)
+        if perm[2] in ("create", "delete", "patch", "update") and perm[1] != "leases"
+    }
+    for ns in ("a", "b"):
+        (binding,) = [b for b in bindings if b["metadata"]["namespace"] == ns]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "fto-system"}]
+        assert binding["roleRef"]["kind"] == "Role"
+        role = roles[(ns, binding["roleRef"]["name"])]
+        assert writes <= granted(role), writes - granted(role)
+    # Anything else namespaced is the leader Lease in the release namespace (hook objects are the hook's).
+    others = [
+        o
+        for o in operator_roles(objects)
+        if o["kind"] == "Role" and o["metadata"]["namespace"] not in ("a", "b")
+    ]
+    assert [o["metadata"]["namespace"] for o in others] == ["fto-system"]
+    assert {p[1] for p in granted(others[0])} == {"leases"}
+    cluster_bindings = [o for o in objects if o["kind"] == "ClusterRoleBinding" and not is_hook(o)]
+    assert [b["roleRef"]["name"] for b in cluster_bindings] == [cluster_role["metadata"]["name"]]
+
+
+@pytest.mark.parametrize("scope", list(SCOPES))
+def test_uninstall_hook_can_only_release_finalizers(helm: str, scope: str) -> None:
+    values, clusterwide = SCOPES[scope]
+    objects = template(helm, *values)
+    hook_roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and is_hook(o)]
+    perms = granted_all(hook_roles)
+    assert perms == {
+        ("", "pods", "list"),
+        ("", "pods", "patch"),
+        ("finetune.dev", "finetunejobs", "list"),
+        ("finetune.dev", "finetunejobs", "patch"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+    }
+    assert perms <= needed(clusterwide).keys()  # the code's own calls (release_all_finalizers, leader.py)
+    if not clusterwide:
+        assert not [o for o in hook_roles if o["kind"] == "ClusterRole"]
 
 
 def test_rules_are_not_duplicated(helm: str) -> None:
-    role = one(template(helm), "ClusterRole")
+    role = one(operator_roles(template(helm)), "ClusterRole")
     seen: set[Perm] = set()
     for rule in role["rules"]:
         perms = granted({"rules": [rule]})
         assert not perms & seen, f"rule repeats a grant: {rule}"
         seen |= perms
         assert "resourceNames" not in rule  # cluster-wide operator: names are not known in advance
+
+
+@pytest.mark.cluster
+def test_namespaced_install_on_the_apiserver(helm: str, kube: Kube, tmp_path: Path) -> None:
+    """The namespaced chart's RBAC applied to the real apiserver: the operator's account may create pods,
+    ConfigMaps, Roles, RoleBindings and ServiceAccounts in its watched namespace and nowhere else."""
+    suffix = uuid.uuid4().hex[:5]
+    release_ns, watched, other = (f"t-rbac-{kind}-{suffix}" for kind in ("op", "jobs", "other"))
+    release = f"rbac-{suffix}"
+    objects = [
+        o
+        for o in template(
+            helm, "--set", f"operator.watchNamespaces={{{watched}}}", release=release, namespace=release_ns
+        )
+        if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+        and not is_hook(o)
+    ]
+    sa = one(objects, "ServiceAccount")["metadata"]["name"]
+    lease = f"{release}-finetune-operator-leader"
+    for ns in (release_ns, watched, other):
+        kube.kubectl("create", "namespace", ns)
+    manifest = tmp_path / "rbac.yaml"
+    manifest.write_text("\n---\n".join(yaml.safe_dump(o) for o in objects))
+    try:
+        kube.kubectl("apply", "-f", str(manifest))
+
+        def can(*args: str) -> bool:
+            r = kube.kubectl(
+                "auth", "can-i", *args, f"--as=system:serviceaccount:{release_ns}:{sa}", check=False
+            )
+            answer = r.stdout.strip()
+            assert answer in ("yes", "no"), (args, r.stdout, r.stderr)
+            return answer == "yes"
+
+        for verb, resource in [
+            ("create", "pods"),
+            ("delete", "pods"),
+            ("create", "configmaps"),
+            ("create", "roles"),
+            ("create", "rolebindings"),
+            ("create", "serviceaccounts"),
+            ("patch", "finetunejobs.finetune.dev"),
+        ]:
+            assert can(verb, resource, "-n", watched), (verb, resource, watched)
+            assert not can(verb, resource, "-n", other), (verb, resource, other)
+            assert not can(verb, resource, "-n", release_ns), (verb, resource, release_ns)
+        assert not can("list", "pods", "--all-namespaces")
+        assert not can("get", "secrets", "-n", watched)
+        assert can("get", "nodes")
+        assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
+        assert can("update", f"leases.coordination.k8s.io/{lease}", "-n", release_ns)
+        assert not can("update", "leases.coordination.k8s.io/kube-scheduler", "-n", "kube-system")
+    finally:
+        for o in objects:
+            if o["kind"].startswith("Cluster"):
+                kube.kubectl(
+                    "delete", o["kind"].lower(), o["metadata"]["name"], "--ignore-not-found", check=False
+                )
+        for ns in (release_ns, watched, other):
+            kube.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)

@@ -42,8 +42,16 @@ def _free_port() -> int:
 class OperatorProcess:
     """`finetune-operator --namespace NS` as a child process, logging JSON to a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        name: str = "operator",
+    ):
         self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
+        self.extra_args, self.name = extra_args, name
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = _free_port()
         self.health_port = _free_port()
@@ -51,7 +59,7 @@ class OperatorProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"operator-{self.namespace}.log"
+        return self.log_dir / f"{self.name}-{self.namespace}.log"
 
     def start(self, timeout: float = 60) -> None:
         assert self.proc is None
@@ -73,6 +81,7 @@ class OperatorProcess:
                 NODE_LOST_SECONDS,
                 "--unreachable-toleration-seconds",
                 UNREACHABLE_TOLERATION_SECONDS,
+                *self.extra_args,
             ],
             env=env,
             stdout=log,

@@ -76,7 +76,9 @@ def test_pod_monitor_labels_trainer_series_with_the_job(helm: str) -> None:
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     [ep] = pm["spec"]["podMetricsEndpoints"]
-    assert ep["port"] == "metrics" and ep["honorLabels"] is True
+    # A trainer runs user code: labels it exports must not override the pod's own (tenant spoofing).
+    assert ep["port"] == "metrics" and ep["honorLabels"] is False
+    assert {"sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "namespace"} in ep["relabelings"]
     key = pm["spec"]["selector"]["matchExpressions"][0]["key"]
     meta = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in key)
     assert {"sourceLabels": [meta], "targetLabel": "finetunejob"} in ep["relabelings"]

@@ -8,6 +8,7 @@ windows) fires. The same checks run against the local cluster in tests/integrati
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -123,3 +124,34 @@ def test_every_panel_has_data_and_the_restart_loop_fires(empty_prometheus: Any, 
         ]
         assert [(a["labels"]["namespace"], a["labels"]["finetunejob"]) for a in fired] == [(NS, JOB)]
         assert all(r["health"] == "ok" for r in prom.rules())
+
+
+def test_a_trainer_cannot_label_its_series_as_another_job(empty_prometheus: Any, tmp_path: Path) -> None:
+    """A trainer runs user code: one that exports `namespace`/`finetunejob` labels of another tenant's job
+    must not get its series counted there. Scraped as the PodMonitor does (trainer_scrape_config: the
+    target's labels from the pod win), a real Prometheus files them under the pod's own job."""
+    del empty_prometheus
+    from fto_observability.local_prometheus import trainer_scrape_config
+
+    spoofer = CollectorRegistry()
+    from prometheus_client import Gauge
+
+    step = Gauge("finetune_trainer_step", "", ["namespace", "finetunejob"], registry=spoofer)
+    step.labels(namespace="victim-ns", finetunejob="victim").set(999)
+    port = free_port()
+    start_http_server(port, addr="127.0.0.1", registry=spoofer)
+    targets = tmp_path / "trainers.json"
+    own = {"namespace": "attacker-ns", "finetunejob": "attacker", "pod": "attacker-1"}
+    targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": own}]))
+    with LocalPrometheus(
+        [], [], workdir=tmp_path / "prom", extra_scrape_configs=[trainer_scrape_config(targets)]
+    ) as prom:
+        deadline = time.monotonic() + 30
+        while not (series := prom.query("finetune_trainer_step")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert series, "the trainer target was never scraped"
+        for s in series:
+            assert s["metric"]["namespace"] == "attacker-ns" and s["metric"]["finetunejob"] == "attacker"
+            assert s["metric"]["exported_namespace"] == "victim-ns"
+        assert not prom.query('finetune_trainer_step{namespace="victim-ns"}')
+        assert not prom.query('finetune_trainer_step{finetunejob="victim"}')

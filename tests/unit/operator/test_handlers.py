@@ -46,7 +46,13 @@ class FakeCluster:
         self.job: dict[str, Any] = {
             "apiVersion": "finetune.dev/v1alpha1",
             "kind": "FineTuneJob",
-            "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+            "metadata": {
+                "name": NAME,
+                "namespace": NS,
+                "uid": UID,
+                "generation": 1,
+                "resourceVersion": "1",
+            },
             "spec": {
                 "model": {"name_or_path": "/m"},
                 "dataset": {"path": "/d.jsonl"},
@@ -63,8 +69,19 @@ class FakeCluster:
     def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
         return copy.deepcopy(self.job)
 
-    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
-        merge(self.job.setdefault("status", {}), args[-1]["status"])
+    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> dict[str, Any]:
+        # As the apiserver does: a resourceVersion in the patch is a precondition (409 when stale), and
+        # every write that changes the object gives it a new one.
+        body = args[-1]
+        meta = self.job["metadata"]
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != meta["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        before = copy.deepcopy(self.job.get("status"))
+        merge(self.job.setdefault("status", {}), body["status"])
+        if self.job["status"] != before:
+            meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return copy.deepcopy(self.job)
 
     # --- CoreV1Api: pods ----------------------------------------------------------------
     def list_namespaced_pod(self, namespace: str, **kw: Any) -> Any:
@@ -257,3 +274,87 @@ def test_create_conflict_with_a_foreign_pod_raises(
     action = decisions.CreatePod(1, False, {}, "AttemptCreated", "x")
     with pytest.raises(RuntimeError, match="belongs to someone else"):
         handlers._create_attempt(fake, fake, job[0], UID, job[2], action)
+
+
+def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster) -> None:
+    """Two operators: B read the job before A recorded the pod's end and created the next attempt. B's
+    decision (the same end, counted again, `pending` for the replaced pod) must not be written, and B must
+    not touch the new pod; B re-reads and finds nothing to do."""
+    from finetune_operator import decisions
+
+    handlers.run_once(NS, NAME)
+    fake.end_pod("job-1", 75, evicted=True)
+    stale = handlers.read_world(NS, NAME)  # replica B reads ...
+    assert stale is not None
+    step = decisions.reconcile(stale[2])
+    handlers.run_once(NS, NAME)  # ... replica A decides, cleans up and creates job-2
+    assert fake.status["podName"] == "job-2" and fake.status["restarts"]["preemption"] == 1
+    with pytest.raises(handlers.StaleRead):
+        handlers.execute(stale[0], stale[1], stale[2], step.actions, stale[3])
+    s = fake.status
+    assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and "pending" not in s
+    assert "deletionTimestamp" not in fake.pods["job-2"]["metadata"]
+    assert fake.reasons() == ["AttemptCreated", "RestartPreemption", "AttemptCreated"]
+    handlers.run_once(NS, NAME)  # B's next pass, on a fresh read
+    assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
+
+
+def test_pod_actions_wait_for_a_current_read(fake: FakeCluster) -> None:
+    """A pass that deletes or releases pods before writing status first proves its read is current."""
+    handlers.run_once(NS, NAME)
+    fake.pods["job-0"] = {  # a stray from an earlier attempt, still running
+        "metadata": {"name": "job-0", "ownerReferences": [{"uid": UID}], "finalizers": [POD_FINALIZER]},
+        "spec": {},
+        "status": {"phase": "Running"},
+    }
+    stale = handlers.read_world(NS, NAME)
+    assert stale is not None
+    from finetune_operator import decisions
+
+    step = decisions.reconcile(stale[2])
+    assert any(isinstance(a, decisions.DeletePod) for a in step.actions)
+    fake.patch_namespaced_custom_object_status(NS, NAME, {"status": {"step": 3}})  # the trainer reports
+    with pytest.raises(handlers.StaleRead):
+        handlers.execute(stale[0], stale[1], stale[2], step.actions, stale[3])
+    assert "deletionTimestamp" not in fake.pods["job-0"]["metadata"]
+
+
+def _pod(name: str, attempt: int, owner: str = UID, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "labels": {"finetune.dev/job": NAME, "finetune.dev/attempt": str(attempt)},
+        "ownerReferences": [{"uid": owner}],
+        "finalizers": [POD_FINALIZER],
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {}, "status": {"phase": "Running"}}
+
+
+def test_orphaned_pods(fake: FakeCluster) -> None:
+    fake.job["status"] = {"attempt": 3, "podName": "job-3", "phase": "Running"}
+    is_orphan = lambda pod: handlers.orphaned(fake, NS, pod, {})  # noqa: E731
+    assert not is_orphan(_pod("job-3", 3))  # the current attempt
+    assert not is_orphan(_pod("job-3", 3, deleting=True))  # its end is not recorded yet
+    assert is_orphan(_pod("job-2", 2, deleting=True))  # an earlier attempt: decided already
+    assert not is_orphan(_pod("job-2", 2))  # not deleting: the job's loop cleans it up
+    assert is_orphan(_pod("job-3", 3, owner="an-earlier-job-of-that-name"))
+    fake.job["status"]["pending"] = {"action": "restart", "podName": "job-3"}
+    assert is_orphan(_pod("job-3", 3, deleting=True))  # its end is recorded
+    fake.job["status"] = {"attempt": 3, "podName": "job-3", "phase": "Succeeded"}
+    assert is_orphan(_pod("job-3", 3, deleting=True))
+    fake.job["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    fake.job["status"] = {"attempt": 3, "podName": "job-3", "phase": "Running"}
+    assert is_orphan(_pod("job-3", 3))  # the job is being deleted: nobody will record anything
+    del fake.job["metadata"]["deletionTimestamp"]
+    fake.get_namespaced_custom_object = lambda *a: (_ for _ in ()).throw(ApiException(status=404))  # type: ignore[method-assign]
+    assert is_orphan(_pod("job-3", 3))  # the job is gone
+
+
+def test_a_deleting_job_releases_its_pods(fake: FakeCluster) -> None:
+    handlers.run_once(NS, NAME)
+    fake.job["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    fake.delete_namespaced_pod("job-1", NS)  # the cascade / namespace deletion
+    assert handlers.run_once(NS, NAME) is None
+    assert "job-1" not in fake.pods or not fake.pods["job-1"]["metadata"]["finalizers"]

@@ -25,3 +25,22 @@ def test_json_log_lines_carry_extras() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "decision: NodeLost" and line["finetunejob"] == "ns/job"
     assert line["level"] == "info" and "settings" not in line
+
+
+def test_leader_election_and_release_flags(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    monkeypatch.setenv("POD_NAMESPACE", "fto-system")
+    args = parse_args(["--leader-election", "--leader-election-id", "x-leader"])
+    assert args.leader_election and args.leader_election_namespace == "fto-system"
+    assert args.leader_election_id == "x-leader" and not args.release_finalizers
+    assert (args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds) == (
+        15,
+        10,
+        2,
+    )
+    assert parse_args([]).orphan_sweep_seconds == 60 and not parse_args([]).leader_election
+    assert parse_args(["--release-finalizers", "-n", "a"]).release_finalizers
+    # a leader must give up before anyone may take over
+    with pytest.raises(SystemExit):
+        parse_args(["--lease-duration-seconds", "5", "--renew-deadline-seconds", "5"])
