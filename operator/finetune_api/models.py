@@ -423,6 +423,14 @@ class FineTuneJobStatus(StatusModel):
     epoch: float | None = None
     loss: float | None = None
     progress: str | None = Field(None, description="'step/total' for kubectl get.")
+    steps_per_second: float | None = Field(
+        None, description="Optimizer steps per second over the last 2 minutes (saves included)."
+    )
+    tokens_per_second: float | None = Field(None, description="Input tokens per second, where counted.")
+    estimated_remaining_seconds: int | None = Field(
+        None, description="Estimated seconds until the last step at the current rate (while training)."
+    )
+    remaining: str | None = Field(None, description="estimatedRemainingSeconds for people, e.g. '1h05m'.")
     last_checkpoint: CheckpointInfo | None = None
     last_checkpoint_step: int | None = None
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
