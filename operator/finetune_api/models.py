@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from finetune_api.contract import DATASET_MOUNT
 from finetune_api.quantity import QUANTITY_PATTERN, parse_quantity
 from finetune_api.rules import CelRule, RuleModel
 
@@ -73,6 +74,36 @@ class ModelSpec(HFModel):
 # -------------------------------------------------------------------------------------------- dataset
 
 
+def _relative_without_dotdot(path: str | None) -> bool:
+    return path is None or (not path.startswith("/") and ".." not in path.split("/"))
+
+
+class DatasetVolume(KubeModel):
+    """A PersistentVolumeClaim holding the data, mounted read-only at /data in the trainer pod."""
+
+    cel_rules = (
+        CelRule(
+            cel="!has(self.subPath) || (!self.subPath.startsWith('/') "
+            "&& !self.subPath.matches('(^|/)[.][.](/|$)'))",
+            message="subPath must be a relative path inside the volume (no leading '/', no '..')",
+            field="subPath",
+            check=lambda v: _relative_without_dotdot(v.sub_path),
+        ),
+    )
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        description="PersistentVolumeClaim in the job's namespace (ReadOnlyMany or ReadWriteMany lets the "
+        "trainer run on any node); mounted read-only, never written or deleted.",
+    )
+    sub_path: str | None = Field(
+        None, min_length=1, description="Mount only this directory of the volume at /data."
+    )
+
+
+def _under_dataset_mount(path: str | None) -> bool:
+    return path is not None and (path == DATASET_MOUNT or path.startswith(DATASET_MOUNT + "/"))
+
+
 class DatasetSpec(HFModel):
     cel_rules = (
         CelRule(
@@ -80,6 +111,14 @@ class DatasetSpec(HFModel):
             message="set exactly one of name (hub), path (file or directory) or examples (inline)",
             field="",
             check=lambda d: sum(x is not None for x in (d.name, d.path, d.examples)) == 1,
+        ),
+        CelRule(
+            cel="!has(self.volume) || (has(self.path) "
+            f"&& (self.path == '{DATASET_MOUNT}' || self.path.startsWith('{DATASET_MOUNT}/')))",
+            message=f"volume is mounted at {DATASET_MOUNT}: set path to {DATASET_MOUNT} "
+            "or a file or directory under it",
+            field="path",
+            check=lambda d: d.volume is None or _under_dataset_mount(d.path),
         ),
         CelRule(
             cel="!has(self.eval_split) || !has(self.eval_fraction)",
@@ -95,6 +134,9 @@ class DatasetSpec(HFModel):
     )
     examples: list[dict[str, Any]] | None = Field(
         None, min_length=1, description="Inline examples (small jobs, tests, demos)."
+    )
+    volume: DatasetVolume | None = Field(
+        None, description="Mount this claim read-only at /data; path then names the data under /data."
     )
     split: str = Field("train", min_length=1, description="Split to train on.")
     format: Literal["text", "messages"] = Field(
