@@ -251,7 +251,7 @@ def test_dataset_volume_is_mounted_read_only_at_data() -> None:
     config = json.loads(
         b.render_trainer_config(job(dataset={"path": "/data/x", "volume": {"claimName": "d"}}), None)
     )
-    assert config["dataset"]["path"] == "/data/x"
+    assert config["dataset"] == {**config["dataset"], "path": "/data/x"} and "volume" not in config["dataset"]
 
 
 def test_no_dataset_volume_no_extra_mount() -> None:

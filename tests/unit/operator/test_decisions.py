@@ -871,6 +871,12 @@ def test_refusal_is_read_from_the_status_body() -> None:
         (403, QUOTA, "wait", "QuotaExceeded"),
         (
             403,
+            'pods "job-1" is forbidden: status unknown for quota: q, resource: requests.cpu',
+            "wait",
+            "QuotaExceeded",
+        ),
+        (
+            403,
             'pods is forbidden: User "system:serviceaccount:x:op" cannot create resource',
             "wait",
             "OperatorForbidden",
