@@ -1054,7 +1054,7 @@ def judge_refusal(refusal: Refusal) -> tuple[RefusalVerdict, str]:
     if refusal.code == 403:
         if "no priorityclass with name" in text:
             return "wait", "PriorityClassNotFound"
-        if "exceeded quota" in text or "for quota" in text:  # also "status unknown for quota" (brief)
+        if "exceeded quota" in text or "for quota" in text:  # "status unknown for quota": just created
             return "wait", "QuotaExceeded"
         if "cannot create resource" in text:  # RBAC: the operator's own permissions, fixable by an admin
             return "wait", "OperatorForbidden"
