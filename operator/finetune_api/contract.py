@@ -21,6 +21,9 @@ EXIT_KILLED = 137  # SIGKILL: the kernel's OOM killer, or the grace period ran o
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
+#: Where the trainer pod mounts spec.dataset.volume (read-only); dataset.path names a file or directory there.
+DATASET_MOUNT = "/data"
+
 # Layout of the checkpoint volume, mounted at CHECKPOINT_MOUNT in the trainer pod.
 CHECKPOINT_MOUNT = "/checkpoints"
 OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/

@@ -151,11 +151,14 @@ def build_crd() -> dict[str, Any]:
     }
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
         {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartsTotal"},
         {"name": "Last checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpointStep"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
         {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+        {"name": "Steps/s", "type": "number", "jsonPath": ".status.stepsPerSecond", "priority": 1},
+        {"name": "Remaining", "type": "string", "jsonPath": ".status.remaining", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from finetune_api.contract import DATASET_MOUNT
 from finetune_api.quantity import QUANTITY_PATTERN, parse_quantity
 from finetune_api.rules import CelRule, RuleModel, immutable
 
@@ -75,6 +76,36 @@ class ModelSpec(HFModel):
 # -------------------------------------------------------------------------------------------- dataset
 
 
+def _relative_without_dotdot(path: str | None) -> bool:
+    return path is None or (not path.startswith("/") and ".." not in path.split("/"))
+
+
+class DatasetVolume(KubeModel):
+    """A PersistentVolumeClaim holding the data, mounted read-only at /data in the trainer pod."""
+
+    cel_rules = (
+        CelRule(
+            cel="!has(self.subPath) || (!self.subPath.startsWith('/') "
+            "&& !self.subPath.matches('(^|/)[.][.](/|$)'))",
+            message="subPath must be a relative path inside the volume (no leading '/', no '..')",
+            field="subPath",
+            check=lambda v: _relative_without_dotdot(v.sub_path),
+        ),
+    )
+    claim_name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        description="PersistentVolumeClaim in the job's namespace (ReadOnlyMany or ReadWriteMany lets the "
+        "trainer run on any node); mounted read-only, never written or deleted.",
+    )
+    sub_path: str | None = Field(
+        None, min_length=1, description="Mount only this directory of the volume at /data."
+    )
+
+
+def _under_dataset_mount(path: str | None) -> bool:
+    return path is not None and (path == DATASET_MOUNT or path.startswith(DATASET_MOUNT + "/"))
+
+
 class DatasetSpec(HFModel):
     cel_transition_rules = (immutable("spec.dataset"),)
     cel_rules = (
@@ -83,6 +114,14 @@ class DatasetSpec(HFModel):
             message="set exactly one of name (hub), path (file or directory) or examples (inline)",
             field="",
             check=lambda d: sum(x is not None for x in (d.name, d.path, d.examples)) == 1,
+        ),
+        CelRule(
+            cel="!has(self.volume) || (has(self.path) "
+            f"&& (self.path == '{DATASET_MOUNT}' || self.path.startsWith('{DATASET_MOUNT}/')))",
+            message=f"volume is mounted at {DATASET_MOUNT}: set path to {DATASET_MOUNT} "
+            "or a file or directory under it",
+            field="path",
+            check=lambda d: d.volume is None or _under_dataset_mount(d.path),
         ),
         CelRule(
             cel="!has(self.eval_split) || !has(self.eval_fraction)",
@@ -98,6 +137,9 @@ class DatasetSpec(HFModel):
     )
     examples: list[dict[str, Any]] | None = Field(
         None, min_length=1, description="Inline examples (small jobs, tests, demos)."
+    )
+    volume: DatasetVolume | None = Field(
+        None, description="Mount this claim read-only at /data; path then names the data under /data."
     )
     split: str = Field("train", min_length=1, description="Split to train on.")
     format: Literal["text", "messages"] = Field(
@@ -465,6 +507,14 @@ class FineTuneJobStatus(StatusModel):
     epoch: float | None = None
     loss: float | None = None
     progress: str | None = Field(None, description="'step/total' for kubectl get.")
+    steps_per_second: float | None = Field(
+        None, description="Optimizer steps per second over the last 2 minutes (saves included)."
+    )
+    tokens_per_second: float | None = Field(None, description="Input tokens per second, where counted.")
+    estimated_remaining_seconds: int | None = Field(
+        None, description="Estimated seconds until the last step at the current rate (while training)."
+    )
+    remaining: str | None = Field(None, description="estimatedRemainingSeconds for people, e.g. '1h05m'.")
     last_checkpoint: CheckpointInfo | None = None
     last_checkpoint_step: int | None = None
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")

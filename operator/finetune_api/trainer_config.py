@@ -116,7 +116,8 @@ def trainer_config_from_job(
     return TrainerConfig(
         job=job_ref,
         model=spec.model,
-        dataset=spec.dataset,
+        # the volume is the pod's business (builders mount it at /data); the trainer only reads dataset.path
+        dataset=spec.dataset.model_copy(update={"volume": None}),
         lora=spec.lora,
         training=training,
         save_deadline_seconds=max(1.0, grace - EXIT_MARGIN_SECONDS),

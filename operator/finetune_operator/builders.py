@@ -10,7 +10,12 @@ import json
 import math
 from typing import Any
 
-from finetune_api.contract import CHECKPOINT_MOUNT, OUTPUT_SUBDIR, TERMINATION_MESSAGE_PATH
+from finetune_api.contract import (
+    CHECKPOINT_MOUNT,
+    DATASET_MOUNT,
+    OUTPUT_SUBDIR,
+    TERMINATION_MESSAGE_PATH,
+)
 from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTraining, FineTuneJob
 from finetune_api.quantity import parse_quantity
 from finetune_api.trainer_config import trainer_config_from_job
@@ -397,6 +402,19 @@ def build_pod(
         ],
         "tolerations": _tolerations(job, unreachable_toleration_seconds),
     }
+    dataset_volume = spec.dataset.volume
+    if dataset_volume is not None:
+        # read-only twice: the claim (the kubelet mounts it ro) and the mount (even a RWX claim stays intact)
+        pod_spec["volumes"].append(
+            {
+                "name": "dataset",
+                "persistentVolumeClaim": {"claimName": dataset_volume.claim_name, "readOnly": True},
+            }
+        )
+        mount: dict[str, Any] = {"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True}
+        if dataset_volume.sub_path:
+            mount["subPath"] = dataset_volume.sub_path
+        container["volumeMounts"].append(mount)
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
     affinity = _affinity(job, avoid_node)

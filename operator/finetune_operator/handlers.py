@@ -395,9 +395,12 @@ def run_once(namespace: str, name: str) -> float | None:
         if not step.actions:
             return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
         try:
-            execute(job, uid, state, step.actions, resource_version)
+            wait = execute(job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
+            continue
+        if wait is not None:  # the apiserver refused the next attempt: shown on the job, look again later
+            return wait
     return 1.0
 
 
@@ -529,9 +532,18 @@ class Fence:
 _POD_ACTIONS = (CreatePod, DeletePod, ReleasePod, AnnotatePod)
 
 
+class CreateRefusedError(Exception):
+    """The apiserver refused one of the attempt's objects with a 4xx that is not a conflict."""
+
+    def __init__(self, refusal: decisions.Refusal, error: ApiException):
+        super().__init__(f"{refusal.kind} {refusal.name}: {error.status} {refusal.message}")
+        self.refusal, self.error = refusal, error
+
+
 def execute(
     job: FineTuneJob, uid: str, world: World, actions: list[decisions.Action], resource_version: str = ""
-) -> None:
+) -> float | None:
+    """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
     core, custom, rbac = RUNTIME.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
     fence = Fence(custom, namespace, name, resource_version)
@@ -541,7 +553,19 @@ def execute(
         if isinstance(action, PatchStatus):
             fence.patch_status(action.patch)
         elif isinstance(action, CreatePod):
-            _create_attempt(core, rbac, job, uid, world, action)
+            try:
+                _create_attempt(core, rbac, job, uid, world, action)
+            except CreateRefusedError as refused:
+                step = decisions.refused_step(world, refused.refusal)
+                if not step.actions and step.requeue_seconds is None:
+                    raise refused.error from None  # transient: the loop's backoff retries
+                log.warning(
+                    "create refused: %s",
+                    refused,
+                    extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
+                )
+                execute(job, uid, world, step.actions, fence.resource_version)
+                return step.requeue_seconds
             fence.patch_status(action.status_patch)
             _event(core, job, uid, "Normal", action.event_reason, action.event_message)
             log.info(
@@ -586,14 +610,24 @@ def execute(
         elif isinstance(action, Recovered):
             RUNTIME.metrics.observe_recovery(namespace, name, action.seconds)
             log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
+    return None
 
 
-def _create_or_keep(create: Any, *args: Any) -> None:
+def _refused(kind: str, body: dict[str, Any], error: ApiException) -> CreateRefusedError | None:
+    """A 4xx other than 409 (conflict) and 404/429 (namespace going away, throttling): a refusal."""
+    if error.status is None or not 400 <= error.status < 500 or error.status in (404, 409, 429):
+        return None
+    name = str((body.get("metadata") or {}).get("name", ""))
+    return CreateRefusedError(decisions.refusal_from_response(kind, name, error.status, error.body), error)
+
+
+def _create_or_keep(create: Any, namespace: str, body: dict[str, Any]) -> None:
     try:
-        create(*args)
+        create(namespace, body)
     except ApiException as error:
-        if error.status != 409:
-            raise
+        if error.status == 409:
+            return
+        raise _refused(body["kind"], body, error) or error from None
 
 
 def _create_attempt(
@@ -616,11 +650,14 @@ def _create_attempt(
     _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
     cm = builders.build_config_map(job, uid, effective)
     try:
-        core.create_namespaced_config_map(namespace, cm)
+        try:
+            core.create_namespaced_config_map(namespace, cm)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
     except ApiException as error:
-        if error.status != 409:
-            raise
-        core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
+        raise _refused("ConfigMap", cm, error) or error from None
     ckpt = world.status.last_checkpoint
     pending = world.status.pending
     pod = builders.build_pod(
@@ -639,7 +676,7 @@ def _create_attempt(
         core.create_namespaced_pod(namespace, pod)
     except ApiException as error:
         if error.status != 409:
-            raise
+            raise _refused("Pod", pod, error) or error from None
         existing = core.read_namespaced_pod(pod["metadata"]["name"], namespace)
         owners = {o.uid for o in existing.metadata.owner_references or []}
         if uid not in owners:

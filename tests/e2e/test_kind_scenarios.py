@@ -65,6 +65,19 @@ def test_invalid_spec(kind_provider: InClusterProvider) -> None:
     sc.invalid_spec(kind_provider)
 
 
+@pytest.mark.parametrize(
+    "scenario", [sc.refused_missing_priority_class, sc.refused_by_quota, sc.refused_config_map_too_big]
+)
+def test_refused_create_is_shown_on_the_job(
+    kind_provider: InClusterProvider, scenario: Callable[[Any], Any]
+) -> None:
+    scenario(kind_provider)
+
+
+def test_dataset_from_a_read_only_volume(kind_provider: InClusterProvider) -> None:
+    sc.dataset_from_volume(kind_provider, REFERENCE.get("adapter"))
+
+
 def test_spot_job_on_the_spot_worker_survives_its_drain(
     kind_provider: InClusterProvider, kind_cluster: KindCluster
 ) -> None:

@@ -442,6 +442,142 @@ def suspend_resume(p: Provider, name: str = "suspend") -> dict[str, Any]:
     return s
 
 
+# ------------------------------------------------------------------ refused at create time (issue 12)
+
+#: What the user sees must appear this fast after `kubectl apply` (issue 12: "within 10 s").
+SHOWN_WITHIN_SECONDS = 10.0
+
+
+def _shown(p: Provider, name: str, reason: str) -> dict[str, Any]:
+    """Within SHOWN_WITHIN_SECONDS: status.reason, the REASON column and a Warning Event all say `reason`."""
+    s = wait_status(p, name, lambda s: s.get("reason") == reason, SHOWN_WITHIN_SECONDS, f"{name} {reason}")
+    assert printer_columns(p, name).get("REASON") == reason, printer_columns(p, name)
+    warnings = [e for e in events(p, name) if e.reason == reason]
+    assert warnings and all(e.type == "Warning" for e in warnings), [(e.type, e.reason) for e in warnings]
+    return s
+
+
+def refused_missing_priority_class(p: Provider, name: str = "nopc") -> dict[str, Any]:
+    """A PriorityClass that does not exist (yet): Pending with the apiserver's words, and the job starts
+    once the class is created (rechecked every 15 s)."""
+    priority_class = f"fto-test-later-{p.namespace}"[:63].rstrip("-")
+    apply_job(p, tiny_job(name, p.trainer_image, scheduling={"priorityClassName": priority_class}))
+    s = _shown(p, name, "PriorityClassNotFound")
+    assert s["phase"] == "Pending" and priority_class in s["message"], summary(s)
+    assert not pods(p, name) and s.get("attempt", 0) == 0, summary(s)
+    body = {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": priority_class},
+        "value": -100,
+        "preemptionPolicy": "Never",
+    }
+    p.kube.scheduling.create_priority_class(body)
+    try:
+        s = wait_status(p, name, lambda s: s.get("attempt") == 1, 40, f"{name} created once the class exists")
+        assert [q.spec.priority_class_name for q in pods(p, name)] == [priority_class]
+    finally:
+        p.kube.scheduling.delete_priority_class(priority_class)
+    return s
+
+
+def refused_by_quota(p: Provider, name: str = "quota") -> dict[str, Any]:
+    """A ResourceQuota the pod does not fit: Pending QuotaExceeded; raising the quota starts the job."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "fto-test-cpu"},
+        "spec": {"hard": {"requests.cpu": "100m"}},
+    }
+    p.kube.core.create_namespaced_resource_quota(p.namespace, quota)
+    wait_for(  # the quota is enforced once its controller has computed its status
+        lambda: p.kube.core.read_namespaced_resource_quota("fto-test-cpu", p.namespace).status.hard or {},
+        30,
+        what="resource quota status",
+    )
+    apply_job(p, tiny_job(name, p.trainer_image))  # asks for cpu 300m
+    s = _shown(p, name, "QuotaExceeded")
+    assert s["phase"] == "Pending" and "exceeded quota" in s["message"], summary(s)
+    assert not pods(p, name)
+    p.kube.core.patch_namespaced_resource_quota(
+        "fto-test-cpu", p.namespace, {"spec": {"hard": {"requests.cpu": "2"}}}
+    )
+    return wait_status(p, name, lambda s: s.get("attempt") == 1, 40, f"{name} created once it fits")
+
+
+def refused_config_map_too_big(p: Provider, name: str = "bigcm") -> dict[str, Any]:
+    """Inline examples that make the trainer's ConfigMap exceed 1 MiB: Failed CreateRefused, no pod."""
+    job = tiny_job(name, p.trainer_image)
+    job["spec"]["dataset"] = {"examples": [{"text": "x" * 1_060_000}]}  # the job fits etcd, its ConfigMap not
+    apply_job(p, job)
+    s = _shown(p, name, "CreateRefused")
+    assert s["phase"] == "Failed" and s.get("completionTime"), summary(s)
+    assert f"ConfigMap {name}-trainer-config" in s["message"] and "1048576" in s["message"], summary(s)
+    time.sleep(2)  # and it stays that way: no retry loop, no pod
+    assert status(p, name)["phase"] == "Failed" and not pods(p, name)
+    return s
+
+
+# ------------------------------------------------------------------------- dataset from a volume (issue 12)
+
+
+def dataset_from_volume(p: Provider, reference: str | None, name: str = "datavol") -> dict[str, Any]:
+    """spec.dataset.volume: the tiny dataset copied onto a claim, read by the trainer at /data (read-only);
+    the adapter equals the undisturbed run's (same data, same seed)."""
+    claim = f"{name}-data"
+    p.kube.core.create_namespaced_persistent_volume_claim(
+        p.namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}},
+        },
+    )
+    copy_data = (
+        "import os, shutil; os.makedirs('/out/corpus', exist_ok=True); "
+        f"shutil.copy('{TINY_DIR}/data.jsonl', '/out/corpus/train.jsonl')"
+    )
+    filler = f"{name}-fill"
+    p.kube.create_pod(
+        p.namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": filler},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "fill",
+                        "image": p.trainer_image,
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", copy_data],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                        "volumeMounts": [{"name": "data", "mountPath": "/out"}],
+                    }
+                ],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+            },
+        },
+    )
+    p.kube.wait_pod(p.namespace, filler, lambda q: q.status.phase in ("Succeeded", "Failed"), 90)
+    assert p.kube.pod(p.namespace, filler).status.phase == "Succeeded", p.kube.logs(p.namespace, filler)
+    p.kube.core.delete_namespaced_pod(filler, p.namespace, grace_period_seconds=0)
+    p.kube.wait_gone(p.namespace, filler, 60)  # the claim is ReadWriteOnce: one pod at a time is simplest
+    volume = {"claimName": claim, "subPath": "corpus"}
+    apply_job(p, tiny_job(name, p.trainer_image, dataset={"path": "/data/train.jsonl", "volume": volume}))
+    s = assert_succeeded(p, name, 24)
+    trainer = p.kube.pod(p.namespace, s["podName"]).spec
+    (mount,) = [m for m in trainer.containers[0].volume_mounts if m.name == "dataset"]
+    assert (mount.mount_path, mount.read_only, mount.sub_path) == ("/data", True, "corpus"), mount
+    (vol,) = [v for v in trainer.volumes if v.name == "dataset"]
+    assert vol.persistent_volume_claim.claim_name == claim and vol.persistent_volume_claim.read_only
+    if reference is not None:
+        assert final_adapter_sha256(p, name) == reference, "same data from a volume, different adapter"
+    return s
+
+
 def delete_job_cleans_up(p: Provider, name: str) -> None:
     """Deleting the job deletes its pods and (deleteWithJob) its volume."""
     p.kube.custom.delete_namespaced_custom_object(GROUP, VERSION, p.namespace, PLURAL, name)

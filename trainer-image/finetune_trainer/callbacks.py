@@ -20,7 +20,7 @@ from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import TRAINING, Preemption
-from finetune_trainer.reporting import StatusReporter, TrainerMetrics
+from finetune_trainer.reporting import StatusReporter, ThroughputMeter, TrainerMetrics
 
 
 class PreemptedBeforeFirstStep(Exception):
@@ -204,9 +204,11 @@ class ProgressCallback(TrainerCallback):
         self._step_seconds: float | None = None
         self._tokens_per_second: float | None = None
         self._reported_non_finite = False
+        self.throughput = ThroughputMeter()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.run.total_steps = state.max_steps
+        self.throughput.add(time.monotonic(), state.global_step, int(state.num_input_tokens_seen or 0))
         if self.run.is_main:
             log(
                 "train_begin",
@@ -242,6 +244,7 @@ class ProgressCallback(TrainerCallback):
                 self.metrics.step_seconds.observe(self._step_seconds)
                 if self._tokens_per_second is not None:
                     self.metrics.tokens_per_second.set(self._tokens_per_second)
+        self.throughput.add(time.monotonic(), state.global_step, int(state.num_input_tokens_seen or 0))
         if self.metrics is not None:
             self.metrics.step.set(state.global_step)
         return control
@@ -267,6 +270,7 @@ class ProgressCallback(TrainerCallback):
         }
         if state.epoch is not None:
             status["epoch"] = round(float(state.epoch), 4)
+        status.update(self.throughput.status(state.global_step, state.max_steps))
         if "loss" in logs:
             loss = float(logs["loss"])
             # JSON has no NaN: a non-finite loss is reported as null (and once as an Event), so the status

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -250,6 +251,79 @@ class StatusReporter:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout)
+
+
+class ThroughputMeter:
+    """Optimizer steps (and input tokens) per second over the last `window_seconds` of wall time.
+
+    Wall time between step ends, so checkpoint saves, evaluation and logging count: the remaining time it
+    predicts is what the user will actually wait. A fresh meter per process: after a restart the estimate
+    starts again from the resumed step (loading and the first step are short next to the window).
+    """
+
+    def __init__(self, window_seconds: float = 120.0):
+        self.window_seconds = window_seconds
+        self._samples: deque[tuple[float, int, int | None]] = deque()
+
+    def add(self, now: float, step: int, tokens: int | None = None) -> None:
+        self._samples.append((now, step, tokens))
+        # keep one sample at or beyond the window's start, so the span covers the whole window
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self.window_seconds:
+            self._samples.popleft()
+
+    def _span(self) -> tuple[float, int, int | None] | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, s0, k0), (t1, s1, k1) = self._samples[0], self._samples[-1]
+        if t1 <= t0 or s1 <= s0:
+            return None
+        tokens = k1 - k0 if k0 is not None and k1 is not None and k1 > k0 else None
+        return t1 - t0, s1 - s0, tokens
+
+    def steps_per_second(self) -> float | None:
+        span = self._span()
+        return span[1] / span[0] if span else None
+
+    def tokens_per_second(self) -> float | None:
+        span = self._span()
+        return span[2] / span[0] if span and span[2] is not None else None
+
+    def remaining_seconds(self, step: int, total_steps: int | None) -> float | None:
+        rate = self.steps_per_second()
+        if rate is None or not total_steps or total_steps <= 0:
+            return None
+        return max(0, total_steps - step) / rate
+
+    def status(self, step: int, total_steps: int | None) -> dict[str, Any]:
+        """The job status fields: stepsPerSecond, tokensPerSecond, estimatedRemainingSeconds, remaining."""
+        fields: dict[str, Any] = {}
+        rate = self.steps_per_second()
+        if rate is None:
+            return fields
+        fields["stepsPerSecond"] = float(f"{rate:.4g}")
+        tokens = self.tokens_per_second()
+        if tokens is not None:
+            fields["tokensPerSecond"] = round(tokens, 1)
+        remaining = self.remaining_seconds(step, total_steps)
+        if remaining is not None:
+            fields["estimatedRemainingSeconds"] = round(remaining)
+            fields["remaining"] = format_duration(remaining)
+        return fields
+
+
+def format_duration(seconds: float) -> str:
+    """Short and human, for `kubectl get`: 45s, 12m30s, 3h05m, 2d04h."""
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
 
 
 class TrainerMetrics:

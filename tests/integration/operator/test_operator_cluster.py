@@ -92,3 +92,22 @@ def test_operator_restarts(provider: LocalProvider) -> None:
 
 def test_suspend_resume(provider: LocalProvider) -> None:
     sc.suspend_resume(provider)
+
+
+# --- issue 12: what the apiserver refuses at create time is on the job within 10 s; data from a volume ---
+
+
+def test_missing_priority_class_shows_pending_then_starts(provider: LocalProvider) -> None:
+    sc.refused_missing_priority_class(provider)
+
+
+def test_quota_refusal_shows_pending_then_starts(provider: LocalProvider) -> None:
+    sc.refused_by_quota(provider)
+
+
+def test_config_map_over_1mib_fails_the_job(provider: LocalProvider) -> None:
+    sc.refused_config_map_too_big(provider)
+
+
+def test_dataset_from_a_read_only_volume(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
+    sc.dataset_from_volume(provider, _reference(request))

@@ -89,8 +89,13 @@ def test_transition_rules_are_checked_in_python_too() -> None:
 
 def test_printer_columns_and_names() -> None:
     version = build_crd()["spec"]["versions"][0]
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:4] == ["Phase", "Step", "Restarts", "Last checkpoint"] and columns[-1] == "Age"
+    columns = version["additionalPrinterColumns"]
+    default = [c["name"] for c in columns if not c.get("priority")]
+    wide = [c["name"] for c in columns if c.get("priority")]
+    # `kubectl get ftj` says why (issue 12): the reason at default priority, throughput and ETA with -o wide
+    assert default == ["Phase", "Reason", "Step", "Restarts", "Last checkpoint", "Age"]
+    assert {"Steps/s", "Remaining", "Message"} <= set(wide)
+    assert next(c for c in columns if c["name"] == "Reason")["jsonPath"] == ".status.reason"
     assert version["subresources"] == {"status": {}}
     names = build_crd()["spec"]["names"]
     assert names["shortNames"] == ["ftj"] and "finetune" in names["categories"]

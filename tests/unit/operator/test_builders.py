@@ -305,3 +305,29 @@ def test_users_memory_raise_wins_over_an_older_oom_adaptation() -> None:
     assert container(raised)["resources"]["limits"]["memory"] == "6Gi"
     lower = b.build_pod(job(resources={"gpus": 1, "memory": "2Gi"}), UID, 3, effective=adapted)
     assert container(lower)["resources"]["limits"]["memory"] == "3Gi"
+
+
+def test_dataset_volume_is_mounted_read_only_at_data() -> None:
+    pod = b.build_pod(
+        job(dataset={"path": "/data/chat.jsonl", "volume": {"claimName": "support-data", "subPath": "v2"}}),
+        UID,
+        1,
+    )
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dataset"] == {
+        "name": "dataset",
+        "persistentVolumeClaim": {"claimName": "support-data", "readOnly": True},
+    }
+    mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
+    assert mounts["dataset"] == {"name": "dataset", "mountPath": "/data", "readOnly": True, "subPath": "v2"}
+    # the trainer reads the path as written: it is the path inside the pod
+    config = json.loads(
+        b.render_trainer_config(job(dataset={"path": "/data/x", "volume": {"claimName": "d"}}), None)
+    )
+    assert config["dataset"] == {**config["dataset"], "path": "/data/x"} and "volume" not in config["dataset"]
+
+
+def test_no_dataset_volume_no_extra_mount() -> None:
+    pod = b.build_pod(job(), UID, 1)
+    assert "dataset" not in {v["name"] for v in pod["spec"]["volumes"]}
+    assert "/data" not in {m["mountPath"] for m in container(pod)["volumeMounts"]}

@@ -1164,3 +1164,132 @@ def test_host_oom_after_the_user_raised_memory_adapts_from_the_raise() -> None:
     plan = d.plan_next(s, status(effective={"memory": "1536Mi"}), outcome("HostOOM"))
     assert plan.effective is not None and plan.effective.memory == "6Gi"
     assert plan.change == "memory 4Gi → 6Gi"
+
+
+# =============================================================================== create refused (issue 12)
+
+
+def refusal(code: int, message: str, kind: str = "Pod", reason: str = "Forbidden") -> d.Refusal:
+    body = json.dumps({"kind": "Status", "status": "Failure", "reason": reason, "message": message})
+    return d.refusal_from_response(kind, "job-1", code, body)
+
+
+PC_MISSING = 'pods "job-1" is forbidden: no PriorityClass with name gpu-spot was found'
+QUOTA = 'pods "job-1" is forbidden: exceeded quota: q, requested: cpu=300m, used: cpu=0, limited: cpu=100m'
+RBAC = 'pods is forbidden: User "system:serviceaccount:x:op" cannot create resource "pods"'
+TOO_BIG = 'ConfigMap "job-trainer-config" is invalid: []: Too long: must have at most 1048576 bytes'
+
+
+def test_refusal_is_read_from_the_status_body() -> None:
+    r = refusal(422, TOO_BIG, kind="ConfigMap", reason="Invalid")
+    assert (r.kind, r.name, r.code, r.reason, r.message) == ("ConfigMap", "job-1", 422, "Invalid", TOO_BIG)
+    plain = d.refusal_from_response("Pod", "job-1", 400, b"not json")
+    assert (plain.reason, plain.message) == ("", "not json")
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "verdict", "reason"),
+    [
+        (403, PC_MISSING, "wait", "PriorityClassNotFound"),
+        (403, QUOTA, "wait", "QuotaExceeded"),
+        (
+            403,
+            'pods "job-1" is forbidden: status unknown for quota: q, resource: requests.cpu',
+            "wait",
+            "QuotaExceeded",
+        ),
+        (
+            403,
+            'pods is forbidden: User "system:serviceaccount:x:op" cannot create resource',
+            "wait",
+            "OperatorForbidden",
+        ),
+        (403, 'pods "job-1" is forbidden: violates PodSecurity "restricted:latest"', "fail", "CreateRefused"),
+        (422, TOO_BIG, "fail", "CreateRefused"),
+        (400, "admission webhook denied the request", "fail", "CreateRefused"),
+        (413, "Request entity too large", "fail", "CreateRefused"),
+        (429, "too many requests", "retry", ""),
+        (500, "etcdserver: request timed out", "retry", ""),
+    ],
+)
+def test_refusal_verdicts(code: int, message: str, verdict: str, reason: str) -> None:
+    assert d.judge_refusal(refusal(code, message)) == (verdict, reason)
+
+
+def test_invalid_object_fails_the_job_with_the_apiservers_message_and_a_warning() -> None:
+    step = d.refused_step(world(), refusal(422, TOO_BIG, kind="ConfigMap", reason="Invalid"))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Failed" and patch["reason"] == "CreateRefused"
+    assert "ConfigMap job-1" in patch["message"] and "1048576 bytes" in patch["message"]
+    assert patch["completionTime"] and patch["pending"] is None
+    event = only(step, d.Event)
+    assert event.type == "Warning" and event.reason == "CreateRefused" and "1048576" in event.message
+    assert step.requeue_seconds is None
+    # and once Failed, nothing is created any more
+    failed = status(observedGeneration=1, phase="Failed", reason="CreateRefused")
+    assert not any(isinstance(a, d.CreatePod) for a in d.reconcile(world(st=failed)).actions)
+
+
+def test_missing_priority_class_waits_pending_and_says_so_once() -> None:
+    step = d.refused_step(world(), refusal(403, PC_MISSING))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Pending" and patch["reason"] == "PriorityClassNotFound"
+    assert "no PriorityClass with name gpu-spot" in patch["message"]
+    assert only(step, d.Event).type == "Warning"
+    assert step.requeue_seconds == d.REFUSAL_RECHECK_SECONDS
+    # the next recheck is refused the same way: nothing new to say, look again later
+    shown = status(observedGeneration=1, phase="Pending", reason=patch["reason"], message=patch["message"])
+    again = d.refused_step(world(st=shown), refusal(403, PC_MISSING))
+    assert again.actions == [] and again.requeue_seconds == d.REFUSAL_RECHECK_SECONDS
+    # still not created: reconcile asks for the pod again (the handler tries, and is refused or not)
+    assert only(d.reconcile(world(st=shown)), d.CreatePod).attempt == 1
+
+
+def test_refusal_while_restarting_keeps_the_phase_and_the_pending_decision() -> None:
+    st = running_status(
+        phase="Restarting",
+        pending={"action": "restart", "cause": "preemption", "reason": "SIGTERM", "podName": "job-1"},
+    )
+    step = d.refused_step(world(st=st), refusal(403, QUOTA))
+    assert only(step, d.PatchStatus).patch.keys() == {"reason", "message"}
+    assert only(step, d.PatchStatus).patch["reason"] == "QuotaExceeded"
+
+
+def test_transient_refusal_is_left_to_the_retry_loop() -> None:
+    step = d.refused_step(world(), refusal(500, "etcdserver: request timed out", reason="InternalError"))
+    assert step.actions == [] and step.requeue_seconds is None
+
+
+# ======================================================================== kubectl get says why (issue 12)
+
+
+def test_unschedulable_replacement_says_waiting_for_a_node() -> None:
+    """A replacement pod with no node: the scheduler's message replaces the old "restarting now"."""
+    st = running_status(
+        phase="Restarting",
+        attempt=2,
+        podName="job-2",
+        reason="SIGTERM",
+        message="preempted; restarting now",
+        lastEndStep=12,
+    )
+    step = d.reconcile(world(st=st, pods=[pod("job-2", phase="Pending", node=None, unschedulable_for=5)]))
+    patch = only(step, d.PatchStatus).patch
+    assert patch == {
+        "reason": "Unschedulable",
+        "message": "waiting for a node: 0/1 nodes are available: insufficient nvidia.com/gpu",
+    }
+    assert "phase" not in patch  # still Restarting: the counters and the phase tell what happened
+    shown = st.model_copy(update={"reason": patch["reason"], "message": patch["message"]})
+    again = d.reconcile(world(st=shown, pods=[pod("job-2", phase="Pending", node=None, unschedulable_for=9)]))
+    assert not any(isinstance(a, d.PatchStatus) for a in again.actions)
+
+
+def test_an_ended_attempt_clears_the_time_estimate() -> None:
+    st = running_status(stepsPerSecond=0.5, estimatedRemainingSeconds=56, remaining="56s")
+    out = classify(pod(exit_code=75, disruption="EvictionByEvictionAPI"), READY)
+    assert out is not None
+    plan = d.plan_next(spec(), st, out)
+    patch = d.decision_patch(st, out, plan, "job-1", NOW)
+    assert patch["estimatedRemainingSeconds"] is None and patch["remaining"] is None
+    assert "stepsPerSecond" not in patch  # the last measured rate stays visible

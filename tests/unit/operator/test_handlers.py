@@ -358,3 +358,63 @@ def test_a_deleting_job_releases_its_pods(fake: FakeCluster) -> None:
     fake.delete_namespaced_pod("job-1", NS)  # the cascade / namespace deletion
     assert handlers.run_once(NS, NAME) is None
     assert "job-1" not in fake.pods or not fake.pods["job-1"]["metadata"]["finalizers"]
+
+
+def _status_error(code: int, reason: str, message: str) -> ApiException:
+    error = ApiException(status=code, reason=reason)
+    error.body = json.dumps({"kind": "Status", "status": "Failure", "reason": reason, "message": message})
+    return error
+
+
+def test_refused_pod_is_shown_on_the_job_and_tried_again(
+    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing PriorityClass: Pending with the reason and one Warning, rechecked; then it exists."""
+    refuse = _status_error(
+        403, "Forbidden", 'pods "job-1" is forbidden: no PriorityClass with name x was found'
+    )
+    create = fake.create_namespaced_pod
+
+    def refused(namespace: str, body: dict[str, Any]) -> None:
+        raise refuse
+
+    monkeypatch.setattr(fake, "create_namespaced_pod", refused)
+    wait = handlers.run_once(NS, NAME)
+    assert wait == 15.0
+    s = fake.status
+    assert (s["phase"], s["reason"], s.get("attempt", 0)) == ("Pending", "PriorityClassNotFound", 0)
+    assert "no PriorityClass with name x" in s["message"]
+    assert fake.reasons() == ["PriorityClassNotFound"] and fake.events[0]["type"] == "Warning"
+    assert handlers.run_once(NS, NAME) == 15.0 and fake.reasons() == ["PriorityClassNotFound"]
+    monkeypatch.setattr(fake, "create_namespaced_pod", create)  # the PriorityClass was created
+    handlers.run_once(NS, NAME)
+    s = fake.status
+    assert (s["phase"], s["reason"], s["attempt"]) == ("Pending", "Created", 1)
+    assert fake.created == ["job-1"]
+
+
+def test_refused_config_map_fails_the_job(fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    too_big = 'ConfigMap "job-trainer-config" is invalid: []: Too long: must have at most 1048576 bytes'
+
+    def refused(namespace: str, body: dict[str, Any]) -> None:
+        raise _status_error(422, "Invalid", too_big)
+
+    monkeypatch.setattr(fake, "create_namespaced_config_map", refused)
+    handlers.run_once(NS, NAME)
+    s = fake.status
+    assert (s["phase"], s["reason"]) == ("Failed", "CreateRefused") and "1048576" in s["message"]
+    assert fake.reasons() == ["CreateRefused"] and fake.created == []
+    handlers.run_once(NS, NAME)
+    assert fake.reasons() == ["CreateRefused"]
+
+
+def test_unavailable_apiserver_is_retried_by_the_loop(
+    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(namespace: str, body: dict[str, Any]) -> None:
+        raise _status_error(503, "ServiceUnavailable", "the server is currently unable to handle the request")
+
+    monkeypatch.setattr(fake, "create_namespaced_pod", unavailable)
+    with pytest.raises(ApiException):
+        handlers.run_once(NS, NAME)
+    assert "phase" not in fake.status and fake.events == []

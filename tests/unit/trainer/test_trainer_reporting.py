@@ -188,3 +188,34 @@ def test_progress_reports_nan_loss_as_null_and_one_event() -> None:
         merged.update(body)
     assert merged["step"] == 6 and merged["loss"] == 1.25
     assert events == [("Warning", "LossNotFinite", "loss is NaN at step 4")]  # once, at the first
+
+
+def test_throughput_over_the_window_and_time_remaining() -> None:
+    from finetune_trainer.reporting import ThroughputMeter, format_duration
+
+    meter = ThroughputMeter(window_seconds=10.0)
+    assert meter.status(0, 100) == {}  # no rate before two step ends
+    meter.add(0.0, 0)
+    meter.add(2.0, 1)
+    assert meter.steps_per_second() == 0.5
+    assert meter.tokens_per_second() is None  # tokens not counted
+    for t in range(3, 21):  # then 1 step/s: the slow start leaves the 10 s window
+        meter.add(float(t), t - 1)
+    assert meter.steps_per_second() == 1.0
+    assert meter.remaining_seconds(19, 100) == 81.0
+    assert meter.status(19, 100) == {
+        "stepsPerSecond": 1.0,
+        "estimatedRemainingSeconds": 81,
+        "remaining": "1m21s",
+    }
+    assert meter.remaining_seconds(19, -1) is None  # total unknown: no estimate
+    counted = ThroughputMeter()
+    counted.add(0.0, 0, 0)
+    counted.add(4.0, 3, 2048)
+    assert counted.status(3, 3) == {
+        "stepsPerSecond": 0.75,
+        "tokensPerSecond": 512.0,
+        "estimatedRemainingSeconds": 0,
+        "remaining": "0s",
+    }
+    assert [format_duration(s) for s in (44.6, 750, 11100, 190000)] == ["45s", "12m30s", "3h05m", "2d04h"]
