@@ -256,6 +256,10 @@ def _release_if_job_going(namespace: str, name: str) -> None:
         job = None
     if job is None or job["metadata"].get("deletionTimestamp"):
         release_job_pods(core, namespace, name, job["metadata"]["uid"] if job else None)
+    if job is not None and job["metadata"].get("deletionTimestamp"):
+        # Our daemon has stopped. In a terminating namespace kopf stops serving the namespace without
+        # removing its finalizer, which would keep the job, and so the namespace, forever.
+        _drop_kopf_finalizer(custom, job)
 
 
 def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
@@ -301,6 +305,29 @@ def release_orphans(namespaces: list[str]) -> list[str]:
     return released
 
 
+def _drop_kopf_finalizer(custom: Any, job: dict[str, Any]) -> bool:
+    """Remove kopf's finalizer from a job whose daemon no longer runs (True if removed)."""
+    meta = job["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if KOPF_FINALIZER not in finalizers:
+        return False
+    # A merge patch (the client sends custom-object patches as such) replacing the list, conditional on
+    # the resourceVersion so that a concurrent change of the finalizers is not overwritten.
+    body = {
+        "metadata": {
+            "finalizers": [f for f in finalizers if f != KOPF_FINALIZER],
+            "resourceVersion": meta["resourceVersion"],
+        }
+    }
+    try:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body)
+    except ApiException as error:
+        if error.status not in (404, 409, 422):
+            raise
+        return False
+    return True
+
+
 def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]:
     """Uninstall: with no operator left, release every trainer pod and drop kopf's finalizer from every
     FineTuneJob in scope, so deleting or draining them later does not hang. Returns (pods, jobs)."""
@@ -322,26 +349,8 @@ def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]
             for job in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
         ]
     for job in listed:
-        meta = job["metadata"]
-        finalizers = list(meta.get("finalizers") or [])
-        if KOPF_FINALIZER not in finalizers:
-            continue
-        # A merge patch (the client sends custom-object patches as such) replacing the list, conditional
-        # on the resourceVersion so that a concurrent change of the finalizers is not overwritten.
-        body = {
-            "metadata": {
-                "finalizers": [f for f in finalizers if f != KOPF_FINALIZER],
-                "resourceVersion": meta["resourceVersion"],
-            }
-        }
-        try:
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
-            )
-            jobs.append(f"{meta['namespace']}/{meta['name']}")
-        except ApiException as error:
-            if error.status not in (404, 409, 422):
-                raise
+        if _drop_kopf_finalizer(custom, job):
+            jobs.append(f"{job['metadata']['namespace']}/{job['metadata']['name']}")
     return pods, jobs
 
 

@@ -32,9 +32,12 @@ from .conftest import GROUP, OPERATOR_BIN, PLURAL, VERSION, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
-#: `kubectl delete namespace` with a running trainer must finish within this (the trainer's emergency save
-#: on SIGTERM takes a second or two; the pod's grace period is 30 s).
-NAMESPACE_DELETION_BOUND = 60.0
+#: `kubectl delete namespace` with a running trainer: its pods and the job must be gone within
+#: CONTENT_DELETION_BOUND (the trainer's emergency save on SIGTERM; the pod's grace period is 30 s), and the
+#: namespace within NAMESPACE_DELETION_BOUND (the namespace controller retries with a backoff of up to 60 s
+#: while content remains, which adds to whatever the content took).
+CONTENT_DELETION_BOUND = 60.0
+NAMESPACE_DELETION_BOUND = 120.0
 
 
 def job_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
@@ -197,20 +200,26 @@ def test_deleting_the_namespace_of_a_running_job_completes_promptly(
     t0 = time.monotonic()
     kube.core.delete_namespace(namespace)
 
-    def namespace_gone() -> bool:
-        if gone(kube.core.read_namespace, namespace):
-            return True
-        if time.monotonic() - t0 > NAMESPACE_DELETION_BOUND:
-            stuck = [
-                (p.metadata.name, p.metadata.finalizers)
-                for p in kube.core.list_namespaced_pod(namespace).items
-                if p.metadata.finalizers
-            ]
-            raise AssertionError(f"namespace still there after {NAMESPACE_DELETION_BOUND:g} s; {stuck}")
-        return False
+    def content_gone() -> bool:  # what our finalizers could hold: the trainer pods and the job
+        pods = kube.core.list_namespaced_pod(namespace).items
+        jobs = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        if time.monotonic() - t0 > CONTENT_DELETION_BOUND:
+            stuck = [(p.metadata.name, p.metadata.finalizers) for p in pods]
+            stuck += [(j["metadata"]["name"], j["metadata"].get("finalizers")) for j in jobs]
+            raise AssertionError(f"still there after {CONTENT_DELETION_BOUND:g} s: {stuck}")
+        return not pods and not jobs
 
-    wait_for(namespace_gone, NAMESPACE_DELETION_BOUND + 30, interval=0.5, what="namespace deleted")
-    print(f"namespace with a running job deleted in {time.monotonic() - t0:.1f} s")
+    wait_for(content_gone, CONTENT_DELETION_BOUND + 30, interval=0.5, what="pods and jobs deleted")
+    content = time.monotonic() - t0
+    wait_for(
+        lambda: gone(kube.core.read_namespace, namespace),
+        NAMESPACE_DELETION_BOUND,
+        interval=0.5,
+        what="namespace deleted",
+    )
+    total = time.monotonic() - t0
+    print(f"namespace with a running job: pods and job gone in {content:.1f} s, namespace in {total:.1f} s")
+    assert total <= NAMESPACE_DELETION_BOUND
 
 
 def test_after_an_uninstall_pods_and_jobs_can_still_be_deleted(
