@@ -47,7 +47,13 @@ def test_schema_is_structural() -> None:
 
 def test_cross_field_rules_reach_the_crd() -> None:
     text = render_crd()
-    fragments = ("save_steps <= self.max_steps", "quantity(self.maxMemory)", "has(self.dataset.eval_split)")
+    fragments = (
+        "self.save_steps % self.eval_steps == 0",
+        "quantity(self.maxMemory)",
+        "has(self.dataset.eval_split)",
+        "format.qualifiedName().validate(self)",
+        "isQuantity(self)",
+    )
     for fragment in fragments:
         assert fragment in text
 
