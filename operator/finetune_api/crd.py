@@ -38,6 +38,12 @@ CRD_PATHS = (
     Path("charts") / "finetune-operator" / "crds" / CRD_FILE_NAME,
 )
 _DROP_KEYS = {"title", "$defs"}
+_PYDANTIC_BOUNDS = {
+    "ge": ("minimum", False),
+    "gt": ("minimum", True),
+    "le": ("maximum", False),
+    "lt": ("maximum", True),
+}
 
 
 def _is_null(schema: dict[str, Any]) -> bool:
@@ -91,6 +97,12 @@ def structural(
                 out["additionalProperties"] = structural(value, **nested)
         elif key == "const":
             out["enum"] = [value]
+        elif key in _PYDANTIC_BOUNDS:
+            # pydantic leaves Field(ge=…) on an Optional[Annotated[int, …]] as a raw keyword beside anyOf.
+            bound, exclusive = _PYDANTIC_BOUNDS[key]
+            out[bound] = value
+            if exclusive:
+                out["exclusive" + bound.capitalize()] = True
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound] = value
