@@ -171,11 +171,9 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": f"{API_VERSION}"},
             "kind": {"type": "string", "description": KIND},
-            "metadata": {
-                "type": "object",
-                "description": "Standard object metadata.",
-                "properties": {"name": {"type": "string", "description": "The job's name (a DNS label)."}},
-            },
+            # Only name may be declared (kubectl explain shows ObjectMeta's own descriptions): the
+            # job-name rules below point their fieldPath at it.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },

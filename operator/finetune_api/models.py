@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic.alias_generators import to_camel
 
 from finetune_api.kubenames import (
+    DNS1123_SUBDOMAIN_MAX_LENGTH,
     LABEL_VALUE_MAX_LENGTH,
     QUALIFIED_NAME_WITH_PREFIX_MAX_LENGTH,
     is_dns1123_subdomain,
@@ -37,6 +38,11 @@ _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # Below this no trainer starts (Python and torch alone need more); a bare number is bytes: "32" = 32 bytes.
 MIN_MEMORY = "128Mi"
+# Bounds that keep the apiserver's estimated cost of the CEL rules within its budget (it refuses the CRD
+# otherwise); far above what a trainer pod needs.
+MAX_SCHEDULING_ENTRIES = 64
+MAX_ENV_ENTRIES = 256
+MAX_ENV_NAME_LENGTH = 256
 
 
 # ------------------------------------------------------------------------------- value types and rules
@@ -54,6 +60,7 @@ Int = Annotated[int, BeforeValidator(_whole_number)]
 
 DnsSubdomain = Annotated[
     str,
+    Field(max_length=DNS1123_SUBDOMAIN_MAX_LENGTH),  # maxLength also bounds the CEL rule's estimated cost
     FieldRule(
         cel="!format.dns1123Subdomain().validate(self).hasValue()",
         message="must be a DNS subdomain: lower-case letters, digits, '-' and '.', starting and ending with "
@@ -83,6 +90,7 @@ LabelValue = Annotated[
 ]
 StorageClassName = Annotated[
     str,
+    Field(max_length=DNS1123_SUBDOMAIN_MAX_LENGTH),
     FieldRule(
         cel="self == '' || !format.dns1123Subdomain().validate(self).hasValue()",
         message="must be empty (no class) or a DNS subdomain: lower-case letters, digits, '-' and '.'",
@@ -101,6 +109,7 @@ Memory = Annotated[
 ]
 EnvName = Annotated[
     str,
+    Field(max_length=MAX_ENV_NAME_LENGTH),
     FieldRule(
         cel="self.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$')",
         message="must be letters, digits, '_', '-' or '.', and must not start with a digit",
@@ -386,6 +395,7 @@ class GpuResources(KubeModel):
     gpus: Int = Field(1, ge=0, le=64, description="GPUs per trainer pod.")
     gpu_resource_name: Annotated[
         str,
+        Field(max_length=QUALIFIED_NAME_WITH_PREFIX_MAX_LENGTH),
         FieldRule(
             cel="self.contains('/') && !self.contains('kubernetes.io/') && !self.startsWith('requests.') "
             "&& !format.qualifiedName().validate(self).hasValue() "
@@ -450,7 +460,7 @@ class SchedulingSpec(KubeModel):
         "(cloud-neutral labels; add your own in nodeSelector).",
     )
     node_selector: Annotated[
-        dict[str, str],
+        dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX_LENGTH)]],
         FieldRule(
             cel="self.all(k, !format.qualifiedName().validate(k).hasValue())",
             message="keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 "
@@ -463,9 +473,15 @@ class SchedulingSpec(KubeModel):
             "starting and ending with a letter or digit",
             check=lambda m: all(is_label_value(v) for v in m.values()),
         ),
-    ] = Field(default_factory=dict, description="Node labels the trainer pod's node must have.")
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_SCHEDULING_ENTRIES,
+        description="Node labels the trainer pod's node must have.",
+    )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Taints the trainer pod tolerates (besides the spot shorthand's)."
+        default_factory=list,
+        max_length=MAX_SCHEDULING_ENTRIES,
+        description="Taints the trainer pod tolerates (besides the spot shorthand's).",
     )
     affinity: dict[str, Any] | None = Field(None, description="A Kubernetes Affinity, passed through.")
     priority_class_name: DnsSubdomain | None = Field(
@@ -550,7 +566,9 @@ class FineTuneJobSpec(KubeModel):
         "IfNotPresent", description="Pull policy of the trainer image."
     )
     env: list[EnvVar] = Field(
-        default_factory=list, description="Extra environment variables for the trainer (they win over ours)."
+        default_factory=list,
+        max_length=MAX_ENV_ENTRIES,
+        description="Extra environment variables for the trainer (they win over ours).",
     )
     hf_token_secret: SecretKeyRef | None = Field(
         None, description="Secret key holding a Hugging Face token; exposed to the trainer as HF_TOKEN."

@@ -75,11 +75,12 @@ class RuleModel(BaseModel):
 
     @model_validator(mode="after")
     def _check_cel_rules(self) -> RuleModel:
-        for rule in type(self).cel_rules:
-            if not rule.check(self):
-                raise PydanticCustomError(
-                    "cross_field_rule",
-                    "{field}: {message}",
-                    {"field": rule.field or "(object)", "message": rule.message},
-                )
+        # Every failing rule is reported, as the apiserver reports every failing CEL rule.
+        failed = [(rule.field, rule.message) for rule in type(self).cel_rules if not rule.check(self)]
+        if failed:
+            raise PydanticCustomError(
+                "cross_field_rule",
+                "{field}: {message}",
+                {"field": failed[0][0] or "(object)", "message": failed[0][1], "failures": failed},
+            )
         return self

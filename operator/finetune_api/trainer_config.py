@@ -73,15 +73,11 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     for item in error.errors():
         path = _field_path(item["loc"])
         ctx = item.get("ctx") or {}
-        if item["type"] == "cross_field_rule":
-            field = ctx.get("field", "")
-            if field and field != "(object)":
-                path = f"{path}.{field}" if path else field
-            message = ctx.get("message", item["msg"])
-        else:
-            message = item["msg"]
-        full = ".".join(part for part in (prefix, path) if part)
-        lines.append(f"{full or '(document)'}: {message}")
+        failures = ctx.get("failures") if item["type"] == "cross_field_rule" else None
+        for field, message in failures or [("", item["msg"])]:
+            where = f"{path}.{field}" if path and field else (field or path)
+            full = ".".join(part for part in (prefix, where) if part)
+            lines.append(f"{full or '(document)'}: {message}")
     return lines
 
 

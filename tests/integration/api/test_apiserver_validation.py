@@ -81,8 +81,11 @@ def apiserver_fields(stderr: str) -> set[str]:
     fields = set(re.findall(r'unknown field "([^"]+)"', stderr))
     for match in re.finditer(r"(?:is invalid: |^\* )(\S+): (.*)$", stderr, re.MULTILINE):
         field, rest = match.groups()
-        if not (field == "<nil>" and NOT_CHECKED in rest):
-            fields.add(field)
+        if field == "<nil>" and NOT_CHECKED in rest:
+            continue
+        # The apiserver's type check adds `<nil>: …: Checked value must be of type integer … in <field>`.
+        named = re.search(r" in (\S+)$", rest) if field == "<nil>" else None
+        fields.add(named.group(1) if named else field)
     return fields
 
 
@@ -98,7 +101,8 @@ def test_both_layers_refuse_naming_the_same_field(kube: Kube, dry_run_namespace:
     assert field in result.stderr, result.stderr
     from_apiserver, from_model = apiserver_fields(result.stderr), model_fields(path)
     assert from_model == from_apiserver == {field}, result.stderr
-    assert "<nil>" not in result.stderr.replace(f'<nil>: Invalid value: "null": {NOT_CHECKED}', "")
+    if field == "metadata.name":  # the job-name rules name their field
+        assert "<nil>" not in result.stderr, result.stderr
     listed = kube.kubectl("get", "ftj", "-n", dry_run_namespace, "-o", "name").stdout
     assert listed.strip() == ""
 
