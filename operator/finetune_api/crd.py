@@ -57,8 +57,8 @@ def structural(
 
     `typed=False` translates keywords only (the non-type half of an Optional[...] node).
     `null_is_absent`: an Optional field whose default is None is not nullable, so the apiserver prunes a
-    null there as if the field were not written (what the model does with None); only where null differs
-    from the default (save_total_limit: null = keep every checkpoint) does it stay nullable.
+    null there as if the field were not written (what the model does with None). A null where the field
+    has a default becomes the default, nullable or not (the apiserver's defaulting; the model does the same).
     """
     nested: dict[str, Any] = {"defs": defs, "null_is_absent": null_is_absent}
     if "$ref" in schema:

@@ -137,7 +137,8 @@ class SpecSection(RuleModel):
             return data
         not_nullable = set()
         for name, field in cls.model_fields.items():
-            if not _accepts_none(field.annotation):
+            # The apiserver also replaces a null by the field's default when it has one.
+            if not _accepts_none(field.annotation) or field.default is not None:
                 not_nullable |= {name, field.alias or name}
         return {k: v for k, v in data.items() if not (v is None and k in not_nullable)}
 

@@ -105,7 +105,7 @@ def test_null_takes_the_default_like_the_apiserver() -> None:
     assert parse_job(document).spec.training.save_steps == 2
     document["spec"]["training"] = {"save_steps": None, "save_total_limit": None}  # type: ignore[index]
     training = parse_job(document).spec.training
-    assert training.save_steps == 2 and training.save_total_limit is None  # nullable: null = keep all
+    assert training.save_steps == 2 and training.save_total_limit == 2  # the apiserver defaults it too
 
 
 def test_snake_case_is_refused_in_kubernetes_sections() -> None:
