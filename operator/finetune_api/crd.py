@@ -20,12 +20,14 @@ from typing import Any
 import yaml
 
 from finetune_api.models import (
+    API_VERSION,
     GROUP,
+    JOB_NAME_RULES,
     KIND,
-    MAX_JOB_NAME_LENGTH,
     PLURAL,
     SHORT_NAME,
     VERSION,
+    FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
@@ -36,28 +38,40 @@ CRD_PATHS = (
     Path("charts") / "finetune-operator" / "crds" / CRD_FILE_NAME,
 )
 _DROP_KEYS = {"title", "$defs"}
+_PYDANTIC_BOUNDS = {
+    "ge": ("minimum", False),
+    "gt": ("minimum", True),
+    "le": ("maximum", False),
+    "lt": ("maximum", True),
+}
 
 
 def _is_null(schema: dict[str, Any]) -> bool:
     return schema.get("type") == "null"
 
 
-def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = True) -> dict[str, Any]:
+def structural(
+    schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = True, null_is_absent: bool = False
+) -> dict[str, Any]:
     """Translate one pydantic JSON-schema node (recursively) into a structural OpenAPI v3 node.
 
     `typed=False` translates keywords only (the non-type half of an Optional[...] node).
+    `null_is_absent`: an Optional field whose default is None is not nullable, so the apiserver prunes a
+    null there as if the field were not written (what the model does with None). A null where the field
+    has a default becomes the default, nullable or not (the apiserver's defaulting; the model does the same).
     """
+    nested: dict[str, Any] = {"defs": defs, "null_is_absent": null_is_absent}
     if "$ref" in schema:
         target = defs[schema["$ref"].split("/")[-1]]
         merged = {**copy.deepcopy(target), **{k: v for k, v in schema.items() if k != "$ref"}}
-        return structural(merged, defs)
+        return structural(merged, **nested)
 
     if "anyOf" in schema:
         options = [option for option in schema["anyOf"] if not _is_null(option)]
         rest = {k: v for k, v in schema.items() if k != "anyOf"}
         if len(options) != 1:
             raise ValueError(f"cannot express a union in a structural schema: {schema}")
-        merged = {**structural(options[0], defs), **structural(rest, defs, typed=False)}
+        merged = {**structural(options[0], **nested), **structural(rest, typed=False, **nested)}
         if len(options) != len(schema["anyOf"]):
             merged["nullable"] = True
         if merged.get("default", ...) is None:
@@ -69,9 +83,9 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
         if key in _DROP_KEYS:
             continue
         if key == "properties":
-            out["properties"] = {name: structural(prop, defs) for name, prop in value.items()}
+            out["properties"] = {name: structural(prop, **nested) for name, prop in value.items()}
         elif key == "items":
-            out["items"] = structural(value, defs)
+            out["items"] = structural(value, **nested)
         elif key == "additionalProperties":
             if value is False:
                 # extra="forbid": the apiserver prunes unknown fields and kubectl's strict field
@@ -80,9 +94,15 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
             if value is True or value == {}:
                 out["x-kubernetes-preserve-unknown-fields"] = True
             else:
-                out["additionalProperties"] = structural(value, defs)
+                out["additionalProperties"] = structural(value, **nested)
         elif key == "const":
             out["enum"] = [value]
+        elif key in _PYDANTIC_BOUNDS:
+            # pydantic leaves Field(ge=…) on an Optional[Annotated[int, …]] as a raw keyword beside anyOf.
+            bound, exclusive = _PYDANTIC_BOUNDS[key]
+            out[bound] = value
+            if exclusive:
+                out["exclusive" + bound.capitalize()] = True
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound] = value
@@ -100,6 +120,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], *, typed: bool = Tr
             is_section = prop.get("type") == "object" and "properties" in prop and not prop.get("nullable")
             if name not in required and is_section and "default" not in prop:
                 prop["default"] = _filled_default(prop)
+            if null_is_absent and prop.get("nullable") and "default" not in prop:
+                del prop["nullable"]
     if not typed:
         return out
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
@@ -118,36 +140,44 @@ def _filled_default(section: dict[str, Any]) -> dict[str, Any]:
     return {name: prop["default"] for name, prop in section["properties"].items() if "default" in prop}
 
 
-def openapi_schema(model: type, *, mode: str = "validation") -> dict[str, Any]:
+def openapi_schema(model: type, *, mode: str = "validation", null_is_absent: bool = False) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[attr-defined]
-    return structural(raw, raw.get("$defs", {}))
+    return structural(raw, raw.get("$defs", {}), null_is_absent=null_is_absent)
+
+
+def _job_name_rules() -> list[dict[str, str]]:
+    """The model's job-name rules, checked on the object and reported on metadata.name.
+
+    CEL on the object rather than on metadata.name: a CRD may declare metadata's name only as a plain string.
+    """
+    return [
+        {
+            "rule": rule.cel.replace("self", "self.metadata.name"),
+            "message": rule.message,
+            "fieldPath": ".metadata.name",
+        }
+        for rule in JOB_NAME_RULES
+    ]
 
 
 def build_crd() -> dict[str, Any]:
-    spec_schema = openapi_schema(FineTuneJobSpec)
+    spec_schema = openapi_schema(FineTuneJobSpec, null_is_absent=True)
     status_schema = openapi_schema(FineTuneJobStatus, mode="serialization")
     status_schema.pop("required", None)  # every status field is optional: the operator fills them over time
     root = {
         "type": "object",
         "required": ["spec"],
+        "description": FineTuneJob.__doc__,
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "apiVersion": {"type": "string", "description": f"{API_VERSION}"},
+            "kind": {"type": "string", "description": KIND},
+            # Only name may be declared (kubectl explain shows ObjectMeta's own descriptions): the
+            # job-name rules below point their fieldPath at it.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [
-            {
-                "rule": f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH}",
-                "message": f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters "
-                "(trainer pods are named <job>-<attempt>)",
-            },
-            {
-                "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-                "message": "metadata.name must be a DNS label (lower case letters, digits and '-')",
-            },
-        ],
+        "x-kubernetes-validations": _job_name_rules(),
     }
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -8,14 +8,24 @@ Kubernetes' camelCase (`nodeSelector`, `storageClassName`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_api.contract import DATASET_MOUNT
-from finetune_api.quantity import QUANTITY_PATTERN, parse_quantity
-from finetune_api.rules import CelRule, RuleModel, immutable
+from finetune_api.kubenames import (
+    DNS1123_SUBDOMAIN_MAX_LENGTH,
+    LABEL_VALUE_MAX_LENGTH,
+    QUALIFIED_NAME_WITH_PREFIX_MAX_LENGTH,
+    is_dns1123_subdomain,
+    is_extended_resource_name,
+    is_label_value,
+    is_qualified_name,
+)
+from finetune_api.quantity import QUANTITY_CEL, QUANTITY_MESSAGE, is_quantity, parse_quantity
+from finetune_api.rules import CelRule, FieldRule, RuleModel, immutable
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -25,38 +35,135 @@ PLURAL = "finetunejobs"
 SHORT_NAME = "ftj"
 # Pods are named <job>-<attempt> and job names become label values (≤ 63): leave room for the attempt.
 MAX_JOB_NAME_LENGTH = 52
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+# Below this no trainer starts (Python and torch alone need more); a bare number is bytes: "32" = 32 bytes.
+MIN_MEMORY = "128Mi"
+# Bounds that keep the apiserver's estimated cost of the CEL rules within its budget (it refuses the CRD
+# otherwise); far above what a trainer pod needs.
+MAX_SCHEDULING_ENTRIES = 64
+MAX_ENV_ENTRIES = 256
+MAX_ENV_NAME_LENGTH = 256
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-RESOURCE_NAME = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-)
-ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+# ------------------------------------------------------------------------------- value types and rules
 
 
-class HFModel(RuleModel):
+def _whole_number(value: Any) -> Any:
+    """1e4 in YAML is the float 10000.0; in an integer field the apiserver stores it as 10000, as we do."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: no strings ("1000"), no booleans, no fractions; a whole float (1e4) is that integer.
+Int = Annotated[int, BeforeValidator(_whole_number)]
+
+DnsSubdomain = Annotated[
+    str,
+    Field(max_length=DNS1123_SUBDOMAIN_MAX_LENGTH),  # maxLength also bounds the CEL rule's estimated cost
+    FieldRule(
+        cel="!format.dns1123Subdomain().validate(self).hasValue()",
+        message="must be a DNS subdomain: lower-case letters, digits, '-' and '.', starting and ending with "
+        "a letter or digit, at most 253 characters",
+        check=is_dns1123_subdomain,
+    ),
+]
+QualifiedName = Annotated[
+    str,
+    Field(max_length=QUALIFIED_NAME_WITH_PREFIX_MAX_LENGTH),
+    FieldRule(
+        cel="!format.qualifiedName().validate(self).hasValue()",
+        message="must be a label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, "
+        "digits, '-', '_' or '.', starting and ending with a letter or digit (e.g. example.com/gpu-type)",
+        check=is_qualified_name,
+    ),
+]
+LabelValue = Annotated[
+    str,
+    Field(max_length=LABEL_VALUE_MAX_LENGTH),
+    FieldRule(
+        cel="!format.labelValue().validate(self).hasValue()",
+        message="must be a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting and "
+        "ending with a letter or digit",
+        check=is_label_value,
+    ),
+]
+StorageClassName = Annotated[
+    str,
+    Field(max_length=DNS1123_SUBDOMAIN_MAX_LENGTH),
+    FieldRule(
+        cel="self == '' || !format.dns1123Subdomain().validate(self).hasValue()",
+        message="must be empty (no class) or a DNS subdomain: lower-case letters, digits, '-' and '.'",
+        check=lambda v: v == "" or is_dns1123_subdomain(v),
+    ),
+]
+Quantity = Annotated[str, FieldRule(cel=QUANTITY_CEL, message=QUANTITY_MESSAGE, check=is_quantity)]
+Memory = Annotated[
+    Quantity,
+    FieldRule(
+        # Guarded: a value that is not a quantity gets the quantity message above, not this one as well.
+        cel=f"!({QUANTITY_CEL}) || quantity(self).compareTo(quantity('{MIN_MEMORY}')) >= 0",
+        message=f"must be at least {MIN_MEMORY} (a bare number means bytes: write 32Gi, not 32)",
+        check=lambda v: not is_quantity(v) or parse_quantity(v) >= parse_quantity(MIN_MEMORY),
+    ),
+]
+EnvName = Annotated[
+    str,
+    Field(max_length=MAX_ENV_NAME_LENGTH),
+    FieldRule(
+        cel="self.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$')",
+        message="must be letters, digits, '_', '-' or '.', and must not start with a digit",
+        check=lambda v: bool(_ENV_NAME.fullmatch(v)),
+    ),
+]
+
+
+def _accepts_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in get_args(annotation)
+
+
+class SpecSection(RuleModel):
+    """A spec section, validated the way the apiserver validates the CRD generated from it.
+
+    strict: no coercion ("1000" is not an integer, "true" not a boolean), as the apiserver's schema types.
+    A null for a field that cannot be null is dropped, as the apiserver prunes it before defaulting: it gets
+    its default, or is reported missing when required (`training: null` is the default training section).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        not_nullable = set()
+        for name, field in cls.model_fields.items():
+            # The apiserver also replaces a null by the field's default when it has one.
+            if not _accepts_none(field.annotation) or field.default is not None:
+                not_nullable |= {name, field.alias or name}
+        return {k: v for k, v in data.items() if not (v is None and k in not_nullable)}
+
+
+class HFModel(SpecSection):
     """A section with Hugging Face names: unknown keys are errors (a typo must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True, strict=True)
 
 
-class KubeModel(RuleModel):
-    """A section with Kubernetes camelCase names."""
+class KubeModel(SpecSection):
+    """A section with Kubernetes camelCase names (only those: parse_job refuses snake_case names here)."""
 
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_camel, validate_default=True
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, validate_default=True, strict=True
     )
-
-
-def _quantity_field(description: str, default: str | None = None) -> Any:
-    return Field(default, description=description, pattern=QUANTITY_PATTERN)
 
 
 # ---------------------------------------------------------------------------------------------- model
 
 
 class ModelSpec(HFModel):
+    """The base model to adapt."""
+
     cel_transition_rules = (immutable("spec.model"),)
 
     name_or_path: str = Field(
@@ -92,8 +199,7 @@ class DatasetVolume(KubeModel):
             check=lambda v: _relative_without_dotdot(v.sub_path),
         ),
     )
-    claim_name: str = Field(
-        pattern=DNS_SUBDOMAIN,
+    claim_name: DnsSubdomain = Field(
         description="PersistentVolumeClaim in the job's namespace (ReadOnlyMany or ReadWriteMany lets the "
         "trainer run on any node); mounted read-only, never written or deleted.",
     )
@@ -107,6 +213,8 @@ def _under_dataset_mount(path: str | None) -> bool:
 
 
 class DatasetSpec(HFModel):
+    """The training data: exactly one of a hub dataset (name), a file or directory (path), or examples."""
+
     cel_transition_rules = (immutable("spec.dataset"),)
     cel_rules = (
         CelRule(
@@ -161,16 +269,18 @@ class DatasetSpec(HFModel):
 
 
 class LoraSpec(HFModel):
+    """The LoRA adapter (peft's LoraConfig names)."""
+
     cel_transition_rules = (immutable("spec.lora"),)
 
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    r: Int = Field(8, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator.")
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers' input.")
     target_modules: list[str] | None = Field(
         None, min_length=1, description="Module names to adapt; default: peft's choice for the architecture."
     )
-    bias: Literal["none", "all", "lora_only"] = "none"
-    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    task_type: Literal["CAUSAL_LM"] = Field("CAUSAL_LM", description="peft task type (causal LM only).")
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -181,18 +291,14 @@ class TrainingSpec(HFModel):
 
     cel_transition_rules = (immutable("spec.training"),)
 
+    # No rule ties save_steps to max_steps: with save_strategy 'steps', transformers also saves at the final
+    # step (DefaultFlowCallback), and a SIGTERM always commits a checkpoint.
     cel_rules = (
         CelRule(
             cel="self.max_steps > 0 || self.num_train_epochs > 0.0",
             message="set max_steps > 0 or num_train_epochs > 0",
             field="num_train_epochs",
             check=lambda t: t.max_steps > 0 or t.num_train_epochs > 0,
-        ),
-        CelRule(
-            cel="self.save_strategy != 'steps' || self.max_steps <= 0 || self.save_steps <= self.max_steps",
-            message="save_steps must not exceed max_steps (no checkpoint would ever be written)",
-            field="save_steps",
-            check=lambda t: t.save_strategy != "steps" or t.max_steps <= 0 or t.save_steps <= t.max_steps,
         ),
         CelRule(
             cel="!(self.bf16 && self.fp16)",
@@ -226,56 +332,87 @@ class TrainingSpec(HFModel):
         ),
     )
     num_train_epochs: float = Field(2.0, ge=0, description="Epochs (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 = use num_train_epochs.")
-    per_device_train_batch_size: int = Field(2, ge=1, le=65536)
-    per_device_eval_batch_size: int = Field(2, ge=1, le=65536)
-    gradient_accumulation_steps: int = Field(1, ge=1, le=65536)
-    learning_rate: float = Field(5e-4, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    max_steps: Int = Field(-1, ge=-1, description="Total optimizer steps; -1 = use num_train_epochs.")
+    per_device_train_batch_size: Int = Field(
+        2, ge=1, le=65536, description="Examples per device per forward pass (lowered after a CUDA OOM)."
+    )
+    per_device_eval_batch_size: Int = Field(
+        2, ge=1, le=65536, description="Examples per device in evaluation."
+    )
+    gradient_accumulation_steps: Int = Field(
+        1, ge=1, le=65536, description="Forward passes per optimizer step (raised with a lowered batch)."
+    )
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: Int = Field(0, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
-    ] = "linear"
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(128, ge=8, le=1048576, description="Tokens per example (trl's max_length).")
-    packing: bool = False
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = Field(42, ge=0)
-    data_seed: int | None = Field(None, ge=0)
-    logging_steps: int = Field(1, ge=1)
+    ] = Field("linear", description="Learning-rate schedule after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_length: Int = Field(128, ge=8, le=1048576, description="Tokens per example (trl's max_length).")
+    packing: bool = Field(False, description="Pack several short examples into one sequence (trl).")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (needs a GPU that supports it).")
+    fp16: bool = Field(False, description="float16 mixed precision.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, more compute."
+    )
+    seed: Int = Field(42, ge=0, description="Random seed (model init, shuffling).")
+    data_seed: Int | None = Field(None, ge=0, description="Seed for data sampling; default: seed.")
+    logging_steps: Int = Field(1, ge=1, description="Log (and report progress to the job) every N steps.")
     save_strategy: Literal["steps", "epoch"] = Field(
         "steps", description="When to checkpoint ('no' is not offered: checkpoints are how jobs survive)."
     )
-    save_steps: int = Field(2, ge=1, description="Checkpoint every N optimizer steps (save_strategy=steps).")
-    save_total_limit: int | None = Field(
+    save_steps: Int = Field(
+        2,
+        ge=1,
+        description="Checkpoint every N optimizer steps (save_strategy=steps); the last step is saved too.",
+    )
+    save_total_limit: Int | None = Field(
         2, ge=1, description="Committed checkpoints to keep; older ones are deleted after a newer commits."
     )
-    eval_strategy: Literal["no", "steps", "epoch"] = "no"
-    eval_steps: int | None = Field(None, ge=1)
-    load_best_model_at_end: bool = False
-    metric_for_best_model: str | None = None
-    greater_is_better: bool | None = None
-    dataloader_num_workers: int = Field(0, ge=0, le=64)
+    eval_strategy: Literal["no", "steps", "epoch"] = Field(
+        "no", description="When to evaluate (needs dataset.eval_split or dataset.eval_fraction)."
+    )
+    eval_steps: Int | None = Field(None, ge=1, description="Evaluate every N steps; default: logging_steps.")
+    load_best_model_at_end: bool = Field(
+        False, description="Finish with the best checkpoint by metric_for_best_model instead of the last."
+    )
+    metric_for_best_model: str | None = Field(
+        None, description="Metric for load_best_model_at_end; default: eval loss."
+    )
+    greater_is_better: bool | None = Field(
+        None, description="Whether a larger metric_for_best_model is better; default: from the metric name."
+    )
+    dataloader_num_workers: Int = Field(
+        0, ge=0, le=64, description="Data-loading worker processes (0 = in the training process)."
+    )
 
 
 # ------------------------------------------------------------------------------ Kubernetes-side sections
 
 
 class CheckpointSpec(KubeModel):
-    volume_size: str = _quantity_field("Size of the checkpoint PersistentVolumeClaim.", "10Gi")
-    storage_class_name: str | None = Field(
-        None, description="StorageClass of the checkpoint volume; default: the cluster's default class."
+    """The checkpoint volume and the time the trainer gets to save on SIGTERM."""
+
+    volume_size: Quantity = Field(
+        "10Gi",
+        description="Size of the checkpoint PersistentVolumeClaim.",
     )
-    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "ReadWriteOnce"
-    existing_claim_name: str | None = Field(
-        None, pattern=DNS_SUBDOMAIN, description="Use this PVC instead of creating one (never deleted)."
+    storage_class_name: StorageClassName | None = Field(
+        None,
+        description="StorageClass of the checkpoint volume; unset: the cluster's default class; "
+        "'' (empty): no class, as in a PersistentVolumeClaim (binds only to a PV without a class).",
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce", description="Access mode of the checkpoint volume."
+    )
+    existing_claim_name: DnsSubdomain | None = Field(
+        None, description="Use this PVC instead of creating one (never deleted)."
     )
     delete_with_job: bool = Field(
         False, description="Delete the checkpoint volume when the FineTuneJob is deleted (default: keep it)."
     )
-    termination_grace_period_seconds: int = Field(
+    termination_grace_period_seconds: Int = Field(
         120,
         ge=10,
         le=86400,
@@ -290,56 +427,131 @@ class CheckpointSpec(KubeModel):
 
 
 class GpuResources(KubeModel):
+    """What each trainer pod asks for (requests = limits)."""
+
     cel_rules = (
         CelRule(
+            # Guarded: a value that is not a quantity is reported on its own field, once.
             cel="!has(self.maxMemory) || !has(self.memory) "
+            f"|| !({QUANTITY_CEL.replace('self', 'self.maxMemory')}) "
+            f"|| !({QUANTITY_CEL.replace('self', 'self.memory')}) "
             "|| quantity(self.maxMemory).compareTo(quantity(self.memory)) >= 0",
             message="maxMemory must be at least memory",
             field="maxMemory",
             check=lambda r: (
                 r.max_memory is None
                 or r.memory is None
+                or not is_quantity(r.max_memory)
+                or not is_quantity(r.memory)
                 or parse_quantity(r.max_memory) >= parse_quantity(r.memory)
             ),
         ),
     )
-    gpus: int = Field(1, ge=0, le=64, description="GPUs per trainer pod.")
-    gpu_resource_name: str = Field(
-        "nvidia.com/gpu", pattern=RESOURCE_NAME, description="Extended resource that provides GPUs."
+    gpus: Int = Field(1, ge=0, le=64, description="GPUs per trainer pod.")
+    gpu_resource_name: Annotated[
+        str,
+        Field(max_length=QUALIFIED_NAME_WITH_PREFIX_MAX_LENGTH),
+        FieldRule(
+            cel="self.contains('/') && !self.contains('kubernetes.io/') && !self.startsWith('requests.') "
+            "&& !format.qualifiedName().validate(self).hasValue() "
+            "&& !format.qualifiedName().validate('requests.' + self).hasValue()",
+            message="must be an extended resource name <domain>/<name> outside kubernetes.io, "
+            "e.g. nvidia.com/gpu, amd.com/gpu, gpu.intel.com/i915",
+            check=is_extended_resource_name,
+        ),
+    ] = Field("nvidia.com/gpu", description="Extended resource that provides GPUs.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit, e.g. '8'.")
+    memory: Memory | None = Field(
+        None, description=f"Memory request and limit, e.g. '32Gi' (at least {MIN_MEMORY})."
     )
-    cpu: str | None = _quantity_field("CPU request and limit, e.g. '8'.")
-    memory: str | None = _quantity_field("Memory request and limit, e.g. '32Gi'.")
-    max_memory: str | None = _quantity_field(
-        "Cap for memory raised after host OOM kills (default: memory x 2 x oomMemoryFactor)."
+    max_memory: Memory | None = Field(
+        None,
+        description="Cap for memory raised after host OOM kills (default: memory x 2 x oomMemoryFactor).",
     )
-    scratch_size: str = _quantity_field(
-        "Size limit of the trainer's scratch /tmp (emptyDir; the Hugging Face cache is on the checkpoint "
-        "volume). Writing more gets the pod evicted.",
+    scratch_size: Quantity = Field(
         "8Gi",
+        description="Size limit of the trainer's scratch /tmp (emptyDir; the Hugging Face cache is on the "
+        "checkpoint volume). Writing more gets the pod evicted.",
     )
 
 
 class Toleration(KubeModel):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A Kubernetes toleration, checked with the rules the apiserver applies to a pod's tolerations."""
+
+    cel_rules = (
+        CelRule(
+            cel="(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            message="a toleration without a key must use operator Exists (it then tolerates every taint)",
+            field="operator",
+            check=lambda t: bool(t.key) or t.operator == "Exists",
+        ),
+        CelRule(
+            cel="self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            message="value must be empty when operator is Exists (Exists matches any value)",
+            field="value",
+            check=lambda t: t.operator != "Exists" or not t.value,
+        ),
+        CelRule(
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds needs effect NoExecute",
+            field="effect",
+            check=lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+    key: QualifiedName | None = Field(None, description="Taint key to tolerate; empty: every key (Exists).")
+    operator: Literal["Exists", "Equal"] = Field(
+        "Equal", description="Equal: the taint's value must equal value; Exists: any value."
+    )
+    value: LabelValue | None = Field(None, description="Taint value to match (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to tolerate; empty: every effect."
+    )
+    toleration_seconds: Int | None = Field(
+        None, description="With effect NoExecute: how long the pod stays bound after the taint appears."
+    )
 
 
 class SchedulingSpec(KubeModel):
+    """Where the trainer pod may run."""
+
     spot: bool = Field(
         False,
         description="Shorthand: tolerate the common spot/preemptible taints and prefer spot nodes "
         "(cloud-neutral labels; add your own in nodeSelector).",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX_LENGTH)]],
+        FieldRule(
+            cel="self.all(k, !format.qualifiedName().validate(k).hasValue())",
+            message="keys must be label keys: an optional DNS-subdomain prefix and '/', then at most 63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            check=lambda m: all(is_qualified_name(k) for k in m),
+        ),
+        FieldRule(
+            cel="self.all(k, !format.labelValue().validate(self[k]).hasValue())",
+            message="values must be label values: empty, or at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+            check=lambda m: all(is_label_value(v) for v in m.values()),
+        ),
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_SCHEDULING_ENTRIES,
+        description="Node labels the trainer pod's node must have.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=MAX_SCHEDULING_ENTRIES,
+        description="Taints the trainer pod tolerates (besides the spot shorthand's).",
+    )
     affinity: dict[str, Any] | None = Field(None, description="A Kubernetes Affinity, passed through.")
-    priority_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN)
+    priority_class_name: DnsSubdomain | None = Field(
+        None, description="PriorityClass of the trainer pod (it must exist when the pod is created)."
+    )
 
 
 class RestartPolicy(KubeModel):
+    """How many restarts each cause may use, and the backoff between error restarts."""
+
     cel_rules = (
         CelRule(
             cel="self.maxBackoffSeconds >= self.backoffSeconds",
@@ -348,27 +560,27 @@ class RestartPolicy(KubeModel):
             check=lambda p: p.max_backoff_seconds >= p.backoff_seconds,
         ),
     )
-    max_preemptions: int = Field(
+    max_preemptions: Int = Field(
         1000, ge=0, description="Restarts after preemption/eviction/node loss (no work lost beyond a save)."
     )
-    max_oom_restarts: int = Field(
+    max_oom_restarts: Int = Field(
         4, ge=0, description="Restarts after out-of-memory (host OOM kill or CUDA OOM), each adapting."
     )
-    max_failures: int = Field(3, ge=0, description="Restarts after application errors, with backoff.")
-    backoff_seconds: int = Field(10, ge=0, le=3600, description="First delay after an error; doubles.")
-    max_backoff_seconds: int = Field(300, ge=0, le=86400)
+    max_failures: Int = Field(3, ge=0, description="Restarts after application errors, with backoff.")
+    backoff_seconds: Int = Field(10, ge=0, le=3600, description="First delay after an error; doubles.")
+    max_backoff_seconds: Int = Field(300, ge=0, le=86400, description="Longest delay after an error.")
     oom_memory_factor: float = Field(1.5, gt=1, le=4, description="Memory x this after a host OOM kill.")
-    pending_timeout_seconds: int = Field(
+    pending_timeout_seconds: Int = Field(
         0, ge=0, description="Fail a pod that stays unschedulable this long (0 = wait forever)."
     )
-    max_infrastructure_restarts: int = Field(
+    max_infrastructure_restarts: Int = Field(
         10,
         ge=0,
         description="Restarts after the container could not start (StartError: the node's runtime or GPU "
         "hook failed) or the image could not be pulled in time, each on a new pod with backoff, preferring "
         "another node.",
     )
-    image_pull_timeout_seconds: int = Field(
+    image_pull_timeout_seconds: Int = Field(
         600,
         ge=0,
         description="How long a pod may keep retrying its image pull (ErrImagePull, ImagePullBackOff) before "
@@ -377,28 +589,60 @@ class RestartPolicy(KubeModel):
 
 
 class SecretKeyRef(KubeModel):
-    name: str = Field(pattern=DNS_SUBDOMAIN)
-    key: str = Field(min_length=1)
+    """A key in a Secret in the job's namespace."""
+
+    name: DnsSubdomain = Field(description="Secret name.")
+    key: str = Field(min_length=1, description="Key within the Secret.")
 
 
 class EnvVar(KubeModel):
-    name: str = Field(pattern=ENV_NAME)
-    value: str | None = None
-    secret_key_ref: SecretKeyRef | None = None
+    """An environment variable for the trainer: a value or a Secret key, not both."""
+
+    cel_rules = (
+        CelRule(
+            # As Kubernetes: valueFrom may not be combined with a non-empty value.
+            cel="!has(self.secretKeyRef) || !has(self.value) || self.value == ''",
+            message="set value or secretKeyRef, not both",
+            field="secretKeyRef",
+            check=lambda e: e.secret_key_ref is None or not e.value,
+        ),
+    )
+    name: EnvName = Field(description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    secret_key_ref: SecretKeyRef | None = Field(None, description="Take the value from this Secret key.")
 
 
 class FineTuneJobSpec(KubeModel):
-    model: ModelSpec
-    dataset: DatasetSpec
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    resources: GpuResources = Field(default_factory=GpuResources)
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
-    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
-    image: str = Field("ghcr.io/finetune-operator/trainer:0.1.0", min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    env: list[EnvVar] = Field(default_factory=list)
+    """What to fine-tune, on what data, with which settings, and how the trainer pod runs."""
+
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="The training (and evaluation) data.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter (peft LoraConfig).")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec,
+        description="Training settings (TrainingArguments / trl SFTConfig names).",
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Checkpoint volume and emergency-save time."
+    )
+    resources: GpuResources = Field(default_factory=GpuResources, description="GPUs, CPU and memory per pod.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Spot, node selector, tolerations, affinity, priority."
+    )
+    restart_policy: RestartPolicy = Field(
+        default_factory=RestartPolicy, description="Restart budgets per cause and error backoff."
+    )
+    image: str = Field(
+        "ghcr.io/finetune-operator/trainer:0.1.0", min_length=1, description="The trainer container image."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy of the trainer image."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=MAX_ENV_ENTRIES,
+        description="Extra environment variables for the trainer (they win over ours).",
+    )
     hf_token_secret: SecretKeyRef | None = Field(
         None, description="Secret key holding a Hugging Face token; exposed to the trainer as HF_TOKEN."
     )
@@ -430,31 +674,41 @@ RESTART_CAUSES: tuple[RestartCause, ...] = ("preemption", "hostOOM", "cudaOOM", 
 
 
 class StatusModel(BaseModel):
+    """Written by the operator and the trainer; read it with kubectl get/describe."""
+
     model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel, extra="ignore")
 
 
 class CheckpointInfo(StatusModel):
-    step: int
-    path: str | None = None
+    """The newest committed checkpoint."""
+
+    step: int = Field(description="Optimizer step of the checkpoint.")
+    path: str | None = Field(None, description="Its directory on the checkpoint volume.")
     time: str | None = Field(None, description="RFC 3339 time the checkpoint was committed.")
-    save_seconds: float | None = None
-    bytes: int | None = None
+    save_seconds: float | None = Field(None, description="Seconds it took to write and commit.")
+    bytes: int | None = Field(None, description="Its size on the volume.")
 
 
 class Condition(StatusModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str | None = None
-    message: str | None = None
-    last_transition_time: str | None = None
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Condition type.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(None, description="One-word reason (CamelCase).")
+    message: str | None = Field(None, description="Human-readable detail.")
+    last_transition_time: str | None = Field(None, description="RFC 3339 time the status last changed.")
 
 
 class RestartCounts(StatusModel):
-    preemption: int = 0
-    host_oom: int = Field(0, alias="hostOOM")
-    cuda_oom: int = Field(0, alias="cudaOOM")
-    error: int = 0
-    infrastructure: int = 0
+    """Restarts so far, by cause (each has its own budget in spec.restartPolicy)."""
+
+    preemption: int = Field(0, description="After preemption, eviction or node loss.")
+    host_oom: int = Field(0, alias="hostOOM", description="After the kernel's OOM killer ended the trainer.")
+    cuda_oom: int = Field(0, alias="cudaOOM", description="After CUDA ran out of memory.")
+    error: int = Field(0, description="After application errors.")
+    infrastructure: int = Field(
+        0, description="After a container that could not start or an image that could not be pulled in time."
+    )
 
     @property
     def total(self) -> int:
@@ -464,16 +718,16 @@ class RestartCounts(StatusModel):
 class RestartStreak(StatusModel):
     """Consecutive pod ends for the same reason with no training progress in between."""
 
-    reason: str
+    reason: str = Field(description="The reason the pods ended with (e.g. UnexpectedAdmissionError).")
     count: int = Field(description="Ends in a row; reset when the trainer reports a new step.")
 
 
 class EffectiveTraining(StatusModel):
     """What the operator changed after OOMs; applied to the next attempt on top of the spec."""
 
-    per_device_train_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    memory: str | None = None
+    per_device_train_batch_size: int | None = Field(None, description="Batch size after CUDA OOMs.")
+    gradient_accumulation_steps: int | None = Field(None, description="Accumulation after CUDA OOMs.")
+    memory: str | None = Field(None, description="Memory after host OOM kills.")
 
 
 class PendingDecision(StatusModel):
@@ -486,9 +740,9 @@ class PendingDecision(StatusModel):
     action: Literal["restart", "stop"] = Field(
         description="restart: create the next attempt once the ended pod is gone; stop: suspend."
     )
-    cause: RestartCause | None = None
-    reason: str
-    message: str | None = None
+    cause: RestartCause | None = Field(None, description="The restart cause charged.")
+    reason: str = Field(description="Why (the pod's end, classified).")
+    message: str | None = Field(None, description="Detail for the user.")
     pod_name: str = Field(description="The attempt's pod that ended.")
     not_before: str | None = Field(None, description="RFC 3339: create the next pod no earlier (backoff).")
     avoid_node: str | None = Field(
@@ -497,15 +751,19 @@ class PendingDecision(StatusModel):
 
 
 class FineTuneJobStatus(StatusModel):
-    phase: Phase | None = None
-    attempt: int = 0
-    pod_name: str | None = None
-    restarts: RestartCounts = Field(default_factory=RestartCounts)
-    restarts_total: int = 0
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
+    """What the job is doing; every decision also posts an Event."""
+
+    phase: Phase | None = Field(
+        None, description="Pending, Running, Restarting, Succeeded, Failed, Suspended."
+    )
+    attempt: int = Field(0, description="Number of the current (or last) trainer pod, from 1.")
+    pod_name: str | None = Field(None, description="The current (or last) trainer pod.")
+    restarts: RestartCounts = Field(default_factory=RestartCounts, description="Restarts by cause.")
+    restarts_total: int = Field(0, description="Restarts of all causes.")
+    step: int | None = Field(None, description="Last optimizer step the trainer reported.")
+    total_steps: int | None = Field(None, description="Optimizer steps of the whole run.")
+    epoch: float | None = Field(None, description="Last epoch the trainer reported.")
+    loss: float | None = Field(None, description="Last training loss the trainer reported.")
     progress: str | None = Field(None, description="'step/total' for kubectl get.")
     steps_per_second: float | None = Field(
         None, description="Optimizer steps per second over the last 2 minutes (saves included)."
@@ -515,40 +773,62 @@ class FineTuneJobStatus(StatusModel):
         None, description="Estimated seconds until the last step at the current rate (while training)."
     )
     remaining: str | None = Field(None, description="estimatedRemainingSeconds for people, e.g. '1h05m'.")
-    last_checkpoint: CheckpointInfo | None = None
-    last_checkpoint_step: int | None = None
+    last_checkpoint: CheckpointInfo | None = Field(None, description="The newest committed checkpoint.")
+    last_checkpoint_step: int | None = Field(None, description="Its step (for kubectl get).")
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
-    lost_steps: int = 0
+    lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
     streak: RestartStreak | None = Field(
         None, description="Pod ends in a row for one reason without training progress (a restart storm)."
     )
-    effective: EffectiveTraining = Field(default_factory=EffectiveTraining)
+    effective: EffectiveTraining = Field(
+        default_factory=EffectiveTraining, description="Settings the operator changed after OOMs."
+    )
     pending: PendingDecision | None = Field(
         None, description="Recorded decision still being carried out (the operator's restart-safe state)."
     )
     last_end_step: int | None = Field(
         None, description="Last reported step when the previous attempt ended (recovery = a newer report)."
     )
-    last_pod_end_time: str | None = None
-    next_attempt_time: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
-    reason: str | None = None
-    message: str | None = None
+    last_pod_end_time: str | None = Field(None, description="RFC 3339 time the previous pod ended.")
+    next_attempt_time: str | None = Field(
+        None, description="RFC 3339: the next pod is created then (backoff)."
+    )
+    start_time: str | None = Field(None, description="RFC 3339 time the job started.")
+    completion_time: str | None = Field(None, description="RFC 3339 time the job succeeded or failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-style conditions.")
+    observed_generation: int | None = Field(None, description="The spec generation the status reflects.")
+    reason: str | None = Field(None, description="One-word reason for the phase.")
+    message: str | None = Field(None, description="What is happening, for a person.")
 
 
 # --------------------------------------------------------------------------------------------- object
 
 
+# The job name's rules, with `self` = the name; the CRD checks them on the object (fieldPath metadata.name).
+JOB_NAME_RULES = (
+    FieldRule(
+        cel=f"self.size() <= {MAX_JOB_NAME_LENGTH}",
+        message=f"must be at most {MAX_JOB_NAME_LENGTH} characters (trainer pods are named <job>-<attempt>)",
+        check=lambda name: len(name) <= MAX_JOB_NAME_LENGTH,
+    ),
+    FieldRule(
+        cel="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        message="must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter "
+        "or digit",
+        check=lambda name: bool(_DNS_LABEL.fullmatch(name)),
+    ),
+)
+
+
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=MAX_JOB_NAME_LENGTH, pattern=DNS_LABEL)
+    name: Annotated[str, Field(min_length=1), *JOB_NAME_RULES]
     namespace: str | None = None
 
 
 class FineTuneJob(BaseModel):
+    """A LoRA fine-tuning job on (spot) GPUs that survives preemption by resuming from checkpoints."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     api_version: Literal["finetune.dev/v1alpha1"] = Field("finetune.dev/v1alpha1", alias="apiVersion")
     kind: Literal["FineTuneJob"] = "FineTuneJob"

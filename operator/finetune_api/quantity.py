@@ -12,6 +12,11 @@ from decimal import Decimal
 # The grammar the apiserver accepts (apimachinery resource.Quantity), as a regex the CRD can carry.
 QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+# The same check in CEL (the CRD): apimachinery's grammar, which also allows a sign, less negative numbers.
+QUANTITY_CEL = "isQuantity(self) && !self.startsWith('-')"
+QUANTITY_MESSAGE = (
+    "must be a Kubernetes quantity (examples: 512Mi, 2Gi, 1.5, 500m; 16GB is not one: write 16G or 16Gi)"
+)
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {

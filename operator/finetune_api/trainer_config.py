@@ -7,6 +7,7 @@ job.yaml runs on a laptop and in a pod.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,21 +76,18 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     for item in error.errors():
         path = _field_path(item["loc"])
         ctx = item.get("ctx") or {}
-        if item["type"] == "cross_field_rule":
-            field = ctx.get("field", "")
-            if field and field != "(object)":
-                path = f"{path}.{field}" if path else field
-            message = ctx.get("message", item["msg"])
-        else:
-            message = item["msg"]
-        full = ".".join(part for part in (prefix, path) if part)
-        lines.append(f"{full or '(document)'}: {message}")
+        failures = ctx.get("failures") if item["type"] == "cross_field_rule" else None
+        for field, message in failures or [("", item["msg"])]:
+            where = f"{path}.{field}" if path and field else (field or path)
+            full = ".".join(part for part in (prefix, where) if part)
+            lines.append(f"{full or '(document)'}: {message}")
     return lines
 
 
 def parse_job(document: dict[str, Any], source: str = "manifest") -> FineTuneJob:
+    """Validate a manifest as the apiserver does: camelCase names only in the Kubernetes sections."""
     try:
-        return FineTuneJob.model_validate(document)
+        return FineTuneJob.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as error:
         raise InvalidManifest(source, format_validation_error(error)) from None
 
@@ -126,10 +124,50 @@ def trainer_config_from_job(
     )
 
 
+class KubectlYamlLoader(yaml.SafeLoader):
+    """YAML read as kubectl reads it (go-yaml v2 via sigs.k8s.io/yaml), so both layers see the same values.
+
+    PyYAML differs from kubectl on plain scalars: `1e4` and `5.0e4` are strings to PyYAML but numbers to
+    kubectl (a whole number lands in an integer field as 10000), `y`/`n` are booleans to kubectl only, and
+    `1:30` (sexagesimal) or `2024-01-01` (a date) are values to PyYAML but strings to kubectl.
+    """
+
+    yaml_implicit_resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
+
+
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
+    return str(loader.construct_scalar(node)).lower() in ("y", "yes", "true", "on")
+
+
+_GO_YAML_RESOLVERS = (
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    (
+        "tag:yaml.org,2002:bool",
+        r"^(?:y|Y|yes|Yes|YES|true|True|TRUE|on|On|ON|n|N|no|No|NO|false|False|FALSE|off|Off|OFF)$",
+        list("yYnNtTfFoO"),
+    ),
+    (
+        "tag:yaml.org,2002:int",
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]*|[-+]?[1-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$",
+        list("-+0123456789"),
+    ),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+.0123456789"),
+    ),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
+)
+for _tag, _pattern, _first in _GO_YAML_RESOLVERS:
+    KubectlYamlLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+KubectlYamlLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
 def load_document(path: str | Path) -> dict[str, Any]:
     text = Path(path).read_text()
     try:
-        document = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        document = json.loads(text) if str(path).endswith(".json") else yaml.load(text, KubectlYamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise InvalidManifest(str(path), [f"(document): not valid YAML/JSON: {error}"]) from None
     if not isinstance(document, dict):

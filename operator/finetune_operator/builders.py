@@ -125,7 +125,7 @@ def build_pvc(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
         "accessModes": [ckpt.access_mode],
         "resources": {"requests": {"storage": ckpt.volume_size}},
     }
-    if ckpt.storage_class_name:
+    if ckpt.storage_class_name is not None:  # "" = no class, as in any PVC; unset = the default class
         spec["storageClassName"] = ckpt.storage_class_name
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
 

@@ -85,3 +85,44 @@ def test_on_no_intact_checkpoint_reaches_the_trainer_config() -> None:
     document["spec"]["checkpoint"] = {"onNoIntactCheckpoint": "delete"}  # type: ignore[index]
     with pytest.raises(InvalidManifest, match=r"spec\.checkpoint\.onNoIntactCheckpoint"):
         parse_job(document)
+
+
+def test_yaml_is_read_as_kubectl_reads_it(tmp_path: Path) -> None:
+    """1e4 is a number (kubectl's YAML 1.1 reading; PyYAML alone says string), stored as the integer 10000."""
+    path = tmp_path / "job.yaml"
+    base = yaml.safe_dump(job())
+    path.write_text(base.replace("training: {}", "training:\n    max_steps: 1e4\n    learning_rate: 5e-4"))
+    training = load_trainer_config(path).training
+    assert training.max_steps == 10000 and isinstance(training.max_steps, int)
+    assert training.learning_rate == 5e-4
+    path.write_text(base.replace("training: {}", "training:\n    bf16: y\n    max_steps: 1:30"))
+    with pytest.raises(InvalidManifest) as caught:
+        load_trainer_config(path)  # y is true, as in kubectl; 1:30 is a string there, not 90
+    assert caught.value.errors == ["spec.training.max_steps: Input should be a valid integer"]
+
+
+@pytest.mark.parametrize(
+    ("training", "field"),
+    [({"max_steps": "1000"}, "max_steps"), ({"bf16": "true"}, "bf16"), ({"seed": True}, "seed")],
+)
+def test_no_coercion(training: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidManifest) as caught:
+        parse_job(job(**training))
+    assert [line.split(":")[0] for line in caught.value.errors] == [f"spec.training.{field}"]
+
+
+def test_null_takes_the_default_like_the_apiserver() -> None:
+    document = job()
+    document["spec"]["training"] = None  # type: ignore[index]
+    assert parse_job(document).spec.training.save_steps == 2
+    document["spec"]["training"] = {"save_steps": None, "save_total_limit": None}  # type: ignore[index]
+    training = parse_job(document).spec.training
+    assert training.save_steps == 2 and training.save_total_limit == 2  # the apiserver defaults it too
+
+
+def test_snake_case_is_refused_in_kubernetes_sections() -> None:
+    document = job()
+    document["spec"]["checkpoint"] = {"volume_size": "20Gi"}  # type: ignore[index]
+    with pytest.raises(InvalidManifest) as caught:
+        parse_job(document)
+    assert caught.value.errors == ["spec.checkpoint.volume_size: Extra inputs are not permitted"]

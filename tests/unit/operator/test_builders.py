@@ -61,6 +61,11 @@ def test_pvc_deleted_with_job_when_asked() -> None:
     assert "storageClassName" not in pvc["spec"]  # the cluster's default class
 
 
+def test_empty_storage_class_means_no_class_not_the_default() -> None:
+    pvc = b.build_pvc(job(checkpoint={"storageClassName": ""}), UID)
+    assert pvc is not None and pvc["spec"]["storageClassName"] == ""
+
+
 def test_existing_claim_is_used_as_is() -> None:
     j = job(checkpoint={"existingClaimName": "shared-ckpts", "deleteWithJob": True})
     assert b.build_pvc(j, UID) is None
