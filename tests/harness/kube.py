@@ -40,6 +40,29 @@ def wait_for(
         time.sleep(interval)
 
 
+FINETUNEJOBS = ("finetune.dev", "v1alpha1", "finetunejobs")  # group, version, plural
+
+
+def delete_all_jobs(kube: Kube, namespace: str, timeout: float = 60) -> None:
+    """Delete every FineTuneJob in `namespace` and wait until they are gone (an operator must be running to
+    remove its finalizer)."""
+    for job in kube.custom.list_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2])[
+        "items"
+    ]:
+        kube.custom.delete_namespaced_custom_object(
+            *FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], job["metadata"]["name"]
+        )
+    wait_for(
+        lambda: (
+            not kube.custom.list_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2])[
+                "items"
+            ]
+        ),
+        timeout,
+        what="jobs deleted",
+    )
+
+
 class Kube:
     """API groups of one ApiClient. `Kube(kubeconfig)`; `.core`, `.apps`, `.policy`, ... ."""
 

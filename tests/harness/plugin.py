@@ -13,6 +13,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -50,6 +51,27 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def kube(cluster: Cluster) -> Kube:
     return Kube(cluster.kubeconfig)
+
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+
+
+@pytest.fixture(scope="session")
+def crd(kube: Kube) -> None:
+    """The FineTuneJob CRD from crds/, established. Server-side apply: no last-applied annotation to outgrow,
+    and it takes over fields an earlier client-side apply or a helm install owned."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in kube.apiext.read_custom_resource_definition(
+                "finetunejobs.finetune.dev"
+            ).status.conditions
+            or []
+        ),
+        60,
+        what="CRD established",
+    )
 
 
 @pytest.fixture

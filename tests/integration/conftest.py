@@ -8,7 +8,7 @@ _root = str(Path(__file__).resolve().parents[2])
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
-from tests.harness.plugin import cluster, kube, namespace  # noqa: E402,F401  (fixtures)
+from tests.harness.plugin import cluster, crd, kube, namespace  # noqa: E402,F401  (fixtures)
 
 
 def pytest_configure(config):

@@ -17,7 +17,7 @@ import pytest
 from finetune_api import InvalidManifest, load_document, parse_job
 from kubernetes import client
 
-from tests.harness import Kube, wait_for
+from tests.harness import Kube
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = ROOT / "crds" / "finetune.dev_finetunejobs.yaml"
@@ -29,25 +29,6 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 NOT_CHECKED = "some validation rules were not checked"
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def crd(kube: Kube) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    wait_for(
-        lambda: (
-            "True"
-            in kube.kubectl(
-                "get",
-                "crd",
-                "finetunejobs.finetune.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-            ).stdout
-        ),
-        60,
-        what="CRD established",
-    )
 
 
 @pytest.fixture(scope="module")

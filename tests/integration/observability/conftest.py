@@ -15,7 +15,7 @@ OBS = REPO / "hack" / "observability"
 if str(OBS) not in sys.path:
     sys.path.insert(0, str(OBS))
 
-from tests.integration.operator.conftest import crd, operator, tiny_image  # noqa: E402,F401  (fixtures)
+from tests.integration.operator.conftest import operator, tiny_image  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.harness import disruptions
 from tests.harness.cluster import TRAINER_IMAGE, Cluster
-from tests.harness.kube import Kube, wait_for
+from tests.harness.kube import Kube, delete_all_jobs, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_IMAGE = os.environ.get("FTO_TINY_IMAGE", "localhost/finetune-trainer:tiny")
@@ -160,19 +160,6 @@ def _image_present(image: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def crd(kube: Kube) -> None:
-    kube.kubectl("apply", "-f", str(REPO / "crds"))
-    wait_for(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in kube.apiext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status.conditions or []
-        ),
-        30,
-        what="CRD established",
-    )
-
-
-@pytest.fixture(scope="session")
 def tiny_image(cluster: Cluster) -> str:
     """The trainer image with the tiny model, (re)built on top of the current trainer image.
 
@@ -211,15 +198,7 @@ def operator(
     try:
         if proc.proc is None:
             proc.start()
-        for job in kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-            kube.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, job["metadata"]["name"]
-            )
-        wait_for(
-            lambda: not kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
-            60,
-            what="jobs deleted",
-        )
+        delete_all_jobs(kube, namespace)
     except (ApiException, TimeoutError) as error:  # leave a trace, do not mask the test's own failure
         print(f"cleanup of {namespace}: {error}", file=sys.stderr)
     finally:

@@ -29,25 +29,6 @@ MINIMAL_JOB = ROOT / "tests" / "manifests" / "minimal-job.yaml"
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def crd(kube: Kube) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    wait_for(
-        lambda: (
-            "True"
-            in kube.kubectl(
-                "get",
-                "crd",
-                "finetunejobs.finetune.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-            ).stdout
-        ),
-        60,
-        what="CRD established",
-    )
-
-
 def _status(kube: Kube, job: JobRef) -> dict[str, Any]:
     obj = kube.custom.get_namespaced_custom_object(GROUP, VERSION, job.namespace, PLURAL, job.name)
     return dict(obj.get("status") or {})
