@@ -178,7 +178,8 @@ def list_jobs(kube: Any, ns: str) -> list[dict[str, Any]]:
 
 
 def can_i(kube: Any, ns: str, sa: str, *args: str) -> bool:
-    r = kube.kubectl("auth", "can-i", *args, "-n", ns, f"--as=system:serviceaccount:{ns}:{sa}", check=False)
+    # `-n ns` first: a `-n` in `args` (the namespace asked about) must win, as the last one does in kubectl.
+    r = kube.kubectl("auth", "can-i", "-n", ns, *args, f"--as=system:serviceaccount:{ns}:{sa}", check=False)
     answer = r.stdout.strip()
     assert answer in ("yes", "no"), (args, r.stdout, r.stderr)
     return answer == "yes"
