@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.harness.kube import Kube, helm_path, wait_for
+from tests.harness.kube import Kube, delete_jobs, helm_path, wait_for  # noqa: F401  (delete_jobs: re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "finetune-operator"
@@ -251,20 +250,3 @@ class InClusterProvider:
 
     def restore_node(self) -> None:
         self._restore()
-
-
-def delete_jobs(kube: Any, namespace: str, timeout: float = 120) -> None:
-    """Delete every FineTuneJob of `namespace` while the operator still runs (its finalizers need it)."""
-    for job in kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        try:
-            kube.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, job["metadata"]["name"]
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
-    deadline = time.monotonic() + timeout
-    while kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"FineTuneJobs in {namespace} not deleted within {timeout} s")
-        time.sleep(0.5)

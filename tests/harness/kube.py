@@ -43,23 +43,23 @@ def wait_for(
 FINETUNEJOBS = ("finetune.dev", "v1alpha1", "finetunejobs")  # group, version, plural
 
 
-def delete_all_jobs(kube: Kube, namespace: str, timeout: float = 60) -> None:
-    """Delete every FineTuneJob in `namespace` and wait until they are gone (an operator must be running to
-    remove its finalizer)."""
-    for job in kube.custom.list_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2])[
-        "items"
-    ]:
-        kube.custom.delete_namespaced_custom_object(
-            *FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], job["metadata"]["name"]
-        )
+def delete_jobs(kube: Kube, namespace: str, timeout: float = 120) -> None:
+    """Delete every FineTuneJob of `namespace` and wait until they are gone (while the operator still runs:
+    its finalizers need it)."""
+    group, version, plural = FINETUNEJOBS
+    for job in kube.custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
+        try:
+            kube.custom.delete_namespaced_custom_object(
+                group, version, namespace, plural, job["metadata"]["name"]
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
     wait_for(
-        lambda: (
-            not kube.custom.list_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2])[
-                "items"
-            ]
-        ),
+        lambda: not kube.custom.list_namespaced_custom_object(group, version, namespace, plural)["items"],
         timeout,
-        what="jobs deleted",
+        interval=0.5,
+        what=f"FineTuneJobs in {namespace} deleted",
     )
 
 

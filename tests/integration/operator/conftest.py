@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.harness import disruptions
 from tests.harness.cluster import TRAINER_IMAGE, Cluster
-from tests.harness.kube import Kube, delete_all_jobs, wait_for
+from tests.harness.kube import Kube, delete_jobs, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_IMAGE = os.environ.get("FTO_TINY_IMAGE", "localhost/finetune-trainer:tiny")
@@ -198,7 +198,7 @@ def operator(
     try:
         if proc.proc is None:
             proc.start()
-        delete_all_jobs(kube, namespace)
+        delete_jobs(kube, namespace)
     except (ApiException, TimeoutError) as error:  # leave a trace, do not mask the test's own failure
         print(f"cleanup of {namespace}: {error}", file=sys.stderr)
     finally:

@@ -25,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.harness.cluster import Cluster
-from tests.harness.kube import Kube, delete_all_jobs, wait_for
+from tests.harness.kube import Kube, delete_jobs, wait_for
 from tests.scenarios import operator_scenarios as sc
 
 from .conftest import GROUP, OPERATOR_BIN, PLURAL, VERSION, OperatorProcess
@@ -176,7 +176,7 @@ def test_two_operators_only_the_leader_acts(
     finally:
         if a.proc is None and b.proc is None:
             a.start()  # someone must lead to remove kopf's finalizers as the jobs go
-        delete_all_jobs(kube, namespace)
+        delete_jobs(kube, namespace)
         a.stop()
         b.stop()
 
