@@ -1264,6 +1264,10 @@ def judge_refusal(refusal: Refusal) -> tuple[RefusalVerdict, str]:
             return "wait", "QuotaExceeded"
         if "cannot create resource" in text:  # RBAC: the operator's own permissions, fixable by an admin
             return "wait", "OperatorForbidden"
+        if "because it is being terminated" in text:
+            # The namespace is going away and the job with it: not the job's failure. Waiting keeps the
+            # loop alive, so it sees the job's deletion and releases its finalizers promptly.
+            return "wait", "NamespaceTerminating"
         return "fail", "CreateRefused"
     if refusal.code in (400, 413, 422):
         return "fail", "CreateRefused"

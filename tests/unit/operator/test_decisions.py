@@ -1204,6 +1204,13 @@ def test_refusal_is_read_from_the_status_body() -> None:
             "wait",
             "OperatorForbidden",
         ),
+        (
+            403,
+            'persistentvolumeclaims "job-checkpoints" is forbidden: unable to create new content in '
+            "namespace ns because it is being terminated",
+            "wait",
+            "NamespaceTerminating",
+        ),
         (403, 'pods "job-1" is forbidden: violates PodSecurity "restricted:latest"', "fail", "CreateRefused"),
         (422, TOO_BIG, "fail", "CreateRefused"),
         (400, "admission webhook denied the request", "fail", "CreateRefused"),
