@@ -57,7 +57,7 @@ class Refs:
             path,
             self.tiny,
             save_steps=SAVE_EVERY,
-            save_total_limit=None,
+            save_total_limit=1000,  # keep every checkpoint (null means the default, 2, as in the apiserver)
             per_device_train_batch_size=8,
             lr_scheduler_type=schedule,
             **overrides,
