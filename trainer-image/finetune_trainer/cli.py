@@ -176,9 +176,7 @@ class Run:
     # ------------------------------------------------------------------------------------- phases
 
     def resolve_resume(self) -> ckpt.CommitRecord | None:
-        mode = self.args.resume
-        if ckpt.final_complete(self.output_dir) and mode != "never":
-            return None
+        mode = self.args.resume  # main() has already finished at once when DIR/final is complete (not never)
         if mode == "never":
             # Any commit marker counts, intact or damaged: starting over would delete it (and with it,
             # evidence of the damage).
@@ -295,9 +293,9 @@ class Run:
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
             # DIR is created only once the config proved workable (train()): a config error leaves it alone.
-            if ckpt.final_complete(self.output_dir) and self.args.resume != "never":
+            final = ckpt.final_complete(self.output_dir) if self.args.resume != "never" else None
+            if final is not None:
                 log("already_complete", final=str(self.output_dir / FINAL_DIR))
-                final = ckpt.final_complete(self.output_dir) or {}
                 self.newest_commit = None
                 return self.exit_with(
                     EXIT_SUCCEEDED,
