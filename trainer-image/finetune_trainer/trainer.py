@@ -24,11 +24,6 @@ from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
-
-
 @contextlib.contextmanager
 def restoring(what: str) -> Iterator[None]:
     """Turn a failure to read back `what` into RestoreFailed; running out of memory is not damage."""
@@ -41,7 +36,7 @@ def restoring(what: str) -> Iterator[None]:
     except ckpt.RestoreFailed:
         raise
     except Exception as error:
-        raise ckpt.RestoreFailed(f"{what}: cannot be restored ({_first_line(error)})") from error
+        raise ckpt.RestoreFailed(f"{what}: cannot be restored ({volume.first_line(error)})") from error
 
 
 def probe_restore(path: Path, world_size: int) -> None:

@@ -77,8 +77,9 @@ def is_out_of_space(error: BaseException, volume: Path, needed_bytes: int | None
 
 
 def first_line(error: BaseException) -> str:
+    """`Type: first line of the message` (at most 300 characters), for logs and termination messages."""
     text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300].rstrip(": ")
 
 
 def estimate_checkpoint_bytes(last_commit: ckpt.CommitRecord | None, model: Any) -> int | None:
