@@ -43,7 +43,8 @@ if [[ ${FTO_CLUSTER:-auto} != off ]]; then
 fi
 
 step "Tests"
-.venv/bin/python -m pytest "$@"
+# --durations: the slowest tests are named at the end, to keep the run under its time goal.
+.venv/bin/python -m pytest --durations=30 "$@"
 
 if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 ]]; then
   # Alone and last: it takes the cluster down (checking that nothing is left behind) and up again.
