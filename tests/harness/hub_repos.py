@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 GPT2 = "gpt2"
 ENGLISH_QUOTES = "Abirate/english_quotes"
 TINY = "acme/tiny-gpt2"
@@ -79,26 +79,41 @@ def _ensure(target: Path, build: Callable[[Path], None]) -> None:
 
 # ------------------------------------------------------------------------------------------------ quotes
 
-_OPENINGS = ["Life is", "Love is", "Courage is", "Kindness is", "The truth is", "Happiness is", "A friend is"]
-_MIDDLES = [
-    "a river that",
-    "the quiet voice that",
-    "a small lamp that",
-    "the long road that",
-    "a door that",
-    "the song that",
-]
-_ENDINGS = [
-    "carries us home",
-    "opens when we listen",
-    "shines in the dark",
-    "grows with every step",
-    "never asks for more",
-    "remembers the morning",
-    "waits for the brave",
-]
-_TAGS = ["life", "love", "courage", "kindness", "truth", "happiness", "friendship", "hope", "wisdom", "humor"]
-_SYLLABLES = ["ma", "ri", "to", "sen", "la", "vo", "ne", "dar", "el", "quin", "ho", "bri", "sa", "ta"]
+
+def _phrases(text: str) -> list[str]:
+    return text.split("|")
+
+
+_SUBJECTS = _phrases(
+    "life|love|courage|kindness|truth|happiness|friendship|hope|wisdom|patience|silence|laughter|memory|"
+    "freedom|honesty|faith|music|art|time|change|fear|doubt|grief|joy|curiosity|gratitude|forgiveness|"
+    "ambition|humility|imagination|knowledge"
+)
+_IMAGES = _phrases(
+    "a river|a quiet voice|a small lamp|the long road|a door|the song|a garden|the bridge|a letter|the map|"
+    "a seed|the fire|a window|the harbor|a mirror|the compass|an old coat|the first snow"
+)
+_ACTIONS = _phrases(
+    "carries us home|opens when we listen|shines in the dark|grows with every step|never asks for more|"
+    "remembers the morning|waits for the brave|forgives the stranger|teaches the patient|outlasts the storm|"
+    "finds the lost|heals what words cannot|counts the quiet hours|keeps the promise|lights the kitchen|"
+    "crosses the mountain|answers the question|holds the small hand|warms the winter|forgets the anger"
+)
+_CONNECTORS = _phrases("begins where|ends only when|grows each time|fades whenever|returns after|speaks when")
+_EVENTS = _phrases(
+    "we stop pretending|the children laugh|nobody is watching|the city sleeps|the last train leaves|"
+    "a stranger smiles|the rain begins|the book is closed|we choose to stay|the old songs return"
+)
+_CODAS = _phrases(
+    "and that is enough|so keep walking|even on ordinary days|whatever the world says|if you let it|"
+    "more often than we think|long after we are gone|one small step at a time|and asks nothing back|"
+    "before the sun rises"
+)
+_TAGS = _phrases(
+    "life|love|courage|kindness|truth|happiness|friendship|hope|wisdom|humor|inspiration|philosophy|"
+    "change|time|art|music|books|faith"
+)
+_SYLLABLES = _phrases("ma|ri|to|sen|la|vo|ne|dar|el|quin|ho|bri|sa|ta|wen|ko")
 
 
 def _person(rng: random.Random) -> str:
@@ -108,17 +123,24 @@ def _person(rng: random.Random) -> str:
     return f"{word()} {word()}"
 
 
+def _clause(rng: random.Random) -> str:
+    if rng.random() < 0.7:
+        return f"{rng.choice(_SUBJECTS)} is {rng.choice(_IMAGES)} that {rng.choice(_ACTIONS)}"
+    return f"{rng.choice(_SUBJECTS)} {rng.choice(_CONNECTORS)} {rng.choice(_EVENTS)}"
+
+
 def generate_quotes(rows: int = QUOTES_ROWS, seed: int = SEED) -> list[dict[str, object]]:
     rng = random.Random(seed)
-    authors = [_person(rng) for _ in range(150)]
+    authors = [_person(rng) for _ in range(300)]
     out: list[dict[str, object]] = []
     for _ in range(rows):
-        text = f"{rng.choice(_OPENINGS)} {rng.choice(_MIDDLES)} {rng.choice(_ENDINGS)}"
+        text = _clause(rng).capitalize()
+        if rng.random() < 0.5:
+            text += f"; {_clause(rng)}"
         if rng.random() < 0.4:
-            text += f", and {rng.choice(_MIDDLES)} {rng.choice(_ENDINGS)}"
-        author = rng.choice(authors)
-        tags = sorted(rng.sample(_TAGS, rng.randint(1, 4)))
-        out.append({"quote": f"“{text}.”", "author": author, "tags": tags})
+            text += f", {rng.choice(_CODAS)}"
+        tags = sorted(rng.sample(_TAGS, rng.randint(1, 5)))
+        out.append({"quote": f"“{text}.”", "author": rng.choice(authors), "tags": tags})
     return out
 
 
@@ -140,7 +162,7 @@ def build_gpt2(dest: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    corpus = [str(row["quote"]) for row in generate_quotes(QUOTES_ROWS, seed=SEED + 1)]
+    corpus = [f"{row['quote']} {row['author']}" for row in generate_quotes(20 * QUOTES_ROWS, seed=SEED + 1)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
