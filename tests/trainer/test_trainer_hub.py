@@ -1,9 +1,13 @@
-"""A hub that cannot be reached is not a configuration error (issue 10, item 6).
+"""The trainer against a hub: the local hub stand-in (tests/harness/hub_server.py) on 127.0.0.1, serving the
+repos tests/harness/hub_repos.py builds, or failing on demand, or a closed loopback port. Real processes,
+HF_HUB_OFFLINE unset, HF_HOME in the test's folder.
 
-The trainer runs in a real process with HF_ENDPOINT pointing at a local hub stand-in on 127.0.0.1
-(tests/harness/hub_server.py) or at a closed loopback port, HF_HUB_OFFLINE unset and an empty cache. Not
-found, revision not found and gated/unauthorized are configuration errors (78: the job fails at once);
-refused connections, 429 and 5xx are transient (exit 1: the operator retries with backoff).
+- Loading (issue 13, item 2): the ~500 MB `gpt2` and `Abirate/english_quotes` (examples/job.yaml's names)
+  are downloaded through HF_ENDPOINT; a second start with the same HF_HOME downloads no file again (only
+  revalidation HEADs); `model.revision` pinned to a commit resolves, an unknown one is a configuration error.
+- Failures (issue 10, item 6): not found, revision not found and gated/unauthorized are configuration errors
+  (78: the job fails at once); refused connections, 429 and 5xx are transient (exit 1: the operator retries
+  with backoff).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pytest
 import yaml
 from trainer_harness import base_env, run
 
+from tests.harness import hub_repos
 from tests.harness.hub_server import Failure, HubServer, closed_loopback_port
 
 REPO_ID = "acme/tiny-gpt2"
@@ -82,3 +87,103 @@ def test_unreachable_hub_is_transient(tiny: Path, work: Path) -> None:
     term = proc.termination()
     assert term["reason"] == "Error" and "unreachable" in term["message"], term
     assert "ConnectError" in term["message"], term
+
+
+# ----------------------------------------------------------------------- serving real repos (issue 13)
+
+
+@pytest.fixture(scope="module")
+def hub_tree() -> Path:
+    """gpt2, Abirate/english_quotes and acme/tiny-gpt2, built once per machine (cached; ~20 s cold)."""
+    return hub_repos.hub_root()
+
+
+def job_yaml_config(work: Path, output_name: str, max_steps: int) -> Path:
+    """examples/job.yaml's model, dataset and LoRA as a TrainerConfig; shorter sequences and steps so it
+    takes seconds on one CPU thread."""
+    config = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "TrainerConfig",
+        "model": {"name_or_path": hub_repos.GPT2},
+        "dataset": {"name": hub_repos.ENGLISH_QUOTES, "split": "train", "text_field": "quote"},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"]},
+        "training": {
+            "max_steps": max_steps,
+            "save_steps": 1,
+            "per_device_train_batch_size": 2,
+            "max_length": 32,
+            "logging_steps": 1,
+        },
+    }
+    path = work / f"{output_name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_gpt2_and_quotes_come_from_the_hub_once(work: Path, hub_tree: Path) -> None:
+    """First start downloads every file of gpt2 (≥ 100 MB) and the quotes; a second start with the same
+    HF_HOME (what a restarted pod with the cache on its volume does) sends no file bytes again."""
+    with HubServer(hub_tree) as hub:
+        env = hub_env(work, hub.url)
+        model_files = hub.repo(hub_repos.GPT2).files
+        model_size = sum(entry.size for entry in model_files.values())
+        assert model_files["model.safetensors"].size >= 100_000_000
+
+        first = run(job_yaml_config(work, "first", 1), work / "first", env=env, tag="first")
+        assert first.popen.returncode == 0, first.tail()
+        model, data = hub.traffic(hub_repos.GPT2), hub.traffic(hub_repos.ENGLISH_QUOTES)
+        assert model.file_bytes["model.safetensors"] == model_files["model.safetensors"].size
+        assert model_size >= model.total_file_bytes >= model_files["model.safetensors"].size
+        assert (
+            data.file_bytes["quotes.jsonl"]
+            == hub.repo(hub_repos.ENGLISH_QUOTES, "dataset").files["quotes.jsonl"].size
+        )
+        assert (work / "first" / "final" / "adapter_model.safetensors").is_file()
+
+        second = run(job_yaml_config(work, "second", 1), work / "second", env=env, tag="second")
+        assert second.popen.returncode == 0, second.tail()
+        model_again, data_again = hub.traffic(hub_repos.GPT2), hub.traffic(hub_repos.ENGLISH_QUOTES)
+    assert model_again.total_file_bytes == model.total_file_bytes, "the second start downloaded model files"
+    assert data_again.total_file_bytes == data.total_file_bytes, "the second start downloaded dataset files"
+    assert model_again.by_action["resolve GET"] == model.by_action["resolve GET"]
+    print(
+        f"\nfirst start: model {model.summary()}, dataset {data.summary()}"
+        f"\nsecond start adds: model HEADs {model_again.resolve_heads - model.resolve_heads}, "
+        f"requests {model_again.requests - model.requests}; dataset HEADs "
+        f"{data_again.resolve_heads - data.resolve_heads}, requests {data_again.requests - data.requests}"
+    )
+
+
+@pytest.mark.slow
+def test_model_revision_pinned_to_a_commit_resolves(tiny: Path, work: Path, hub_tree: Path) -> None:
+    with HubServer(hub_tree) as hub:
+        commit = hub.repo(REPO_ID).commit
+        config = yaml.safe_load(hub_model_config(tiny, work).read_text())
+        config["model"]["revision"] = commit
+        config["training"].update({"max_steps": 1})
+        path = work / "pinned.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = run(path, work / "out", env=hub_env(work, hub.url), tag="pinned")
+        asked = [r for r in hub.requests if r.repo_id == REPO_ID and r.action == "resolve"]
+    assert proc.popen.returncode == 0, proc.tail()
+    downloads = [r for r in asked if r.method == "GET"]
+    assert downloads and {r.revision for r in downloads} == {commit}, downloads
+    # peft's save_pretrained asks whether config.json exists at the base model's default revision (to detect
+    # a resized vocabulary), ignoring the pin: HEADs only, nothing downloaded at `main`.
+    unpinned = {(r.method, r.filename) for r in asked if r.revision != commit}
+    assert unpinned <= {("HEAD", "config.json")}, unpinned
+
+
+@pytest.mark.slow
+def test_unknown_model_revision_is_a_config_error(tiny: Path, work: Path, hub_tree: Path) -> None:
+    """The server's own revision check (not a configured failure): `v9` is neither main nor the commit."""
+    with HubServer(hub_tree) as hub:
+        config = yaml.safe_load(hub_model_config(tiny, work).read_text())
+        config["model"]["revision"] = "v9"
+        path = work / "unknown.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = run(path, work / "out", env=hub_env(work, hub.url), tag="unknown-revision")
+    assert proc.popen.returncode == 78, proc.tail()
+    term = proc.termination()
+    assert term["reason"] == "ConfigError" and term["message"].startswith("model.name_or_path: "), term
