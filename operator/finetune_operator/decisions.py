@@ -388,7 +388,12 @@ def classify_end(
         return Outcome(
             "Preempted",
             reason,
-            f"the pod failed before its trainer ran ({pod.status_message or reason})",
+            # Running when last reported: Kubernetes failed it on a node that stopped answering (the pod
+            # garbage collector does so once the node is tainted out-of-service).
+            f"the pod was failed while its node was unreachable ({pod.status_message or reason}); resuming "
+            "from the last committed checkpoint"
+            if pod.running
+            else f"the pod failed before its trainer ran ({pod.status_message or reason})",
             finished_at=now,
             node=pod.node_name,
             node_trouble=_node_trouble(pod),

@@ -360,9 +360,14 @@ def node_gone_shared_volume(p: Provider, reference: str | None, name: str = "nod
 
         return undo
 
-    return _disrupt_and_check(
-        p, name, disrupt, reference, "NodeLost", checkpoint={"accessMode": "ReadWriteMany"}
+    # Once tainted, the pod garbage collector marks the pod Failed (DeletionByTaintManager) or the operator
+    # finds the node lost: either way one preemption and a replacement.
+    s = _disrupt_and_check(
+        p, name, disrupt, reference, "RestartPreemption", checkpoint={"accessMode": "ReadWriteMany"}
     )
+    order = [e.reason for e in events(p, name)]
+    assert order.index("NodeUnreachable") < order.index("RestartPreemption"), order
+    return s
 
 
 def host_oom(p: Provider, name: str = "hostoom") -> dict[str, Any]:

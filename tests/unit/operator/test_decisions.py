@@ -396,6 +396,16 @@ def test_failed_pod_without_container_status_is_preemption() -> None:
     p["status"]["reason"] = "OutOfcpu"
     out = classify(p, READY)
     assert out is not None and (out.end, out.reason) == ("Preempted", "OutOfcpu")
+    assert "before its trainer ran" in out.message
+
+
+def test_pod_failed_by_the_pod_gc_while_running_says_so() -> None:
+    """Out-of-service taint: the pod garbage collector marks the pod Failed; the trainer had been running."""
+    p = pod(running=True, deleted=True, disruption="DeletionByTaintManager")
+    p["status"]["phase"] = "Failed"
+    out = classify(p, d.NodeView("node-a", ready="Unknown", out_of_service=True))
+    assert out is not None and (out.end, out.reason) == ("Preempted", "DeletionByTaintManager")
+    assert "while its node was unreachable" in out.message and "before its trainer ran" not in out.message
 
 
 # =============================================================================== node lost
