@@ -8,11 +8,12 @@ checkpoint, its commit marker, retention (which deletes), removing or setting as
 publishing final/. Finding a NEWER attempt there raises `Superseded` (exit 73, reason "Superseded"); a lower
 number is simply replaced at the claim, an equal one is this attempt itself.
 
-What it does not cover: the moment between a check and the write that follows (milliseconds; a newer
-attempt that claims in between is not seen until the next check), and NFS attribute/data caching, which may
-serve a stale ATTEMPT.json for up to `acdirmax`/`acregmax` seconds (the check opens the file, which makes
-an NFS client revalidate it under close-to-open consistency, but not every server or mount option honours
-that). Without `--attempt` (manual runs) the fence is off.
+What it does not cover: the time between a check and the work that follows it (after the check before a
+save: removing a leftover, retention-before-save and the save's files, as long as a save takes — the marker
+is checked again, so that checkpoint stays uncommitted; after the checks before the marker, retention and the
+final/ rename: one step), and NFS attribute/data caching, which may serve a stale ATTEMPT.json for up to
+`acregmax` seconds (opening the file makes an NFS client revalidate it under close-to-open consistency, but
+not every server or mount option honours that). Without `--attempt` (manual runs) the fence is off.
 """
 
 from __future__ import annotations
