@@ -17,6 +17,8 @@ EXIT_CONFIG_ERROR = 78  # the config cannot work (bad model path, missing datase
 # Reserved for the trainer-integrity work (issue 10); sysexits' EX_DATAERR and EX_IOERR.
 EXIT_NO_INTACT_CHECKPOINT = 65  # checkpoints exist but none is intact; nothing was deleted (see the message)
 EXIT_VOLUME_FULL = 74  # a checkpoint could not be written: the checkpoint volume is full
+# sysexits' EX_CANTCREAT: a newer attempt claimed the output directory (ATTEMPT_MARKER).
+EXIT_SUPERSEDED = 73
 EXIT_KILLED = 137  # SIGKILL: the kernel's OOM killer, or the grace period ran out
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -30,9 +32,20 @@ OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/
 FINAL_DIR = "final"  # the finished adapter, written only at the end
 COMMIT_MARKER = "COMMITTED.json"  # inside checkpoint-N/, written last, atomically
 DAMAGED_DIR = "damaged"  # damaged committed checkpoints are moved here, never deleted: damaged/checkpoint-40
+#: In the output directory: the attempt that last claimed it (`--attempt N`, pod name, time), written
+#: atomically at start. A trainer that finds a newer attempt there stops before any commit, retention or
+#: deletion.
+ATTEMPT_MARKER = "ATTEMPT.json"
 
 TerminationReason = Literal[
-    "Completed", "Preempted", "CudaOOM", "ConfigError", "NoIntactCheckpoint", "VolumeFull", "Error"
+    "Completed",
+    "Preempted",
+    "CudaOOM",
+    "ConfigError",
+    "NoIntactCheckpoint",
+    "VolumeFull",
+    "Superseded",
+    "Error",
 ]
 
 

@@ -305,7 +305,9 @@ def _affinity(job: FineTuneJob, avoid_node: str | None = None) -> dict[str, Any]
     return affinity
 
 
-def trainer_args(job: FineTuneJob, effective: EffectiveTraining | None, resume: bool) -> list[str]:
+def trainer_args(
+    job: FineTuneJob, effective: EffectiveTraining | None, resume: bool, attempt: int | None = None
+) -> list[str]:
     batch, accumulation = effective_batch(job, effective)
     args = [
         "--config",
@@ -319,6 +321,9 @@ def trainer_args(job: FineTuneJob, effective: EffectiveTraining | None, resume: 
         "--gradient-accumulation-steps",
         str(accumulation),
     ]
+    if attempt is not None:
+        # Fences an older attempt still running on a shared volume (a partitioned node): docs/trainer.md.
+        args += ["--attempt", str(attempt)]
     if job.spec.resources.gpus > 1:
         # One DDP rank per GPU; the trainer stays PID 1 and forwards SIGTERM to every rank.
         args += ["--nproc-per-node", str(job.spec.resources.gpus)]
@@ -357,7 +362,7 @@ def build_pod(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["finetune-trainer"],
-        "args": trainer_args(job, effective, resume),
+        "args": trainer_args(job, effective, resume, attempt),
         "env": _env(job, attempt),
         "resources": _resources(job, effective),
         "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],

@@ -29,6 +29,7 @@ from finetune_api.contract import (
     EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
+    EXIT_SUPERSEDED,
     EXIT_VOLUME_FULL,
     TerminationMessage,
 )
@@ -80,6 +81,10 @@ ADMISSION_FAILURE_REASONS = frozenset({"UnexpectedAdmissionError", "NodeAffinity
 #: Ends that point at the node and can repeat at once (admission failures, kubelet evictions): from this many
 #: in a row without training progress on, the next pod waits a short doubling backoff.
 STORM_AFTER = 3
+#: Kubernetes' non-graceful node shutdown signal: an admin confirms the node is down (its pods may go).
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
+#: status.reason while a pod on an unreachable node is not force-deleted (shared volume, node not confirmed).
+NODE_UNREACHABLE = "NodeUnreachable"
 #: status.reason the kubelet writes when it ends a pod itself (node pressure, node shutdown).
 KUBELET_STOP_REASONS = frozenset({"Evicted", "Preempting", "Shutdown", "Terminated", "NodeShutdown"})
 
@@ -94,6 +99,7 @@ End = Literal[
     "Unschedulable",
     "NoIntactCheckpoint",
     "StartFailure",
+    "Superseded",
 ]
 Action_ = Literal["restart", "fail", "succeed", "stop"]
 
@@ -269,30 +275,68 @@ def node_view(name: str, node: dict[str, Any] | None) -> NodeView:
             ready = condition.get("status") or "Unknown"
             since = parse_time(condition.get("lastTransitionTime"))
     taints = (node.get("spec") or {}).get("taints") or []
-    out_of_service = any(t.get("key") == "node.kubernetes.io/out-of-service" for t in taints)
+    out_of_service = any(t.get("key") == OUT_OF_SERVICE_TAINT for t in taints)
     return NodeView(name=name, exists=True, ready=ready, ready_since=since, out_of_service=out_of_service)
 
 
-def node_lost(node: NodeView | None, now: datetime, lost_after_seconds: float) -> bool:
+def node_lost(
+    node: NodeView | None, now: datetime, lost_after_seconds: float, shared_volume: bool = False
+) -> bool:
     """The rule for "the node is gone, its pods will never report again" (and may be force-deleted):
 
     - the Node object was deleted (clouds delete the Node of a VM that no longer exists), or
     - it has the `node.kubernetes.io/out-of-service` taint (upstream: an admin confirmed it is down), or
-    - its Ready condition has been Unknown or False for at least `lost_after_seconds`.
+    - its Ready condition has been Unknown or False for at least `lost_after_seconds` — only when the
+      checkpoint volume is not shared (`shared_volume`: ReadWriteMany).
 
-    The third case is a bet: a node that is only partitioned keeps its containers running. The operator
-    takes it only after the timeout, and on clouds a ReadWriteOnce volume cannot attach elsewhere while the
-    old attachment lives, which keeps a partitioned trainer from sharing the volume in practice.
+    The third case is a bet: a node that is only partitioned keeps its containers running. On clouds a
+    ReadWriteOnce volume cannot attach elsewhere while the old attachment lives, which keeps a partitioned
+    trainer off the volume in practice. A ReadWriteMany volume keeps nobody off: the old trainer may still
+    write, so the timeout alone never counts there (see `node_unconfirmed`).
     """
     if node is None:
         return False
     if not node.exists or node.out_of_service:
         return True
-    if node.ready == "True":
+    if shared_volume:
         return False
-    if node.ready_since is None:
+    return node_unready_too_long(node, now, lost_after_seconds)
+
+
+def volume_shared(access_modes: list[str]) -> bool:
+    """A claim with these access modes can be written from several nodes at once."""
+    return "ReadWriteMany" in access_modes
+
+
+def node_unready_too_long(node: NodeView | None, now: datetime, lost_after_seconds: float) -> bool:
+    """The node exists and its Ready condition has been Unknown or False for at least `lost_after_seconds`."""
+    if node is None or not node.exists or node.ready == "True" or node.ready_since is None:
         return False
     return (now - node.ready_since).total_seconds() >= lost_after_seconds
+
+
+def node_unconfirmed(
+    node: NodeView | None, now: datetime, lost_after_seconds: float, shared_volume: bool
+) -> bool:
+    """A shared volume's pod sits on a node unready past the timeout that nobody confirmed down: the operator
+    waits (no force-delete, no replacement) and says what an admin can do."""
+    return (
+        shared_volume
+        and not node_lost(node, now, lost_after_seconds, shared_volume)
+        and node_unready_too_long(node, now, lost_after_seconds)
+    )
+
+
+def node_unreachable_message(pod: PodView, node: NodeView) -> str:
+    since = format_time(node.ready_since) if node.ready_since else "?"
+    return (
+        f"node {node.name} is not ready (Ready={node.ready} since {since}) and the checkpoint volume is "
+        f"ReadWriteMany: the trainer in pod {pod.name} may still be running there and writing to it, so "
+        "the operator does not force-delete it and starts no replacement until the node is confirmed down. "
+        f"If the node is down, confirm it: kubectl taint nodes {node.name} "
+        f"{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute (or delete the Node object); if it comes back, the "
+        "trainer carries on"
+    )
 
 
 # ================================================================================== classify
@@ -323,6 +367,7 @@ def classify_end(
     node_lost_seconds: float = 120.0,
     grace_seconds: int | None = None,
     image_pull_timeout_seconds: int = 0,
+    shared_volume: bool = False,
 ) -> Outcome | None:
     """How did this attempt's pod end? None while it may still run (or is still shutting down)."""
     if pod is None:
@@ -343,13 +388,24 @@ def classify_end(
         return Outcome(
             "Preempted",
             reason,
-            f"the pod failed before its trainer ran ({pod.status_message or reason})",
+            # Running when last reported: Kubernetes failed it on a node that stopped answering (the pod
+            # garbage collector does so once the node is tainted out-of-service).
+            f"the pod was failed while its node was unreachable ({pod.status_message or reason}); resuming "
+            "from the last committed checkpoint"
+            if pod.running
+            else f"the pod failed before its trainer ran ({pod.status_message or reason})",
             finished_at=now,
             node=pod.node_name,
             node_trouble=_node_trouble(pod),
         )
-    if pod.node_name and node_lost(node, now, node_lost_seconds):
-        gone = "was deleted" if node is not None and not node.exists else "is not ready"
+    if pod.node_name and node_lost(node, now, node_lost_seconds, shared_volume):
+        gone = (
+            "was deleted"
+            if node is not None and not node.exists
+            else f"was confirmed down ({OUT_OF_SERVICE_TAINT})"
+            if node is not None and node.out_of_service
+            else "is not ready"
+        )
         return Outcome(
             "Preempted",
             "NodeLost",
@@ -502,6 +558,17 @@ def _classify_terminated(
             "nothing (a retry would find the same damage). To start over, re-create the job with "
             "spec.checkpoint.onNoIntactCheckpoint: restart (the volume is kept unless "
             f"checkpoint.deleteWithJob); damaged ones are then moved to damaged/ on the volume. {detail}",
+            **info,
+        )
+    if code == EXIT_SUPERSEDED or (msg is not None and msg.reason == "Superseded"):
+        # The current attempt found a NEWER attempt recorded on the volume: another writer uses this run
+        # directory (two jobs on one claim, a manual run). It changed nothing there; restarting would loop.
+        detail = (msg.message if msg else None) or _tail(term.message) or "no detail"
+        return Outcome(
+            "Superseded",
+            "Superseded",
+            "the trainer found a newer attempt recorded in its output directory and stopped without changing "
+            f"anything: another writer uses this checkpoint directory. {detail}",
             **info,
         )
     if code == EXIT_VOLUME_FULL or (msg is not None and msg.reason == "VolumeFull"):
@@ -659,7 +726,7 @@ def _plan(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome) ->
         return Plan("succeed", "Completed", outcome.message)
     if spec.suspend:
         return Plan("stop", "Suspended", f"suspended (spec.suspend): {outcome.message}", lost_steps=lost)
-    if outcome.end in ("ConfigError", "Unschedulable", "NoIntactCheckpoint"):
+    if outcome.end in ("ConfigError", "Unschedulable", "NoIntactCheckpoint", "Superseded"):
         return Plan("fail", outcome.reason, outcome.message, lost_steps=lost)
     if outcome.end == "VolumeFull":
         return Plan("fail", "VolumeFull", f"{outcome.message}; {volume_full_advice(spec)}", lost_steps=lost)
@@ -1008,6 +1075,7 @@ class World:
     now: datetime
     volume_fresh: bool = True  # the checkpoint volume was created by the operator for this very job
     node_lost_seconds: float = 120.0
+    shared_volume: bool = False  # the checkpoint claim is ReadWriteMany: never force on the timeout alone
 
 
 @dataclass
@@ -1033,7 +1101,7 @@ def pod_name(job: str, attempt: int) -> str:
 def _cleanup_pod(step: Step, pod: PodView, world: World) -> None:
     """Drop a pod that is no longer the job's current attempt (ended or to be stopped)."""
     node = world.nodes.get(pod.node_name or "")
-    lost = bool(pod.node_name) and node_lost(node, world.now, world.node_lost_seconds)
+    lost = bool(pod.node_name) and node_lost(node, world.now, world.node_lost_seconds, world.shared_volume)
     if pod.tracked and (pod.ended or pod.deleting or lost or not pod.node_name):
         step.actions.append(ReleasePod(pod.name))
     if not pod.deleting:
@@ -1045,8 +1113,22 @@ def _cleanup_pod(step: Step, pod: PodView, world: World) -> None:
         # The kubelet reported the trainer stopped: finish the deletion now instead of waiting for the
         # kubelet's own final delete (saves up to a second on every preemption).
         step.actions.append(DeletePod(pod.name, grace_seconds=0, force=True))
-    else:
+    elif not _say_why_waiting_for_node(step, pod, world):
         _requeue_for_node(step, pod, world)
+
+
+def _say_why_waiting_for_node(step: Step, pod: PodView, world: World) -> bool:
+    """A pod on an unreachable node with a shared volume: status and one Warning Event say why nothing moves
+    and what an admin can do. True when that is the case."""
+    node = world.nodes.get(pod.node_name or "")
+    if node is None or not node_unconfirmed(node, world.now, world.node_lost_seconds, world.shared_volume):
+        return False
+    text = node_unreachable_message(pod, node)[:1024]
+    if (world.status.reason, world.status.message) != (NODE_UNREACHABLE, text):
+        step.actions.append(PatchStatus({"reason": NODE_UNREACHABLE, "message": text}))
+        step.actions.append(Event("Warning", NODE_UNREACHABLE, text))
+    step.requeue(WATCH_NODE_SECONDS)  # a taint or the Node's deletion sends no pod event
+    return True
 
 
 def _requeue_for_node(step: Step, pod: PodView, world: World) -> None:
@@ -1142,7 +1224,9 @@ def reconcile(world: World) -> Step:
             return step
         if not current.ended and not current.deleting:
             node = world.nodes.get(current.node_name or "")
-            if current.node_name is None or node_lost(node, now, world.node_lost_seconds):
+            if current.node_name is None or node_lost(
+                node, now, world.node_lost_seconds, world.shared_volume
+            ):
                 step.actions.append(DeletePod(current.name, grace_seconds=0, force=True))
             else:
                 step.actions.append(DeletePod(current.name))
@@ -1173,6 +1257,7 @@ def reconcile(world: World) -> Step:
         node_lost_seconds=world.node_lost_seconds,
         grace_seconds=spec.checkpoint.termination_grace_period_seconds,
         image_pull_timeout_seconds=spec.restart_policy.image_pull_timeout_seconds,
+        shared_volume=world.shared_volume,
     )
     for pod in world.pods:  # strays (an older attempt left behind): clean up, they block the next attempt
         if pod.name != status.pod_name:
@@ -1326,6 +1411,14 @@ def _cap(cause: str | None) -> str:
 
 def _while_running(world: World, pod: PodView, step: Step) -> None:
     status, now = world.status, world.now
+    if _say_why_waiting_for_node(step, pod, world):
+        return
+    if status.reason == NODE_UNREACHABLE:
+        step.actions.append(
+            PatchStatus(
+                {"reason": "NodeReady", "message": f"node {pod.node_name} is back; {pod.name} carries on"}
+            )
+        )
     if pod.running and status.phase in (None, "Pending"):
         step.actions.append(
             PatchStatus(phase_patch(status, "Running", "TrainerRunning", f"{pod.name} is running", now))

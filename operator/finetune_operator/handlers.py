@@ -461,6 +461,9 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         except ApiException as error:
             if error.status != 404:
                 raise
+    shared_volume = False
+    if any(n.exists and n.ready != "True" for n in nodes.values()):  # only then does it matter: one GET
+        shared_volume = checkpoint_volume_shared(core, namespace, job)
     world = World(
         name=name,
         uid=uid,
@@ -472,8 +475,23 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         now=datetime.now(UTC),
         volume_fresh=volume_fresh,
         node_lost_seconds=RUNTIME.config.node_lost_seconds,
+        shared_volume=shared_volume,
     )
     return job, uid, world, str(meta.get("resourceVersion") or "")
+
+
+def checkpoint_volume_shared(core: Any, namespace: str, job: FineTuneJob) -> bool:
+    """Whether the checkpoint claim may be mounted read-write on several nodes (ReadWriteMany requested, or
+    offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes)."""
+    claim = job.spec.checkpoint.existing_claim_name or builders.pvc_name(job)
+    try:
+        pvc = core.read_namespaced_persistent_volume_claim(claim, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return decisions.volume_shared([job.spec.checkpoint.access_mode])
+    modes = [*(pvc.spec.access_modes or []), *((pvc.status.access_modes if pvc.status else None) or [])]
+    return decisions.volume_shared(modes or [job.spec.checkpoint.access_mode])
 
 
 def _json(response: Any) -> dict[str, Any]:

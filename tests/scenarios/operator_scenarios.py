@@ -333,6 +333,43 @@ def node_gone(p: Provider, reference: str | None, name: str = "nodegone") -> dic
     return _disrupt_and_check(p, name, disrupt, reference, "NodeLost")
 
 
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+
+
+def node_gone_shared_volume(p: Provider, reference: str | None, name: str = "nodegonerwx") -> dict[str, Any]:
+    """A ReadWriteMany checkpoint claim: the node-lost timeout alone never force-deletes the pod (its trainer
+    might still write there). The job waits and says why; once an admin taints the node out-of-service, the
+    pod is replaced and the job resumes as after any node loss."""
+
+    def disrupt(victim: str) -> Callable[[], None]:
+        p.vanish_node()
+        s = wait_status(p, name, lambda s: s.get("reason") == "NodeUnreachable", 120, f"{name} waits")
+        assert "ReadWriteMany" in s["message"] and victim in s["message"], summary(s)
+        assert f"kubectl taint nodes {p.node_name} {OUT_OF_SERVICE}=" in s["message"], summary(s)
+        time.sleep(5)  # well past --node-lost-seconds: still the same pod, no decision, no replacement
+        s = status(p, name)
+        assert s["reason"] == "NodeUnreachable" and (s.get("restarts") or {}).get("preemption", 0) == 0
+        assert [x.metadata.name for x in pods(p, name)] == [victim]
+        warnings = [e for e in events(p, name) if e.reason == "NodeUnreachable"]
+        assert warnings and warnings[0].type == "Warning", [e.reason for e in events(p, name)]
+        disruptions.taint_noexecute(p.kube, p.node_name, key=OUT_OF_SERVICE, value="nodeshutdown")
+
+        def undo() -> None:
+            disruptions.untaint(p.kube, p.node_name, key=OUT_OF_SERVICE)
+            p.restore_node()
+
+        return undo
+
+    # Once tainted, the pod garbage collector marks the pod Failed (DeletionByTaintManager) or the operator
+    # finds the node lost: either way one preemption and a replacement.
+    s = _disrupt_and_check(
+        p, name, disrupt, reference, "RestartPreemption", checkpoint={"accessMode": "ReadWriteMany"}
+    )
+    order = [e.reason for e in events(p, name)]
+    assert order.index("NodeUnreachable") < order.index("RestartPreemption"), order
+    return s
+
+
 def host_oom(p: Provider, name: str = "hostoom") -> dict[str, Any]:
     """A memory limit the trainer cannot live with → OOMKilled → restarted with more memory (bounded)."""
     apply_job(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
+from finetune_trainer.fence import AttemptFence
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import TRAINING, Preemption
 from finetune_trainer.reporting import StatusReporter, ThroughputMeter, TrainerMetrics
@@ -45,6 +47,11 @@ class RunState:
     first_step_of_run: bool = True
     total_steps: int | None = None
     commit_failures: list[str] = field(default_factory=list)
+    fence: AttemptFence | None = None  # --attempt N: stop before any change once a newer attempt claimed DIR
+
+    def check_fence(self, before: str, agree: Callable[[bool], bool] | None = None) -> None:
+        if self.fence is not None:
+            self.fence.check(before, agree)
 
     @property
     def last_commit_step(self) -> int | None:
@@ -86,7 +93,11 @@ class CheckpointCommitCallback(TrainerCallback):
             started = run.save_started_at or time.monotonic()
             try:
                 record = ckpt.commit_checkpoint(
-                    path, run.world_size, started_at=started, extra_required=run.extra_required
+                    path,
+                    run.world_size,
+                    started_at=started,
+                    extra_required=run.extra_required,
+                    before_marker=lambda: run.check_fence(f"committing {path.name}"),
                 )
                 assert record.save_seconds is not None
             except (ckpt.CheckpointError, OSError) as error:
@@ -100,6 +111,7 @@ class CheckpointCommitCallback(TrainerCallback):
                 log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
             else:
                 keep = [state.best_model_checkpoint] if state.best_model_checkpoint else []
+                run.check_fence("retention")
                 deleted = ckpt.apply_retention(
                     run.output_dir, run.save_total_limit, keep=keep, on_set_aside=_log_set_aside
                 )

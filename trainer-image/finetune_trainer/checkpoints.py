@@ -192,12 +192,14 @@ def commit_checkpoint(
     started_at: float | None = None,
     extra_required: Iterable[str] = (),
     fsync: bool = True,
+    before_marker: Callable[[], None] | None = None,
 ) -> CommitRecord:
     """Verify every file needed for exact resume, checksum and fsync them and the directory, then write the
     marker.
 
     `started_at` (time.monotonic() when the save began) gives the save duration recorded in the marker and
-    in the returned record (the latter includes writing the marker).
+    in the returned record (the latter includes writing the marker). `before_marker` runs right before the
+    marker is written (the attempt fence); an exception from it leaves the checkpoint uncommitted.
     """
     ckpt = Path(ckpt_dir)
     step = checkpoint_step(ckpt)
@@ -236,6 +238,8 @@ def commit_checkpoint(
     }
     if save_seconds is not None:
         data["save_seconds"] = round(save_seconds, 4)
+    if before_marker is not None:
+        before_marker()
     atomic_write_json(marker, data)
     if started_at is not None:
         record.save_seconds = time.monotonic() - started_at
@@ -475,8 +479,14 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: int) -> Path:
-    """Write the final adapter into a temp dir, fsync it, mark it and rename it to DIR/final atomically."""
+def publish_final(
+    output_dir: str | Path,
+    write: Callable[[Path], None],
+    step: int,
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
+    """Write the final adapter into a temp dir, fsync it, mark it and rename it to DIR/final atomically.
+    `before_replace` runs right before an existing final/ is replaced (the attempt fence)."""
     root = Path(output_dir)
     final = root / FINAL_DIR
     tmp = root / f".{FINAL_DIR}.partial"
@@ -504,6 +514,8 @@ def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: i
             "checksums": checksums,
         },
     )
+    if before_replace is not None:
+        before_replace()
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

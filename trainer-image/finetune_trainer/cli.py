@@ -2,11 +2,12 @@
 
     finetune-trainer --config FILE --output-dir DIR [--resume auto|never|PATH]
                      [--per-device-train-batch-size N] [--gradient-accumulation-steps N]
-                     [--termination-message-path P] [--nproc-per-node N]
+                     [--termination-message-path P] [--nproc-per-node N] [--attempt N]
 
 Exit codes (finetune_api.contract): 0 finished (DIR/final written), 75 stopped on SIGTERM after committing a
 checkpoint, 76 CUDA out of memory, 78 config error, 65 committed checkpoints exist but none is intact
-(nothing deleted; unless the config says `on_no_intact_checkpoint: restart`), 1 other error. Every exit path
+(nothing deleted; unless the config says `on_no_intact_checkpoint: restart`), 73 superseded (a newer
+`--attempt` claimed DIR: nothing changed there after that), 1 other error. Every exit path
 writes the termination message. Heavy imports (torch, transformers) happen after the signal handler is
 installed and after the cheap config checks, so a bad config fails in about a second and a SIGTERM during
 start-up exits 75 at once.
@@ -30,6 +31,7 @@ from finetune_api.contract import (
     EXIT_NO_INTACT_CHECKPOINT,
     EXIT_PREEMPTED,
     EXIT_SUCCEEDED,
+    EXIT_SUPERSEDED,
     EXIT_VOLUME_FULL,
     FINAL_DIR,
     TerminationMessage,
@@ -38,6 +40,7 @@ from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_tra
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
+from finetune_trainer.fence import AttemptFence, Superseded
 from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
 from finetune_trainer.preemption import FINISHING, LOADING, Preemption
 
@@ -71,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_positive,
         default=1,
         help="run N processes (one per GPU) under this process, which stays PID 1 and forwards SIGTERM",
+    )
+    parser.add_argument(
+        "--attempt",
+        type=_positive,
+        default=None,
+        help="this attempt's number (the operator's): recorded in DIR/ATTEMPT.json at start; a trainer that "
+        "finds a newer one there stops (exit 73) before any commit, retention or deletion. Off when absent",
     )
     return parser.parse_args(argv)
 
@@ -110,6 +120,7 @@ class Run:
         path = args.termination_message_path or default_termination_path()
         self.term = TerminationWriter(path if self.is_main else None)
         self.output_dir = Path(args.output_dir)
+        self.fence = AttemptFence(self.output_dir, args.attempt)  # only the main rank claims
         self.config: TrainerConfig | None = None
         self.newest_commit: ckpt.CommitRecord | None = None
         self.search: ckpt.ResumeSearch | None = None  # --resume auto: the candidates, newest first
@@ -303,9 +314,15 @@ class Run:
                     final=str(self.output_dir / FINAL_DIR),
                     final_step=final.get("step"),
                 )
+            if self.is_main:
+                # Before the resume choice: from here on an older attempt changes nothing (DIR exists;
+                # otherwise the claim comes when train() creates it).
+                self.fence.claim()
             resume = self.resolve_resume()
             if resume is not None:
                 self.check_world_size(resume)
+        except Superseded as error:
+            return self.exit_superseded(error)
         except InvalidManifest as error:
             for line in error.errors:
                 print(f"config error: {line}", file=sys.stderr, flush=True)
@@ -330,6 +347,10 @@ class Run:
         except BaseException as error:
             return self.classify_failure(error)
 
+    def exit_superseded(self, error: Superseded) -> int:
+        log("superseded", level="error", message=str(error), attempt=error.attempt, newer=error.newer)
+        return self.exit_with(EXIT_SUPERSEDED, "Superseded", message=str(error))
+
     def exit_no_intact(self, error: NoIntactCheckpoint) -> int:
         print(f"no intact checkpoint: {error}", file=sys.stderr, flush=True)
         self.newest_commit = None
@@ -338,6 +359,8 @@ class Run:
     def classify_failure(self, error: BaseException) -> int:
         from finetune_trainer.callbacks import PreemptedBeforeFirstStep
 
+        if isinstance(error, Superseded):
+            return self.exit_superseded(error)
         if isinstance(error, PreemptedBeforeFirstStep):
             return self.exit_with(
                 EXIT_PREEMPTED, "Preempted", message="SIGTERM before the first step", save_seconds=0.0
@@ -452,8 +475,9 @@ class Run:
 
     def set_aside_damaged(self) -> None:
         """Damaged committed checkpoints passed over by the search move to DIR/damaged/ (never deleted)."""
-        if self.search is None:
+        if self.search is None or not self.search.damaged:
             return
+        self.fence.check("setting damaged checkpoints aside")
         for item, moved in ckpt.set_aside_all(self.search.damaged):
             log(
                 "checkpoint_set_aside",
@@ -508,6 +532,7 @@ class Run:
             save_total_limit=config.training.save_total_limit,
             extra_required=extra,
             last_commit=resume,
+            fence=self.fence,
         )
         self.run_state = run
         callbacks = [
@@ -536,7 +561,9 @@ class Run:
 
         if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.fence.claim()  # already claimed when DIR existed at start: then only a check
             self.set_aside_damaged()
+            self.fence.check("removing checkpoints newer than the resume point")
             stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
             if stale:
                 log(
@@ -591,7 +618,10 @@ class Run:
                     if trainer.processing_class is not None:
                         trainer.processing_class.save_pretrained(str(tmp / "merged"))
 
-            ckpt.publish_final(self.output_dir, write, step)
+            self.fence.check("writing final/")
+            ckpt.publish_final(
+                self.output_dir, write, step, before_replace=lambda: self.fence.check("publishing final/")
+            )
         dist.barrier()
         log(
             "final_written",

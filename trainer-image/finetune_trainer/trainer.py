@@ -18,7 +18,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer import volume
+from finetune_trainer import dist, volume
 from finetune_trainer.callbacks import RunState
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log
@@ -81,6 +81,8 @@ class CommitTrainer(SFTTrainer):
         run = self._run_state
         run.save_started_at = time.monotonic()
         target = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        # Before anything of this save touches DIR (a leftover's removal, retention, the files): every rank.
+        run.check_fence(f"writing {Path(target).name}", agree=dist.any_rank)
         if self.args.should_save and os.path.isdir(target):
             # Leftover of an earlier attempt (torn, or committed but skipped as damaged): its marker must
             # never describe files of this write. Resume chose an older checkpoint: this one is unused.

@@ -74,6 +74,12 @@ def test_node_gone(provider: LocalProvider, request: pytest.FixtureRequest) -> N
     sc.node_gone(provider, _reference(request))
 
 
+def test_node_gone_with_a_shared_volume_waits_for_confirmation(
+    provider: LocalProvider, request: pytest.FixtureRequest
+) -> None:
+    sc.node_gone_shared_volume(provider, _reference(request))
+
+
 def test_host_oom_raises_memory(provider: LocalProvider) -> None:
     sc.host_oom(provider)
 

@@ -150,6 +150,13 @@ def test_pod_command_resume_and_adapted_batch() -> None:
     assert container(later)["resources"]["limits"]["memory"] == "3Gi"
 
 
+def test_pod_passes_its_attempt_number_to_the_trainer_fence() -> None:
+    for attempt in (1, 7):
+        args = container(b.build_pod(job(), UID, attempt))["args"]
+        assert args[args.index("--attempt") + 1] == str(attempt)
+    assert "--attempt" not in b.trainer_args(job(), None, True)  # a manual rendering: the fence is off
+
+
 def test_pod_resources_and_grace() -> None:
     pod = b.build_pod(
         job(

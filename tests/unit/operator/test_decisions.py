@@ -396,6 +396,16 @@ def test_failed_pod_without_container_status_is_preemption() -> None:
     p["status"]["reason"] = "OutOfcpu"
     out = classify(p, READY)
     assert out is not None and (out.end, out.reason) == ("Preempted", "OutOfcpu")
+    assert "before its trainer ran" in out.message
+
+
+def test_pod_failed_by_the_pod_gc_while_running_says_so() -> None:
+    """Out-of-service taint: the pod garbage collector marks the pod Failed; the trainer had been running."""
+    p = pod(running=True, deleted=True, disruption="DeletionByTaintManager")
+    p["status"]["phase"] = "Failed"
+    out = classify(p, d.NodeView("node-a", ready="Unknown", out_of_service=True))
+    assert out is not None and (out.end, out.reason) == ("Preempted", "DeletionByTaintManager")
+    assert "while its node was unreachable" in out.message and "before its trainer ran" not in out.message
 
 
 # =============================================================================== node lost
@@ -628,6 +638,7 @@ def world(
     nodes: dict[str, d.NodeView] | None = None,
     now: datetime = NOW,
     volume_fresh: bool = True,
+    shared_volume: bool = False,
 ) -> d.World:
     return d.World(
         name="job",
@@ -640,6 +651,7 @@ def world(
         now=now,
         volume_fresh=volume_fresh,
         node_lost_seconds=60,
+        shared_volume=shared_volume,
     )
 
 
@@ -1300,3 +1312,149 @@ def test_an_ended_attempt_clears_the_time_estimate() -> None:
     patch = d.decision_patch(st, out, plan, "job-1", NOW)
     assert patch["estimatedRemainingSeconds"] is None and patch["remaining"] is None
     assert "stepsPerSecond" not in patch  # the last measured rate stays visible
+
+
+# =============================================================================== shared volumes: fencing
+
+
+UNREADY_90S = d.NodeView("node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=90))
+NODE_TABLE = {
+    "unready past the timeout": UNREADY_90S,
+    "unready, out-of-service taint": d.NodeView(
+        "node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=90), out_of_service=True
+    ),
+    "out-of-service taint at once": d.NodeView(
+        "node-a", ready="False", ready_since=NOW - timedelta(seconds=5), out_of_service=True
+    ),
+    "Node object deleted": d.NodeView("node-a", exists=False, ready="Unknown"),
+    "unready, within the timeout": d.NodeView(
+        "node-a", ready="Unknown", ready_since=NOW - timedelta(seconds=30)
+    ),
+    "ready": READY,
+}
+
+
+@pytest.mark.parametrize(
+    ("node", "shared", "lost", "waits_for_admin"),
+    [
+        ("unready past the timeout", False, True, False),  # ReadWriteOnce: today's bet on the timeout
+        ("unready past the timeout", True, False, True),  # ReadWriteMany: never on the timeout alone
+        ("unready, out-of-service taint", True, True, False),
+        ("out-of-service taint at once", True, True, False),
+        ("Node object deleted", True, True, False),
+        ("unready, within the timeout", True, False, False),
+        ("unready, within the timeout", False, False, False),
+        ("ready", True, False, False),
+    ],
+)
+def test_node_lost_rule_for_shared_volumes(
+    node: str, shared: bool, lost: bool, waits_for_admin: bool
+) -> None:
+    view = NODE_TABLE[node]
+    assert d.node_lost(view, NOW, 60, shared_volume=shared) is lost
+    assert d.node_unconfirmed(view, NOW, 60, shared) is waits_for_admin
+
+
+def test_volume_shared_by_access_mode() -> None:
+    assert d.volume_shared(["ReadWriteMany"]) and d.volume_shared(["ReadWriteOnce", "ReadWriteMany"])
+    assert not d.volume_shared(["ReadWriteOnce"]) and not d.volume_shared(["ReadWriteOncePod"])
+
+
+def test_shared_volume_pod_on_unready_node_is_not_force_deleted_and_status_says_why() -> None:
+    stuck = pod(running=True, deleted=True, disruption="DeletionByTaintManager")
+    step = d.reconcile(
+        world(st=running_status(), pods=[stuck], nodes={"node-a": UNREADY_90S}, shared_volume=True)
+    )
+    assert kinds(step) == ["PatchStatus", "Event"], step.actions  # no decision, no delete, no new pod
+    patch = only(step, d.PatchStatus).patch
+    assert patch["reason"] == "NodeUnreachable" and "phase" not in patch and "restarts" not in patch
+    text = patch["message"]
+    assert "ReadWriteMany" in text and "job-1" in text
+    assert "kubectl taint nodes node-a node.kubernetes.io/out-of-service=nodeshutdown:NoExecute" in text
+    event = only(step, d.Event)
+    assert (event.type, event.reason, event.message) == ("Warning", "NodeUnreachable", text)
+    assert step.requeue_seconds == d.WATCH_NODE_SECONDS  # a taint sends no pod event: look again
+    # Shown once: the next pass neither patches nor posts again while nothing changed.
+    shown = running_status(reason="NodeUnreachable", message=text)
+    step = d.reconcile(world(st=shown, pods=[stuck], nodes={"node-a": UNREADY_90S}, shared_volume=True))
+    assert step.actions == [] and step.requeue_seconds == d.WATCH_NODE_SECONDS
+
+
+@pytest.mark.parametrize("node", ["unready, out-of-service taint", "Node object deleted"])
+def test_shared_volume_pod_is_replaced_once_the_node_is_confirmed_down(node: str) -> None:
+    stuck = pod(running=True, deleted=True, disruption="DeletionByTaintManager")
+    nodes = {"node-a": NODE_TABLE[node]}
+    step = d.reconcile(world(st=running_status(), pods=[stuck], nodes=nodes, shared_volume=True))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["pending"]["reason"] == "NodeLost" and patch["restarts"]["preemption"] == 1
+    st2 = running_status(**{k: v for k, v in patch.items() if k != "conditions"})
+    step = d.reconcile(world(st=st2, pods=[stuck], nodes=nodes, shared_volume=True))
+    assert kinds(step) == ["ReleasePod", "DeletePod"] and only(step, d.DeletePod).force
+
+
+def test_shared_volume_pending_restart_waits_for_the_old_pod_and_says_why() -> None:
+    st = running_status(phase="Restarting", pending={"action": "restart", "reason": "x", "podName": "job-1"})
+    stuck = pod(running=True, deleted=True, finalizer=False)
+    step = d.reconcile(world(st=st, pods=[stuck], nodes={"node-a": UNREADY_90S}, shared_volume=True))
+    assert "DeletePod" not in kinds(step) and "CreatePod" not in kinds(step)
+    assert only(step, d.PatchStatus).patch["reason"] == "NodeUnreachable"
+    # ReadWriteOnce: the same pod is force-deleted on the timeout, as before.
+    step = d.reconcile(world(st=st, pods=[stuck], nodes={"node-a": UNREADY_90S}))
+    assert only(step, d.DeletePod).force
+
+
+def test_shared_volume_node_back_clears_the_reason() -> None:
+    shown = running_status(reason="NodeUnreachable", message="node node-a is not ready ...")
+    step = d.reconcile(world(st=shown, pods=[pod(running=True)], shared_volume=True))
+    assert only(step, d.PatchStatus).patch["reason"] == "NodeReady"
+
+
+def test_shared_volume_suspend_on_unready_node_deletes_gracefully() -> None:
+    step = d.reconcile(
+        world(
+            st=running_status(),
+            pods=[pod(running=True)],
+            sp=spec(suspend=True),
+            nodes={"node-a": UNREADY_90S},
+            shared_volume=True,
+        )
+    )
+    assert only(step, d.DeletePod).force is False
+
+
+SUPERSEDED_MESSAGE = {
+    "reason": "Superseded",
+    "message": "superseded: /checkpoints/run now belongs to attempt 3 (pod other-3, since t); this is "
+    "attempt 1, stopping before writing checkpoint-15 without changing anything there",
+    "step": 14,
+    "checkpoint": "checkpoint-10",
+    "checkpoint_step": 10,
+}
+
+
+def test_exit_73_of_the_current_attempt_fails_at_once_without_counting() -> None:
+    out = classify(pod(exit_code=73, message=SUPERSEDED_MESSAGE), READY)
+    assert out is not None and (out.end, out.reason) == ("Superseded", "Superseded")
+    assert "another writer" in out.message and "attempt 3 (pod other-3" in out.message
+    step = d.reconcile(world(st=running_status(), pods=[pod(exit_code=73, message=SUPERSEDED_MESSAGE)]))
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Failed" and patch["reason"] == "Superseded" and "restarts" not in patch
+    assert "CreatePod" not in kinds(step)
+
+
+def test_an_older_attempt_ending_with_73_afterwards_changes_nothing() -> None:
+    """Attempt 1's node came back after attempt 2 took over: its trainer was fenced (exit 73). Its pod is a
+    stray to clean up, never judged: no restart counted, no lost steps, attempt 2 untouched."""
+    st = running_status(attempt=2, podName="job-2", step=30, restarts={"preemption": 1}, lostSteps=2)
+    old = pod("job-1", exit_code=73, message=SUPERSEDED_MESSAGE)
+    step = d.reconcile(world(st=st, pods=[old, pod("job-2", running=True)]))
+    assert kinds(step) == ["ReleasePod", "DeletePod"], step.actions
+    assert {a.name for a in step.actions} == {"job-1"}  # type: ignore[attr-defined]
+    # Also while the decision about attempt 1 is still pending (its pod named there): only cleanup.
+    st = running_status(
+        phase="Restarting",
+        restarts={"preemption": 1},
+        pending={"action": "restart", "reason": "NodeLost", "podName": "job-1"},
+    )
+    step = d.reconcile(world(st=st, pods=[old], shared_volume=True))
+    assert kinds(step) == ["ReleasePod", "DeletePod"]

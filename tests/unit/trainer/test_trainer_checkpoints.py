@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from finetune_api.contract import COMMIT_MARKER
+from finetune_api.contract import ATTEMPT_MARKER, COMMIT_MARKER
 from finetune_trainer import checkpoints as ckpt
+from finetune_trainer.fence import AttemptFence, Superseded
 
 
 def _safetensors(path: Path, n: int = 64) -> None:
@@ -301,3 +302,29 @@ def test_atomic_write_json_replaces(tmp_path: Path) -> None:
     ckpt.atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_fenced_commit_leaves_the_checkpoint_uncommitted(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 10, commit=False)
+    fence = AttemptFence(tmp_path, 1, pod="job-1")
+    fence.claim()
+    AttemptFence(tmp_path, 2, pod="job-2").claim()
+    with pytest.raises(Superseded):
+        ckpt.commit_checkpoint(path, before_marker=lambda: fence.check("committing checkpoint-10"))
+    assert not (path / COMMIT_MARKER).exists()
+    assert ckpt.committed_checkpoints(tmp_path) == []
+
+
+def test_a_fenced_final_leaves_the_newer_final_in_place(tmp_path: Path) -> None:
+    ckpt.publish_final(tmp_path, lambda tmp: (tmp / "adapter.bin").write_bytes(b"newer"), step=40)
+    fence = AttemptFence(tmp_path, 1, pod="job-1")
+    (tmp_path / ATTEMPT_MARKER).write_text(json.dumps({"attempt": 2, "pod": "job-2", "time": "t"}))
+    with pytest.raises(Superseded):
+        ckpt.publish_final(
+            tmp_path,
+            lambda tmp: (tmp / "adapter.bin").write_bytes(b"older"),
+            step=30,
+            before_replace=lambda: fence.check("publishing final/"),
+        )
+    assert (tmp_path / "final" / "adapter.bin").read_bytes() == b"newer"
+    assert ckpt.final_complete(tmp_path) is not None
