@@ -45,6 +45,7 @@ class RunState:
     first_step_of_run: bool = True
     total_steps: int | None = None
     commit_failures: list[str] = field(default_factory=list)
+    identity: dict[str, str] = field(default_factory=dict)  # {run_id, fingerprint} for every commit marker
 
     @property
     def last_commit_step(self) -> int | None:
@@ -86,7 +87,11 @@ class CheckpointCommitCallback(TrainerCallback):
             started = run.save_started_at or time.monotonic()
             try:
                 record = ckpt.commit_checkpoint(
-                    path, run.world_size, started_at=started, extra_required=run.extra_required
+                    path,
+                    run.world_size,
+                    started_at=started,
+                    extra_required=run.extra_required,
+                    identity=run.identity or None,
                 )
                 assert record.save_seconds is not None
             except (ckpt.CheckpointError, OSError) as error:

@@ -176,6 +176,8 @@ class CommitRecord:
     save_seconds: float | None = None
     version: int = MARKER_VERSION
     checksums: dict[str, str] = field(default_factory=dict)  # name -> CRC-32 (8 hex digits); empty in v1
+    run_id: str | None = None  # the run that wrote it (absent in markers written before run identities)
+    fingerprint: str | None = None  # that run's training fingerprint (identity.fingerprint)
 
     @property
     def bytes(self) -> int:
@@ -192,12 +194,14 @@ def commit_checkpoint(
     started_at: float | None = None,
     extra_required: Iterable[str] = (),
     fsync: bool = True,
+    identity: dict[str, str] | None = None,
 ) -> CommitRecord:
     """Verify every file needed for exact resume, checksum and fsync them and the directory, then write the
     marker.
 
     `started_at` (time.monotonic() when the save began) gives the save duration recorded in the marker and
-    in the returned record (the latter includes writing the marker).
+    in the returned record (the latter includes writing the marker). `identity` ({run_id, fingerprint}) is
+    recorded in the marker, so a checkpoint says which run wrote it even without the directory's RUN.json.
     """
     ckpt = Path(ckpt_dir)
     step = checkpoint_step(ckpt)
@@ -223,6 +227,8 @@ def commit_checkpoint(
         fsync_dir(ckpt.parent)  # the checkpoint-N entry itself
     save_seconds = None if started_at is None else time.monotonic() - started_at
     record = CommitRecord(ckpt, step, now_rfc3339(), files, save_seconds, MARKER_VERSION, checksums)
+    record.run_id = (identity or {}).get("run_id")
+    record.fingerprint = (identity or {}).get("fingerprint")
     data: dict[str, Any] = {
         "version": MARKER_VERSION,
         "step": step,
@@ -233,6 +239,7 @@ def commit_checkpoint(
         "checksum": CHECKSUM_ALGORITHM,
         "checksums": checksums,
         "bytes": record.bytes,
+        **(identity or {}),
     }
     if save_seconds is not None:
         data["save_seconds"] = round(save_seconds, 4)
@@ -302,7 +309,13 @@ def read_commit(ckpt_dir: str | Path, verify_checksums: bool = False) -> CommitR
         data.get("save_seconds"),
         version,
         checksums,
+        _optional_str(data.get("run_id")),
+        _optional_str(data.get("fingerprint")),
     )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -475,7 +488,12 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: int) -> Path:
+def publish_final(
+    output_dir: str | Path,
+    write: Callable[[Path], None],
+    step: int,
+    identity: dict[str, str] | None = None,
+) -> Path:
     """Write the final adapter into a temp dir, fsync it, mark it and rename it to DIR/final atomically."""
     root = Path(output_dir)
     final = root / FINAL_DIR
@@ -502,6 +520,7 @@ def publish_final(output_dir: str | Path, write: Callable[[Path], None], step: i
             "files": files,
             "checksum": CHECKSUM_ALGORITHM,
             "checksums": checksums,
+            **(identity or {}),
         },
     )
     if final.exists():
