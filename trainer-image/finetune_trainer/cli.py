@@ -367,7 +367,7 @@ class Run:
             # Whose directory is this? Before anything is read as ours (final/, checkpoints): another run's
             # final adapter or optimizer state must never pass for this run's.
             self.identity = identity.check_run_directory(self.output_dir, self.args.run_id, self.sections)
-            self.run_id = self.args.run_id or (self.identity.run_id if self.identity else uuid.uuid4().hex)
+            self.run_id = self.args.run_id or identity.run_id_of(self.output_dir) or uuid.uuid4().hex
             # DIR is created only once the config proved workable (train()): a config error leaves it alone.
             final = ckpt.final_complete(self.output_dir) if self.args.resume != "never" else None
             if final is not None:

@@ -193,8 +193,9 @@ def check_run_directory(
                 f"--output-dir {root} holds {existing.describe()} started with a different training spec: "
                 f"{', '.join(changed)}; " + ADVICE
             )
-    owner = run_id or (existing.run_id if existing is not None else None)
-    for name, marker_run, marker_fingerprint in _marker_owners(root):
+    markers = _marker_owners(root)
+    owner = run_id or (existing.run_id if existing is not None else None) or recorded_run_id(markers)
+    for name, marker_run, marker_fingerprint in markers:
         if marker_run is not None and owner is not None and marker_run != owner:
             raise ConfigError(
                 f"--output-dir {root} belongs to another run: its {name} was written by run {marker_run}, "
@@ -206,6 +207,17 @@ def check_run_directory(
                 f"(fingerprint {marker_fingerprint}, this one {mine}); " + ADVICE
             )
     return existing
+
+
+def recorded_run_id(markers: list[tuple[str, str | None, str | None]]) -> str | None:
+    """The run id the directory's commit markers name (newest first), for a directory without RUN.json."""
+    return next((run for _name, run, _fp in markers if run is not None), None)
+
+
+def run_id_of(run_dir: str | Path) -> str | None:
+    """Without --run-id: the directory's own run id (RUN.json, else its markers); None for a new one."""
+    existing = read_identity(run_dir)
+    return existing.run_id if existing is not None else recorded_run_id(_marker_owners(Path(run_dir)))
 
 
 def source_run_dir(path: Path) -> Path:
