@@ -659,7 +659,9 @@ def quick_recreate_with_delete_with_job(p: Provider, name: str = "quickrecreate"
     assert_succeeded(p, name, 4)
     old_claim_uid = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace).metadata.uid
     p.kube.core.patch_namespaced_persistent_volume_claim(
-        claim, p.namespace, {"metadata": {"finalizers": ["kubernetes.io/pvc-protection", HOLD_FINALIZER]}}
+        claim,
+        p.namespace,
+        {"metadata": {"finalizers": [HOLD_FINALIZER]}},  # merged into the list
     )
     _delete_and_wait_gone(p, name)
     wait_for(
@@ -680,8 +682,14 @@ def quick_recreate_with_delete_with_job(p: Provider, name: str = "quickrecreate"
     assert "WaitingForClaim" in [e.reason for e in events(p, name)]
     # the old claim goes: the job goes on with a new one
     finalizers = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace).metadata.finalizers
-    p.kube.core.patch_namespaced_persistent_volume_claim(
-        claim, p.namespace, {"metadata": {"finalizers": [f for f in finalizers or [] if f != HOLD_FINALIZER]}}
+    index = list(finalizers or []).index(HOLD_FINALIZER)
+    p.kube.core.patch_namespaced_persistent_volume_claim(  # a JSON patch: finalizers merge in a strategic one
+        claim,
+        p.namespace,
+        [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": HOLD_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ],
     )
     s = assert_succeeded(p, name, 4)
     assert s["attempt"] == 1, summary(s)
