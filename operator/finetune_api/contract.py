@@ -28,7 +28,14 @@ DATASET_MOUNT = "/data"
 
 # Layout of the checkpoint volume, mounted at CHECKPOINT_MOUNT in the trainer pod.
 CHECKPOINT_MOUNT = "/checkpoints"
-OUTPUT_SUBDIR = "run"  # --output-dir: checkpoint-N/ directories and final/
+#: Each job's run directory is RUNS_DIR/<job uid> on the claim (--output-dir /checkpoints/runs/<uid>):
+#: its checkpoint-N/ directories, final/ and RUN_MARKER. Keyed by the uid, so a job re-created under the
+#: same name, or another job on the same existingClaimName, never resumes from or retains another run's
+#: checkpoints.
+RUNS_DIR = "runs"
+#: Where jobs started before run directories existed keep writing (only those: new jobs use RUNS_DIR/<uid>).
+LEGACY_RUN_DIR = "run"
+RUN_MARKER = "RUN.json"  # in the run directory, written once at the first start: whose run this is
 FINAL_DIR = "final"  # the finished adapter, written only at the end
 COMMIT_MARKER = "COMMITTED.json"  # inside checkpoint-N/, written last, atomically
 DAMAGED_DIR = "damaged"  # damaged committed checkpoints are moved here, never deleted: damaged/checkpoint-40

@@ -394,6 +394,17 @@ class TrainingSpec(HFModel):
 class CheckpointSpec(KubeModel):
     """The checkpoint volume and the time the trainer gets to save on SIGTERM."""
 
+    cel_rules = (
+        CelRule(
+            cel="!has(self.resumeFrom) || (!self.resumeFrom.startsWith('/') "
+            "&& !self.resumeFrom.matches('(^|/)[.][.](/|$)'))",
+            message="resumeFrom must be a path relative to the checkpoint claim's root (no leading '/', no "
+            "'..'), e.g. runs/<uid> or runs/<uid>/checkpoint-40 (an earlier job's status.runDirectory)",
+            field="resumeFrom",
+            check=lambda c: _relative_without_dotdot(c.resume_from),
+        ),
+    )
+
     volume_size: Quantity = Field(
         "10Gi",
         description="Size of the checkpoint PersistentVolumeClaim.",
@@ -417,6 +428,15 @@ class CheckpointSpec(KubeModel):
         ge=10,
         le=86400,
         description="Time the trainer gets after SIGTERM to write its emergency checkpoint.",
+    )
+    resume_from: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Continue from an earlier run on this claim: its run directory (runs/<uid>, an earlier "
+        "job's status.runDirectory: its newest intact committed checkpoint) or one committed checkpoint "
+        "(runs/<uid>/checkpoint-40). Read only; used while this job's own run has no committed checkpoint. "
+        "A different training spec is allowed only with the same model and LoRA shape.",
     )
     on_no_intact_checkpoint: Literal["fail", "restart"] = Field(
         "fail",
@@ -776,6 +796,15 @@ class FineTuneJobStatus(StatusModel):
     last_checkpoint: CheckpointInfo | None = Field(None, description="The newest committed checkpoint.")
     last_checkpoint_step: int | None = Field(None, description="Its step (for kubectl get).")
     checkpoints: int | None = Field(None, description="Committed checkpoints currently retained.")
+    run_directory: str | None = Field(
+        None,
+        description="This job's run directory on the checkpoint claim (runs/<uid>); a later job continues "
+        "from it with spec.checkpoint.resumeFrom.",
+    )
+    started_from: str | None = Field(
+        None,
+        description="Where the run started: 'fresh', or the checkpoint it continued from (claim-relative).",
+    )
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
     streak: RestartStreak | None = Field(
         None, description="Pod ends in a row for one reason without training progress (a restart storm)."

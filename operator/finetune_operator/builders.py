@@ -13,7 +13,7 @@ from typing import Any
 from finetune_api.contract import (
     CHECKPOINT_MOUNT,
     DATASET_MOUNT,
-    OUTPUT_SUBDIR,
+    RUNS_DIR,
     TERMINATION_MESSAGE_PATH,
 )
 from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTraining, FineTuneJob
@@ -32,7 +32,8 @@ from finetune_operator.decisions import (
 )
 
 MANAGED_BY = "finetune-operator"
-#: On the checkpoint PVC: the uid of the FineTuneJob that created it (a fresh volume has no checkpoints).
+#: On the checkpoint PVC: the uid of the FineTuneJob that created it (informational: each run has its own
+#: directory runs/<uid> on the claim, so nothing depends on who created it).
 ANNOTATION_VOLUME_JOB_UID = "finetune.dev/created-for-uid"
 CONFIG_MOUNT = "/etc/finetune"
 CONFIG_FILE = "config.json"
@@ -306,16 +307,29 @@ def _affinity(job: FineTuneJob, avoid_node: str | None = None) -> dict[str, Any]
 
 
 def trainer_args(
-    job: FineTuneJob, effective: EffectiveTraining | None, resume: bool, attempt: int | None = None
+    job: FineTuneJob,
+    uid: str,
+    effective: EffectiveTraining | None,
+    run_directory: str | None = None,
+    attempt: int | None = None,
 ) -> list[str]:
+    """Every attempt resumes its own run directory (`--resume auto`: an empty one starts fresh); another
+    run's checkpoints are used only when the spec names them (`checkpoint.resumeFrom` → `--resume-from`).
+    `attempt` turns on the trainer's attempt fence (`--attempt N`)."""
     batch, accumulation = effective_batch(job, effective)
     args = [
         "--config",
         f"{CONFIG_MOUNT}/{CONFIG_FILE}",
         "--output-dir",
-        f"{CHECKPOINT_MOUNT}/{OUTPUT_SUBDIR}",
+        f"{CHECKPOINT_MOUNT}/{run_directory or f'{RUNS_DIR}/{uid}'}",
+        "--run-id",
+        uid,
         "--resume",
-        "auto" if resume else "never",
+        "auto",
+    ]
+    if job.spec.checkpoint.resume_from:
+        args += ["--resume-from", f"{CHECKPOINT_MOUNT}/{job.spec.checkpoint.resume_from}"]
+    args += [
         "--per-device-train-batch-size",
         str(batch),
         "--gradient-accumulation-steps",
@@ -336,7 +350,7 @@ def build_pod(
     attempt: int,
     *,
     effective: EffectiveTraining | None = None,
-    resume: bool = True,
+    run_directory: str | None = None,
     last_checkpoint_time: str | None = None,
     last_checkpoint_step: int | None = None,
     unreachable_toleration_seconds: int = DEFAULT_UNREACHABLE_TOLERATION_SECONDS,
@@ -346,6 +360,7 @@ def build_pod(
     """The trainer pod `<job>-<attempt>`. `finetune-trainer` is PID 1 (exec form) so it gets SIGTERM.
 
     `avoid_node`: the node the previous attempt failed on (start failure, admission, eviction): preferred not.
+    `run_directory`: claim-relative (decisions.run_directory); default runs/<uid>.
     """
     spec = job.spec
     meta = _meta(job, uid, pod_name(job.metadata.name, attempt), "trainer")
@@ -362,7 +377,7 @@ def build_pod(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["finetune-trainer"],
-        "args": trainer_args(job, effective, resume, attempt),
+        "args": trainer_args(job, uid, effective, run_directory, attempt),
         "env": _env(job, attempt),
         "resources": _resources(job, effective),
         "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],

@@ -31,6 +31,8 @@ from finetune_api.contract import (
     EXIT_SUCCEEDED,
     EXIT_SUPERSEDED,
     EXIT_VOLUME_FULL,
+    LEGACY_RUN_DIR,
+    RUNS_DIR,
     TerminationMessage,
 )
 from finetune_api.models import (
@@ -263,6 +265,53 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         created=parse_time(meta.get("creationTimestamp")),
         started=parse_time(status.get("startTime")),
     )
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """The job's checkpoint claim as read from the API (`exists=False`: none yet, the operator creates it)."""
+
+    name: str
+    exists: bool = False
+    deleting: bool = False
+    job_owner_uids: tuple[str, ...] = ()  # uids of the FineTuneJobs in its ownerReferences
+
+
+def claim_view(name: str, pvc: dict[str, Any] | None) -> ClaimView:
+    if pvc is None:
+        return ClaimView(name=name)
+    meta = pvc.get("metadata") or {}
+    owners = tuple(
+        str(o.get("uid")) for o in meta.get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"
+    )
+    return ClaimView(
+        name=name, exists=True, deleting=bool(meta.get("deletionTimestamp")), job_owner_uids=owners
+    )
+
+
+def claim_blocker(claim: ClaimView | None, uid: str) -> str | None:
+    """Why the next pod cannot use the claim yet (None: it can). A claim being deleted (a quick delete and
+    re-create with deleteWithJob: true meets the old job's claim Terminating) or owned by another
+    FineTuneJob (its garbage collection has not started yet) would leave the pod Pending forever; once it is
+    gone the operator creates a new one."""
+    if claim is None or not claim.exists:
+        return None
+    if claim.deleting:
+        return f"waiting for the previous job's claim {claim.name} to be deleted (it is terminating)"
+    if claim.job_owner_uids and uid not in claim.job_owner_uids:
+        return (
+            f"waiting for the previous job's claim {claim.name} to be deleted (it belongs to FineTuneJob uid "
+            f"{claim.job_owner_uids[0]}, deleted with it)"
+        )
+    return None
+
+
+def run_directory(uid: str, status: FineTuneJobStatus) -> str:
+    """This job's run directory on the claim: recorded in status at the first attempt (runs/<uid>); a job
+    that started before run directories existed (attempts made, none recorded) keeps the legacy one."""
+    if status.run_directory:
+        return status.run_directory
+    return LEGACY_RUN_DIR if status.attempt > 0 else f"{RUNS_DIR}/{uid}"
 
 
 def node_view(name: str, node: dict[str, Any] | None) -> NodeView:
@@ -995,7 +1044,7 @@ def decision_patch(
 @dataclass(frozen=True)
 class CreatePod:
     attempt: int
-    resume: bool
+    run_directory: str  # claim-relative: --output-dir /checkpoints/<run_directory>
     status_patch: dict[str, Any]  # applied once the pod exists (created or adopted)
     event_reason: str
     event_message: str
@@ -1073,7 +1122,7 @@ class World:
     pods: tuple[PodView, ...]
     nodes: dict[str, NodeView]
     now: datetime
-    volume_fresh: bool = True  # the checkpoint volume was created by the operator for this very job
+    claim: ClaimView | None = None  # the checkpoint claim (None: not looked at)
     node_lost_seconds: float = 120.0
     shared_volume: bool = False  # the checkpoint claim is ReadWriteMany: never force on the timeout alone
 
@@ -1144,12 +1193,16 @@ def _create_next(world: World, step: Step, phase: Phase, reason: str, message: s
     status = world.status
     attempt = status.attempt + 1
     name = pod_name(world.name, attempt)
-    resume = attempt > 1 or status.last_checkpoint is not None or not world.volume_fresh
+    directory = run_directory(world.uid, status)
     existing = {p.name: p for p in world.pods}
     patch = phase_patch(status, phase, reason, message, world.now)
     patch.update({"attempt": attempt, "podName": name, "pending": None, "nextAttemptTime": None})
     if status.start_time is None:
         patch["startTime"] = format_time(world.now)
+    if status.run_directory != directory:
+        patch["runDirectory"] = directory
+    if status.started_from is None:  # the trainer names the exact checkpoint once it has chosen one
+        patch["startedFrom"] = world.spec.checkpoint.resume_from or "fresh"
     if name in existing and (not existing[name].owner_uids or world.uid in existing[name].owner_uids):
         step.actions.append(AdoptPod(name, patch))
         return
@@ -1159,10 +1212,34 @@ def _create_next(world: World, step: Step, phase: Phase, reason: str, message: s
             _cleanup_pod(step, pod, world)
         step.requeue(WATCH_NODE_SECONDS)
         return
-    how = "resuming from the newest committed checkpoint" if resume else "starting fresh"
+    blocked = claim_blocker(world.claim, world.uid)
+    if blocked is not None:
+        _wait_for_claim(world, step, blocked)
+        return
+    how = f"run directory {directory}"
+    if status.last_checkpoint is None and world.spec.checkpoint.resume_from:
+        how += f", continuing from {world.spec.checkpoint.resume_from} if it has no checkpoint yet"
     step.actions.append(
-        CreatePod(attempt, resume, patch, "AttemptCreated", f"created pod {name} (attempt {attempt}, {how})")
+        CreatePod(
+            attempt, directory, patch, "AttemptCreated", f"created pod {name} (attempt {attempt}, {how})"
+        )
     )
+
+
+#: How often a job waiting for its previous claim to go looks again (the claim's deletion sends no job event).
+CLAIM_RECHECK_SECONDS = 2.0
+
+
+def _wait_for_claim(world: World, step: Step, text: str) -> None:
+    status = world.status
+    step.requeue(CLAIM_RECHECK_SECONDS)
+    if (status.reason, status.message) == ("WaitingForClaim", text):
+        return  # already shown, Event posted
+    if status.phase is None:
+        step.actions.append(PatchStatus(phase_patch(status, "Pending", "WaitingForClaim", text, world.now)))
+    else:
+        step.actions.append(PatchStatus({"reason": "WaitingForClaim", "message": text}))
+    step.actions.append(Event("Normal", "WaitingForClaim", text))
 
 
 def reconcile(world: World) -> Step:

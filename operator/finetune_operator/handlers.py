@@ -450,14 +450,14 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
                     raise
                 node = None
             nodes[pod.node_name] = decisions.node_view(pod.node_name, node)
-    volume_fresh = True
-    if job.spec.checkpoint.existing_claim_name:
-        volume_fresh = False
-    elif status.attempt == 0:
+    claim: dict[str, Any] | None = None
+    if status.phase not in ("Succeeded", "Failed"):  # only the next pod needs it
         try:
-            pvc = core.read_namespaced_persistent_volume_claim(builders.pvc_name(job), namespace)
-            annotations = pvc.metadata.annotations or {}
-            volume_fresh = annotations.get(builders.ANNOTATION_VOLUME_JOB_UID) == uid
+            claim = _json(
+                core.read_namespaced_persistent_volume_claim(
+                    builders.pvc_name(job), namespace, _preload_content=False
+                )
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -473,7 +473,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         pods=pods,
         nodes=nodes,
         now=datetime.now(UTC),
-        volume_fresh=volume_fresh,
+        claim=decisions.claim_view(builders.pvc_name(job), claim),
         node_lost_seconds=RUNTIME.config.node_lost_seconds,
         shared_volume=shared_volume,
     )
@@ -600,7 +600,7 @@ def execute(
                 extra={
                     "finetunejob": f"{namespace}/{name}",
                     "attempt": action.attempt,
-                    "resume": action.resume,
+                    "run_directory": action.run_directory,
                 },
             )
         elif isinstance(action, AdoptPod):
@@ -692,7 +692,7 @@ def _create_attempt(
         uid,
         action.attempt,
         effective=effective,
-        resume=action.resume,
+        run_directory=action.run_directory,
         last_checkpoint_time=ckpt.time if ckpt else None,
         last_checkpoint_step=ckpt.step if ckpt else None,
         unreachable_toleration_seconds=RUNTIME.config.unreachable_toleration_seconds,

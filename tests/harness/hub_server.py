@@ -323,6 +323,10 @@ class HubServer:
 
     def __init__(self, root: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self._lock = threading.Lock()
+        # A client has the last byte of a response a moment before the handler thread counts it: snapshots
+        # wait (briefly) for the requests being answered, so a test reading the counters sees them settled.
+        self._settled = threading.Condition(self._lock)
+        self._in_flight = 0
         self._failures: dict[str, Failure] = {}
         self._repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[HubRequest] = []
@@ -384,8 +388,9 @@ class HubServer:
         return self.traffic(repo_id).requests
 
     def traffic(self, repo_id: str) -> RepoTraffic:
-        """A snapshot of what `repo_id` was asked and sent so far."""
-        with self._lock:
+        """What `repo_id` was asked and sent so far (once no request is being answered, or after 2 s)."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=2.0)
             return self._traffic.get(repo_id, RepoTraffic()).copy()
 
     def _count(self, request: HubRequest, body_bytes: int = 0, file_bytes: int = 0) -> None:
@@ -412,6 +417,16 @@ class HubServer:
             return self._failures.get(request.repo_id)
 
     def respond(self, handler: BaseHTTPRequestHandler, form: str = "") -> None:
+        with self._settled:
+            self._in_flight += 1
+        try:
+            self._respond(handler, form)
+        finally:
+            with self._settled:
+                self._in_flight -= 1
+                self._settled.notify_all()
+
+    def _respond(self, handler: BaseHTTPRequestHandler, form: str) -> None:
         request = parse_request(handler.command, handler.path)
         failure = self._record(request)
         if failure is not None:

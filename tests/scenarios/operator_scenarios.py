@@ -168,8 +168,14 @@ def pods(p: Provider, name: str) -> list[Any]:
     return list(p.kube.core.list_namespaced_pod(p.namespace, label_selector=f"finetune.dev/job={name}").items)
 
 
-def final_adapter_sha256(p: Provider, name: str) -> str:
-    data = p.read_volume_file(p.namespace, f"{name}-checkpoints", "run/final/adapter_model.safetensors")
+def final_adapter_sha256(p: Provider, name: str, claim: str | None = None) -> str:
+    """The final adapter in the job's own run directory (status.runDirectory: runs/<uid>)."""
+    job = get_job(p, name)
+    run_dir = (job.get("status") or {}).get("runDirectory")
+    assert run_dir == f"runs/{job['metadata']['uid']}", job.get("status")
+    data = p.read_volume_file(
+        p.namespace, claim or f"{name}-checkpoints", f"{run_dir}/final/adapter_model.safetensors"
+    )
     return hashlib.sha256(data).hexdigest()
 
 
@@ -631,3 +637,99 @@ def delete_job_cleans_up(p: Provider, name: str) -> None:
         return False
 
     wait_for(pvc_gone, 60, what=f"{name} volume deleted")
+
+
+def _delete_and_wait_gone(p: Provider, name: str) -> None:
+    p.kube.custom.delete_namespaced_custom_object(GROUP, VERSION, p.namespace, PLURAL, name)
+
+    def gone() -> bool:
+        try:
+            get_job(p, name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, 60, what=f"{name} deleted")
+
+
+def recreated_job_trains_anew(p: Provider, name: str = "recreate") -> dict[str, Any]:
+    """Delete a finished job whose volume is kept, change its training, apply it under the same name: it
+    trains its own run in its own directory instead of showing Succeeded at once with the old adapter."""
+    kept = {"checkpoint": {"deleteWithJob": False}}
+    apply_job(p, tiny_job(name, p.trainer_image, steps=8, step_sleep=0.0, **kept))
+    first = assert_succeeded(p, name, 8)
+    first_uid = get_job(p, name)["metadata"]["uid"]
+    first_adapter = final_adapter_sha256(p, name)
+    assert first.get("startedFrom") == "fresh", summary(first)
+    _delete_and_wait_gone(p, name)
+    # the same name, more steps and another learning rate; the kept claim still holds the old run
+    changed = tiny_job(name, p.trainer_image, steps=12, step_sleep=0.0, **kept)
+    changed["spec"]["training"]["learning_rate"] = 2e-3
+    apply_job(p, changed)
+    second_uid = get_job(p, name)["metadata"]["uid"]
+    s = assert_succeeded(p, name, 12)  # trained to 12: the old final (step 8) was not taken for this run
+    assert s["runDirectory"] == f"runs/{second_uid}" and second_uid != first_uid, summary(s)
+    assert s.get("startedFrom") == "fresh", s
+    assert s["lastCheckpoint"]["path"].startswith(f"/checkpoints/runs/{second_uid}/"), s["lastCheckpoint"]
+    assert final_adapter_sha256(p, name) != first_adapter
+    # the old run is still there, untouched, for a later job's spec.checkpoint.resumeFrom
+    old = p.read_volume_file(
+        p.namespace, f"{name}-checkpoints", f"runs/{first_uid}/final/adapter_model.safetensors"
+    )
+    assert hashlib.sha256(old).hexdigest() == first_adapter
+    _delete_and_wait_gone(p, name)
+    p.kube.core.delete_namespaced_persistent_volume_claim(f"{name}-checkpoints", p.namespace)
+    return s
+
+
+HOLD_FINALIZER = "test.finetune.dev/hold"
+
+
+def quick_recreate_with_delete_with_job(p: Provider, name: str = "quickrecreate") -> dict[str, Any]:
+    """deleteWithJob: true; delete the job and apply it again at once. The new job meets the old claim still
+    Terminating: it waits, saying so, creates no pod, and goes on once the claim is gone. (A test finalizer
+    holds the old claim Terminating, so the wait does not depend on how fast garbage collection is.)"""
+    claim = f"{name}-checkpoints"
+    apply_job(p, tiny_job(name, p.trainer_image, steps=4, step_sleep=0.0))
+    assert_succeeded(p, name, 4)
+    old_claim_uid = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace).metadata.uid
+    p.kube.core.patch_namespaced_persistent_volume_claim(
+        claim,
+        p.namespace,
+        {"metadata": {"finalizers": [HOLD_FINALIZER]}},  # merged into the list
+    )
+    _delete_and_wait_gone(p, name)
+    wait_for(
+        lambda: (
+            p.kube.core.read_namespaced_persistent_volume_claim(
+                claim, p.namespace
+            ).metadata.deletion_timestamp
+        ),
+        60,
+        what=f"old claim {claim} Terminating",
+    )
+    apply_job(p, tiny_job(name, p.trainer_image, steps=4, step_sleep=0.0))
+    s = wait_status(p, name, lambda s: s.get("reason") == "WaitingForClaim", 30, f"{name} WaitingForClaim")
+    assert s["phase"] == "Pending" and s["message"] == (
+        f"waiting for the previous job's claim {claim} to be deleted (it is terminating)"
+    ), summary(s)
+    assert not pods(p, name)  # a pod on a Terminating claim would stay Pending forever
+    assert "WaitingForClaim" in [e.reason for e in events(p, name)]
+    # the old claim goes: the job goes on with a new one
+    finalizers = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace).metadata.finalizers
+    index = list(finalizers or []).index(HOLD_FINALIZER)
+    p.kube.core.patch_namespaced_persistent_volume_claim(  # a JSON patch: finalizers merge in a strategic one
+        claim,
+        p.namespace,
+        [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": HOLD_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ],
+    )
+    s = assert_succeeded(p, name, 4)
+    assert s["attempt"] == 1, summary(s)
+    new_claim = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace)
+    assert new_claim.metadata.uid != old_claim_uid
+    return s

@@ -48,6 +48,7 @@ class RunState:
     total_steps: int | None = None
     commit_failures: list[str] = field(default_factory=list)
     fence: AttemptFence | None = None  # --attempt N: stop before any change once a newer attempt claimed DIR
+    identity: dict[str, str] = field(default_factory=dict)  # {run_id, fingerprint} for every commit marker
 
     def check_fence(self, before: str, agree: Callable[[bool], bool] | None = None) -> None:
         if self.fence is not None:
@@ -98,6 +99,7 @@ class CheckpointCommitCallback(TrainerCallback):
                     started_at=started,
                     extra_required=run.extra_required,
                     before_marker=lambda: run.check_fence(f"committing {path.name}"),
+                    identity=run.identity or None,
                 )
                 assert record.save_seconds is not None
             except (ckpt.CheckpointError, OSError) as error:

@@ -176,6 +176,8 @@ class CommitRecord:
     save_seconds: float | None = None
     version: int = MARKER_VERSION
     checksums: dict[str, str] = field(default_factory=dict)  # name -> CRC-32 (8 hex digits); empty in v1
+    run_id: str | None = None  # the run that wrote it (absent in markers written before run identities)
+    fingerprint: str | None = None  # that run's training fingerprint (identity.fingerprint)
 
     @property
     def bytes(self) -> int:
@@ -193,13 +195,16 @@ def commit_checkpoint(
     extra_required: Iterable[str] = (),
     fsync: bool = True,
     before_marker: Callable[[], None] | None = None,
+    identity: dict[str, str] | None = None,
 ) -> CommitRecord:
     """Verify every file needed for exact resume, checksum and fsync them and the directory, then write the
     marker.
 
     `started_at` (time.monotonic() when the save began) gives the save duration recorded in the marker and
     in the returned record (the latter includes writing the marker). `before_marker` runs right before the
-    marker is written (the attempt fence); an exception from it leaves the checkpoint uncommitted.
+    marker is written (the attempt fence); an exception from it leaves the checkpoint uncommitted. `identity`
+    ({run_id, fingerprint}) is recorded in the marker, so a checkpoint says which run wrote it even without
+    the directory's RUN.json.
     """
     ckpt = Path(ckpt_dir)
     step = checkpoint_step(ckpt)
@@ -225,6 +230,8 @@ def commit_checkpoint(
         fsync_dir(ckpt.parent)  # the checkpoint-N entry itself
     save_seconds = None if started_at is None else time.monotonic() - started_at
     record = CommitRecord(ckpt, step, now_rfc3339(), files, save_seconds, MARKER_VERSION, checksums)
+    record.run_id = (identity or {}).get("run_id")
+    record.fingerprint = (identity or {}).get("fingerprint")
     data: dict[str, Any] = {
         "version": MARKER_VERSION,
         "step": step,
@@ -235,6 +242,7 @@ def commit_checkpoint(
         "checksum": CHECKSUM_ALGORITHM,
         "checksums": checksums,
         "bytes": record.bytes,
+        **(identity or {}),
     }
     if save_seconds is not None:
         data["save_seconds"] = round(save_seconds, 4)
@@ -306,7 +314,13 @@ def read_commit(ckpt_dir: str | Path, verify_checksums: bool = False) -> CommitR
         data.get("save_seconds"),
         version,
         checksums,
+        _optional_str(data.get("run_id")),
+        _optional_str(data.get("fingerprint")),
     )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -484,9 +498,11 @@ def publish_final(
     write: Callable[[Path], None],
     step: int,
     before_replace: Callable[[], None] | None = None,
+    identity: dict[str, str] | None = None,
 ) -> Path:
     """Write the final adapter into a temp dir, fsync it, mark it and rename it to DIR/final atomically.
-    `before_replace` runs right before an existing final/ is replaced (the attempt fence)."""
+    `before_replace` runs right before an existing final/ is replaced (the attempt fence); `identity`
+    goes into the marker."""
     root = Path(output_dir)
     final = root / FINAL_DIR
     tmp = root / f".{FINAL_DIR}.partial"
@@ -512,6 +528,7 @@ def publish_final(
             "files": files,
             "checksum": CHECKSUM_ALGORITHM,
             "checksums": checksums,
+            **(identity or {}),
         },
     )
     if before_replace is not None:

@@ -1,8 +1,12 @@
 """`finetune-trainer`: the trainer pod's PID 1.
 
     finetune-trainer --config FILE --output-dir DIR [--resume auto|never|PATH]
+                     [--run-id ID] [--resume-from PATH]
                      [--per-device-train-batch-size N] [--gradient-accumulation-steps N]
                      [--termination-message-path P] [--nproc-per-node N] [--attempt N]
+
+DIR belongs to one run (DIR/RUN.json, identity.py): a DIR of another run id or another training spec is
+refused with exit 78 and left as it was.
 
 Exit codes (finetune_api.contract): 0 finished (DIR/final written), 75 stopped on SIGTERM after committing a
 checkpoint, 76 CUDA out of memory, 78 config error, 65 committed checkpoints exist but none is intact
@@ -20,6 +24,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from finetune_api.contract import (
 from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
+from finetune_trainer import identity
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.fence import AttemptFence, Superseded
 from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
@@ -61,6 +67,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume",
         default="auto",
         help="auto: newest committed checkpoint in the output dir, else start fresh; never; or a checkpoint",
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="this run's id (the FineTuneJob's uid); DIR must be new or hold this run (default: DIR's own, "
+        "else a new one)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        default=None,
+        help="with --resume auto, while DIR has no committed checkpoint: continue from this committed "
+        "checkpoint, or from the newest intact one of this run directory (read only)",
     )
     parser.add_argument("--per-device-train-batch-size", type=_positive, default=None)
     parser.add_argument("--gradient-accumulation-steps", type=_positive, default=None)
@@ -125,6 +143,11 @@ class Run:
         self.newest_commit: ckpt.CommitRecord | None = None
         self.search: ckpt.ResumeSearch | None = None  # --resume auto: the candidates, newest first
         self.resume: ckpt.CommitRecord | None = None  # the checkpoint this build resumes from
+        self.sections: dict[str, Any] = {}  # the training-defining spec as given (before the CLI overrides)
+        self.identity: identity.RunIdentity | None = None  # DIR/RUN.json when it exists
+        self.run_id: str = args.run_id or ""
+        self.source: Path | None = None  # --resume-from in use: the other run's directory or checkpoint
+        self.source_differences: list[str] = []
         self.step: int | None = None
         self.run_state: Any = None  # callbacks.RunState once training is set up
         self.trainer: Any = None
@@ -201,7 +224,10 @@ class Run:
             return None
         if mode == "auto":
             self.search = ckpt.ResumeSearch(self.output_dir)
-            return self.next_candidate()
+            found = self.next_candidate()
+            if found is None and not self.search.damaged and self.args.resume_from:
+                return self.resolve_resume_from(Path(self.args.resume_from))
+            return found
         path = Path(mode)
         try:
             record = ckpt.read_commit(path, verify_checksums=True)
@@ -210,6 +236,45 @@ class Run:
         except ckpt.CheckpointError as error:
             raise NoIntactCheckpoint(f"--resume {mode}: damaged: {error}; nothing was moved") from None
         log("resume_from", checkpoint=str(path), step=record.step, reason="--resume PATH")
+        self.newest_commit = record
+        return record
+
+    def resolve_resume_from(self, source: Path) -> ckpt.CommitRecord:
+        """DIR has no committed checkpoint yet: continue from another run's. Read only: nothing there is set
+        aside, deleted or retained; this run's own checkpoints go to DIR."""
+        self.source = source
+        if not source.is_dir():
+            raise ConfigError(f"--resume-from {source}: no such directory on the checkpoint volume")
+        if ckpt.checkpoint_step(source) is not None or (source / COMMIT_MARKER).exists():
+            self.search = None  # one checkpoint named: no fallback to another, as --resume PATH
+            try:
+                record = ckpt.read_commit(source, verify_checksums=True)
+            except ckpt.NotCommitted as error:
+                raise ConfigError(f"--resume-from {source}: not a committed checkpoint: {error}") from None
+            except ckpt.CheckpointError as error:
+                raise NoIntactCheckpoint(
+                    f"--resume-from {source}: damaged: {error}; nothing was moved"
+                ) from None
+        else:
+            self.search = ckpt.ResumeSearch(source)
+            found = self.next_candidate()
+            if found is None:
+                if self.search.damaged:
+                    raise NoIntactCheckpoint(self.no_intact_message(self.search, source))
+                raise ConfigError(
+                    f"--resume-from {source}: no committed checkpoint there (a run directory's final/ is not "
+                    "a checkpoint: it has no optimizer, scheduler or data position)"
+                )
+            record = found
+        _, self.source_differences = identity.check_continuation(source, record, self.sections)
+        log(
+            "resume_from",
+            checkpoint=str(record.path),
+            step=record.step,
+            reason="--resume-from: this run's directory has no committed checkpoint yet",
+            same_spec=not self.source_differences,
+            differences=self.source_differences or None,
+        )
         self.newest_commit = record
         return record
 
@@ -261,6 +326,8 @@ class Run:
             log("resume_none", reason="no committed checkpoint")
             return None
         assert self.config is not None
+        if self.source is not None:  # the other run's checkpoints are never set aside: fail, nothing moved
+            raise NoIntactCheckpoint(self.no_intact_message(search, self.source))
         if self.config.on_no_intact_checkpoint != "restart":
             raise NoIntactCheckpoint(self.no_intact_message(search))
         log(
@@ -271,8 +338,10 @@ class Run:
         )
         return None
 
-    def no_intact_message(self, search: ckpt.ResumeSearch) -> str:
+    def no_intact_message(self, search: ckpt.ResumeSearch, source: Path | None = None) -> str:
         problems = "; ".join(f"{item.path.name}: {item.why}" for item in search.rejected)
+        if source is not None:
+            return f"--resume-from {source}: no intact checkpoint: {problems}. Nothing was deleted or moved"
         return (
             f"no intact checkpoint in {self.output_dir}: {problems}. Nothing was deleted or moved. "
             "To start over instead, set spec.checkpoint.onNoIntactCheckpoint: restart "
@@ -283,7 +352,8 @@ class Run:
         """Restoring `record` failed: note it and take the next older candidate (None when there is none)."""
         log("checkpoint_restore_failed", level="error", checkpoint=record.name, reason=why)
         if self.search is None:  # --resume PATH: the user chose this one; no silent fallback, nothing moved
-            raise NoIntactCheckpoint(f"--resume {self.args.resume}: damaged: {why}; nothing was moved")
+            chosen = f"--resume-from {self.source}" if self.source else f"--resume {self.args.resume}"
+            raise NoIntactCheckpoint(f"{chosen}: damaged: {why}; nothing was moved")
         self.search.reject(record, why)
         return self.next_candidate()
 
@@ -299,10 +369,16 @@ class Run:
         started = time.monotonic()
         set_context(rank=self.rank if self.world_size > 1 else None)
         try:
-            config = apply_overrides(load_trainer_config(self.args.config), self.args)
+            given = load_trainer_config(self.args.config)
+            self.sections = identity.spec_sections(given)  # before the CUDA-OOM overrides: the same run
+            config = apply_overrides(given, self.args)
             self.config = config
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
+            # Whose directory is this? Before anything is read as ours (final/, checkpoints): another run's
+            # final adapter or optimizer state must never pass for this run's.
+            self.identity = identity.check_run_directory(self.output_dir, self.args.run_id, self.sections)
+            self.run_id = self.args.run_id or identity.run_id_of(self.output_dir) or uuid.uuid4().hex
             # DIR is created only once the config proved workable (train()): a config error leaves it alone.
             final = ckpt.final_complete(self.output_dir) if self.args.resume != "never" else None
             if final is not None:
@@ -475,7 +551,7 @@ class Run:
 
     def set_aside_damaged(self) -> None:
         """Damaged committed checkpoints passed over by the search move to DIR/damaged/ (never deleted)."""
-        if self.search is None or not self.search.damaged:
+        if self.search is None or not self.search.damaged or self.source is not None:  # source: read only
             return
         self.fence.check("setting damaged checkpoints aside")
         for item, moved in ckpt.set_aside_all(self.search.damaged):
@@ -533,6 +609,7 @@ class Run:
             extra_required=extra,
             last_commit=resume,
             fence=self.fence,
+            identity=self.identity_fields(),
         )
         self.run_state = run
         callbacks = [
@@ -562,9 +639,13 @@ class Run:
         if self.is_main:  # only now that loading worked: a config error must leave DIR untouched
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.fence.claim()  # already claimed when DIR existed at start: then only a check
+            self.claim_directory(config, resume)
+            reporter.update({"startedFrom": self.identity.started_from if self.identity else None})
             self.set_aside_damaged()
             self.fence.check("removing checkpoints newer than the resume point")
-            stale = ckpt.remove_newer_than(self.output_dir, resume.step if resume else None)
+            # Resuming from another run: DIR has no committed checkpoint, only torn saves (if any) to clear.
+            own_step = resume.step if resume and self.source is None else None
+            stale = ckpt.remove_newer_than(self.output_dir, own_step)
             if stale:
                 log(
                     "removed_stale_checkpoints",
@@ -582,6 +663,35 @@ class Run:
             return self.finish_preempted(run)
         self.preemption.phase = FINISHING
         return self.finish(trainer, config, state.global_step, faults)
+
+    def identity_fields(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "fingerprint": identity.fingerprint(self.sections)}
+
+    def claim_directory(self, config: TrainerConfig, resume: ckpt.CommitRecord | None) -> None:
+        """Write DIR/RUN.json at the run's first start (never rewritten): whose run, what spec, from where."""
+        if self.identity is not None:
+            return
+        started = (
+            identity.claim_relative(resume.path) if resume is not None and self.source else identity.FRESH
+        )
+        if resume is not None and self.source is None:
+            started = "(a run directory without RUN.json, adopted)"  # written before run identities existed
+        job = config.job.model_dump() if config.job is not None else None
+        self.identity = identity.RunIdentity(
+            run_id=self.run_id,
+            fingerprint=identity.fingerprint(self.sections),
+            sections=self.sections,
+            job=job,
+            created_at=ckpt.now_rfc3339(),
+            started_from=started,
+        )
+        identity.write_identity(self.output_dir, self.identity)
+        log(
+            "run_directory_claimed",
+            run_id=self.run_id,
+            fingerprint=self.identity.fingerprint,
+            started_from=started,
+        )
 
     def finish_preempted(self, run: Any) -> int:
         seconds = run.emergency_save_seconds
@@ -620,7 +730,11 @@ class Run:
 
             self.fence.check("writing final/")
             ckpt.publish_final(
-                self.output_dir, write, step, before_replace=lambda: self.fence.check("publishing final/")
+                self.output_dir,
+                write,
+                step,
+                before_replace=lambda: self.fence.check("publishing final/"),
+                identity=self.identity_fields(),
             )
         dist.barrier()
         log(

@@ -117,3 +117,11 @@ def test_config_map_over_1mib_fails_the_job(provider: LocalProvider) -> None:
 
 def test_dataset_from_a_read_only_volume(provider: LocalProvider, request: pytest.FixtureRequest) -> None:
     sc.dataset_from_volume(provider, _reference(request))
+
+
+def test_recreated_job_trains_anew_in_its_own_run_directory(provider: LocalProvider) -> None:
+    sc.recreated_job_trains_anew(provider)
+
+
+def test_quick_recreate_with_delete_with_job_waits_for_the_old_claim(provider: LocalProvider) -> None:
+    sc.quick_recreate_with_delete_with_job(provider)

@@ -122,28 +122,33 @@ def test_pod_identity_labels_owner_finalizer() -> None:
     assert meta["annotations"][ANNOTATION_LAST_CHECKPOINT] == "2026-01-01T00:00:00Z"
 
 
-def test_pod_command_resume_and_adapted_batch() -> None:
-    first = b.build_pod(job(), UID, 1, resume=False)
+def test_pod_command_own_run_directory_and_adapted_batch() -> None:
+    first = b.build_pod(job(), UID, 1)
     c = container(first)
     assert c["command"] == ["finetune-trainer"]
-    assert c["args"][:6] == [
+    # Every attempt resumes its own run directory, keyed by the job's uid: an empty one starts fresh.
+    assert c["args"][:8] == [
         "--config",
         "/etc/finetune/config.json",
         "--output-dir",
-        "/checkpoints/run",
+        f"/checkpoints/runs/{UID}",
+        "--run-id",
+        UID,
         "--resume",
-        "never",
+        "auto",
     ]
+    assert "--resume-from" not in c["args"]
     later = b.build_pod(
         job(),
         UID,
         2,
-        resume=True,
+        run_directory="run",  # a job started before run directories keeps its legacy one
         effective=EffectiveTraining(
             per_device_train_batch_size=2, gradient_accumulation_steps=2, memory="3Gi"
         ),
     )
     args = container(later)["args"]
+    assert args[args.index("--output-dir") + 1] == "/checkpoints/run"
     assert args[args.index("--resume") + 1] == "auto"
     assert args[args.index("--per-device-train-batch-size") + 1] == "2"
     assert args[args.index("--gradient-accumulation-steps") + 1] == "2"
@@ -154,7 +159,14 @@ def test_pod_passes_its_attempt_number_to_the_trainer_fence() -> None:
     for attempt in (1, 7):
         args = container(b.build_pod(job(), UID, attempt))["args"]
         assert args[args.index("--attempt") + 1] == str(attempt)
-    assert "--attempt" not in b.trainer_args(job(), None, True)  # a manual rendering: the fence is off
+    assert "--attempt" not in b.trainer_args(job(), UID, None)  # a manual rendering: the fence is off
+
+
+def test_pod_resume_from_is_passed_under_the_claim_mount() -> None:
+    pod = b.build_pod(job(checkpoint={"resumeFrom": "runs/old-uid/checkpoint-40"}), UID, 1)
+    args = container(pod)["args"]
+    assert args[args.index("--resume-from") + 1] == "/checkpoints/runs/old-uid/checkpoint-40"
+    assert args[args.index("--output-dir") + 1] == f"/checkpoints/runs/{UID}"
 
 
 def test_pod_resources_and_grace() -> None:

@@ -637,7 +637,7 @@ def world(
     sp: FineTuneJobSpec | None = None,
     nodes: dict[str, d.NodeView] | None = None,
     now: datetime = NOW,
-    volume_fresh: bool = True,
+    claim: d.ClaimView | None = None,
     shared_volume: bool = False,
 ) -> d.World:
     return d.World(
@@ -649,7 +649,7 @@ def world(
         pods=tuple(d.pod_view(p) for p in pods or []),
         nodes=nodes if nodes is not None else {"node-a": READY},
         now=now,
-        volume_fresh=volume_fresh,
+        claim=claim,
         node_lost_seconds=60,
         shared_volume=shared_volume,
     )
@@ -665,16 +665,97 @@ def only(step: d.Step, cls: type) -> Any:
     return found[0]
 
 
-def test_new_job_creates_attempt_one_fresh() -> None:
+def test_new_job_creates_attempt_one_in_its_own_run_directory() -> None:
     step = d.reconcile(world())
     create = only(step, d.CreatePod)
-    assert (create.attempt, create.resume) == (1, False)
+    assert (create.attempt, create.run_directory) == (1, "runs/uid-1")
     assert create.status_patch["podName"] == "job-1" and create.status_patch["phase"] == "Pending"
+    assert create.status_patch["runDirectory"] == "runs/uid-1"
+    assert create.status_patch["startedFrom"] == "fresh"
     assert "startTime" in create.status_patch
 
 
-def test_new_job_on_existing_volume_resumes() -> None:
-    assert only(d.reconcile(world(volume_fresh=False)), d.CreatePod).resume is True
+def test_a_job_re_created_under_the_same_name_gets_another_run_directory() -> None:
+    """The kept claim of a deleted job with the same name (another uid) is used, but never its run."""
+    kept = d.ClaimView(name="job-checkpoints", exists=True)  # deleteWithJob false: no owner
+    step = d.reconcile(d.replace(world(claim=kept), uid="uid-2"))
+    assert only(step, d.CreatePod).run_directory == "runs/uid-2"
+
+
+def test_resume_from_is_named_as_the_start_until_the_trainer_names_the_checkpoint() -> None:
+    step = d.reconcile(world(sp=spec(checkpoint={"resumeFrom": "runs/uid-0"})))
+    create = only(step, d.CreatePod)
+    assert create.status_patch["startedFrom"] == "runs/uid-0"
+    assert "continuing from runs/uid-0" in create.event_message
+    later = status(
+        observedGeneration=1,
+        phase="Restarting",
+        attempt=1,
+        podName="job-1",
+        runDirectory="runs/uid-1",
+        startedFrom="runs/uid-0/checkpoint-40",
+        pending={"action": "restart", "cause": "preemption", "reason": "Evicted", "podName": "job-1"},
+    )
+    patch = only(d.reconcile(world(st=later, sp=spec(checkpoint={"resumeFrom": "runs/uid-0"}))), d.CreatePod)
+    assert patch.run_directory == "runs/uid-1"
+    assert "startedFrom" not in patch.status_patch and "runDirectory" not in patch.status_patch
+
+
+def test_a_job_started_before_run_directories_keeps_the_legacy_one() -> None:
+    st = status(
+        observedGeneration=1,
+        phase="Restarting",
+        attempt=2,
+        podName="job-2",
+        pending={"action": "restart", "cause": "preemption", "reason": "Evicted", "podName": "job-2"},
+    )
+    create = only(d.reconcile(world(st=st)), d.CreatePod)
+    assert create.run_directory == "run" and create.status_patch["runDirectory"] == "run"
+
+
+def test_waits_while_the_previous_jobs_claim_is_terminating_then_goes_on() -> None:
+    """deleteWithJob: a quick delete and re-create meets the old claim Terminating: wait, say why, no pod."""
+    terminating = d.ClaimView(name="job-checkpoints", exists=True, deleting=True, job_owner_uids=("uid-0",))
+    step = d.reconcile(world(claim=terminating))
+    assert "CreatePod" not in kinds(step)
+    patch = only(step, d.PatchStatus).patch
+    assert patch["phase"] == "Pending" and patch["reason"] == "WaitingForClaim"
+    assert patch["message"] == (
+        "waiting for the previous job's claim job-checkpoints to be deleted (it is terminating)"
+    )
+    assert only(step, d.Event).reason == "WaitingForClaim"
+    assert step.requeue_seconds == d.CLAIM_RECHECK_SECONDS
+    # shown once: the next look changes nothing while the claim is still there
+    shown = status(observedGeneration=1, phase="Pending", reason="WaitingForClaim", message=patch["message"])
+    again = d.reconcile(world(st=shown, claim=terminating))
+    assert again.actions == [] and again.requeue_seconds == d.CLAIM_RECHECK_SECONDS
+    # not yet deleting but still owned by the old job (its garbage collection has not begun): wait as well
+    owned = d.ClaimView(name="job-checkpoints", exists=True, job_owner_uids=("uid-0",))
+    assert "CreatePod" not in kinds(d.reconcile(world(st=shown, claim=owned)))
+    # gone: the operator creates a new claim and the first pod
+    assert (
+        only(d.reconcile(world(st=shown, claim=d.ClaimView(name="job-checkpoints"))), d.CreatePod).attempt
+        == 1
+    )
+    # our own claim (owned by this job) is no obstacle
+    ours = d.ClaimView(name="job-checkpoints", exists=True, job_owner_uids=("uid-1",))
+    assert only(d.reconcile(world(st=shown, claim=ours)), d.CreatePod).attempt == 1
+
+
+def test_claim_view_reads_deletion_and_job_owners() -> None:
+    pvc = {
+        "metadata": {
+            "name": "job-checkpoints",
+            "deletionTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [
+                {"kind": "FineTuneJob", "uid": "uid-0"},
+                {"kind": "ConfigMap", "uid": "other"},
+            ],
+        }
+    }
+    view = d.claim_view("job-checkpoints", pvc)
+    assert view.exists and view.deleting and view.job_owner_uids == ("uid-0",)
+    assert d.claim_view("job-checkpoints", None) == d.ClaimView(name="job-checkpoints")
 
 
 def test_observed_generation_is_recorded() -> None:
@@ -767,7 +848,8 @@ def test_preempted_pod_records_decision_then_waits_for_gone_then_creates() -> No
     # gone: create attempt 2 with --resume auto, clear the pending decision
     step = d.reconcile(world(st=st2, pods=[]))
     create = only(step, d.CreatePod)
-    assert (create.attempt, create.resume) == (2, True)
+    # (this status records no runDirectory, as a job started before run directories: the legacy one)
+    assert (create.attempt, create.run_directory) == (2, "run")
     assert create.status_patch["pending"] is None and create.status_patch["podName"] == "job-2"
     assert create.status_patch["phase"] == "Restarting"
 
@@ -890,7 +972,11 @@ def test_suspend_deletes_gracefully_then_stops_without_counting() -> None:
     # resume: a new attempt, resuming
     step = d.reconcile(world(st=st, pods=[]))
     create = only(step, d.CreatePod)
-    assert (create.attempt, create.resume, create.status_patch["phase"]) == (2, True, "Pending")
+    assert (create.attempt, create.run_directory, create.status_patch["phase"]) == (
+        2,
+        "run",  # no runDirectory recorded in this status: the legacy directory
+        "Pending",
+    )
 
 
 def test_suspend_while_restart_pending_cancels_it() -> None:

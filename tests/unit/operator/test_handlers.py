@@ -136,10 +136,11 @@ class FakeCluster:
             del self.pods[name]
 
     # --- the rest ------------------------------------------------------------------------
-    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> Any:
-        if name not in self.other:
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str, **_: Any) -> Any:
+        key = f"PersistentVolumeClaim/{name}"
+        if key not in self.other:
             raise ApiException(status=404)
-        return obj(self.other[name])
+        return SimpleNamespace(data=json.dumps(self.other[key]))
 
     def _create(self, namespace: str, body: dict[str, Any]) -> None:
         key = f"{body['kind']}/{body['metadata']['name']}"
