@@ -31,10 +31,32 @@ def committed(out: Path) -> list[int]:
     )
 
 
+STARTUP_PHASES = {"python", "config", "imports", "dataset_load", "tokenizer", "model_load", "tokenization"}
+
+
+def assert_startup_logged(events: list[dict], resumed_at: int | None) -> None:
+    """One `startup` line when the first step begins, before any step is logged: every phase (issue 13) with
+    its seconds, adding up to the total from process start; its `startup_phase` lines say the same."""
+    summaries = [i for i, e in enumerate(events) if e.get("event") == "startup"]
+    assert len(summaries) == 1, [e for e in events if e.get("event") == "startup"]
+    summary = events[summaries[0]]
+    first_log = next(i for i, e in enumerate(events) if e.get("event") == "train_log")
+    assert summaries[0] < first_log and summary["step"] == (resumed_at or 0), summary
+    phases = summary["phases"]
+    last = "resume_restore" if resumed_at else "train_setup"
+    assert STARTUP_PHASES | {last, "trainer_build", "resume_restore"} == set(phases), phases
+    assert all(seconds >= 0 for seconds in phases.values()), phases
+    assert phases["python"] > 0.01 and phases["imports"] > 0.1, phases  # counted from process start
+    assert abs(sum(phases.values()) - summary["seconds"]) < 0.02, summary
+    lines = [e for e in events[: summaries[0]] if e.get("event") == "startup_phase"]
+    assert abs(sum(e["seconds"] for e in lines) - summary["seconds"]) < 0.02, lines
+
+
 def resume_and_check(ref: Reference, out: Path, expect_from: int | None, tag: str = "resume") -> None:
     proc = run(ref.config, out, "--resume", "auto", tag=tag)
     assert proc.popen.returncode == 0, proc.tail()
     events = proc.events()
+    assert_startup_logged(events, expect_from)
     chosen = [e for e in events if e.get("event") == "resume_from"]
     if expect_from is None:
         assert not chosen
@@ -70,6 +92,7 @@ def test_reference_run(reference: Reference) -> None:
     commits = [e for e in reference.proc.events() if e.get("event") == "checkpoint_committed"]
     assert [c["step"] for c in commits] == list(range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS))
     assert all(c["save_seconds"] > 0 and c["bytes"] > 0 and c["time"].endswith("Z") for c in commits)
+    assert_startup_logged(reference.proc.events(), None)
 
 
 @pytest.mark.parametrize("kill_after", [3, 17])

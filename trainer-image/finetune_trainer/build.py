@@ -11,7 +11,7 @@ from typing import Any
 
 from finetune_api.trainer_config import TrainerConfig
 
-from finetune_trainer.logs import log
+from finetune_trainer.logs import log, startup
 
 _DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
@@ -228,7 +228,9 @@ def load_tokenizer_and_model(config: TrainerConfig, use_cuda: bool) -> tuple[Any
             dtype = torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, **common)
+        startup.mark("tokenizer")
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, dtype=dtype, **common)
+        startup.mark("model_load")  # with the download when it is not cached
     except (OSError, ValueError) as error:
         classified = classify_hub_error(error, "model.name_or_path", spec.name_or_path)
         if classified is error and isinstance(error, ValueError):

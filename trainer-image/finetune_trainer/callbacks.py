@@ -20,7 +20,7 @@ from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
 from finetune_trainer.fence import AttemptFence
-from finetune_trainer.logs import log
+from finetune_trainer.logs import log, startup
 from finetune_trainer.preemption import TRAINING, Preemption
 from finetune_trainer.reporting import StatusReporter, ThroughputMeter, TrainerMetrics
 
@@ -321,4 +321,21 @@ class FaultInjectionCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.faults.after_step()
+        return control
+
+
+class StartupCallback(TrainerCallback):
+    """The last start-up phases: the Trainer's set-up (with the checkpoint restore when resuming: adapter,
+    optimizer, scheduler, RNG, skipping the batches already trained) until the first step begins."""
+
+    def __init__(self) -> None:
+        self.phase = "train_setup"
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.phase = "resume_restore" if state.global_step > 0 else "train_setup"
+        startup.mark(self.phase)
+        return control
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        startup.finish(self.phase, step=state.global_step)
         return control

@@ -47,7 +47,7 @@ from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import identity
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.fence import AttemptFence, Superseded
-from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context
+from finetune_trainer.logs import TerminationWriter, default_termination_path, log, set_context, startup
 from finetune_trainer.preemption import FINISHING, LOADING, Preemption
 
 EXIT_ERROR = 1
@@ -368,6 +368,7 @@ class Run:
     def main(self) -> int:
         started = time.monotonic()
         set_context(rank=self.rank if self.world_size > 1 else None)
+        startup.mark("python")  # from process start: the interpreter and this module's imports
         try:
             given = load_trainer_config(self.args.config)
             self.sections = identity.spec_sections(given)  # before the CUDA-OOM overrides: the same run
@@ -408,6 +409,7 @@ class Run:
             return self.exit_with(EXIT_CONFIG_ERROR, "ConfigError", message=str(error))
         except NoIntactCheckpoint as error:
             return self.exit_no_intact(error)
+        startup.mark("config")
         log(
             "config_loaded",
             seconds=round(time.monotonic() - started, 3),
@@ -583,8 +585,10 @@ class Run:
         )
         from finetune_trainer.trainer import CommitTrainer
 
+        startup.mark("imports")  # torch, transformers, trl, peft, datasets
         t0 = time.monotonic()
         train_ds, eval_ds = build.load_datasets(config)  # first: its config errors need no model load
+        startup.mark("dataset_load")
         tokenizer, model = build.load_tokenizer_and_model(config, use_cuda)
         build.check_lora_targets(config, model)
         if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
@@ -600,6 +604,7 @@ class Run:
             world_size=self.world_size,
         )
         resume = self.resume = self.settle_resume(self.resume)
+        startup.mark("resume_restore")  # the restore probe (the Trainer's restore is counted later)
         extra = ("scaler.pt",) if (use_cuda and args.fp16) else ()
         run = RunState(
             output_dir=self.output_dir,

@@ -83,3 +83,55 @@ class TerminationWriter:
 def ensure_parent(path: str | None) -> None:
     if path and not path.startswith("/dev/"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _seconds_since_process_start() -> float | None:
+    """How long this process has existed (Linux: /proc/self/stat starttime, on the boot-time clock), so the
+    first phase includes the interpreter's own start-up and the imports before any of our code ran."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5); 2 fields before ")"
+        elapsed = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return elapsed if 0 <= elapsed < 3600 else None
+
+
+class StartupPhases:
+    """Where start-up goes, one `startup_phase` line per phase and one `startup` line (every phase, and the
+    total from process start) when the first step begins. `mark(phase)` charges the time since the previous
+    mark to `phase`; a phase marked twice adds up (e.g. trainer build before and after tokenization)."""
+
+    def __init__(self) -> None:
+        already = _seconds_since_process_start()
+        self.process_start = time.monotonic() - (already if already is not None else 0.0)
+        self._last = self.process_start
+        self.phases: dict[str, float] = {}
+        self.done = False
+
+    def mark(self, phase: str, **fields: Any) -> None:
+        if self.done:
+            return
+        now = time.monotonic()
+        seconds = now - self._last
+        self._last = now
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        log("startup_phase", phase=phase, seconds=round(seconds, 3), **fields)
+
+    def finish(self, phase: str, **fields: Any) -> None:
+        """The last phase (the first step is reached): log the summary once."""
+        if self.done:
+            return
+        self.mark(phase)
+        self.done = True
+        total = time.monotonic() - self.process_start
+        log(
+            "startup",
+            seconds=round(total, 3),
+            phases={name: round(value, 3) for name, value in self.phases.items()},
+            **fields,
+        )
+
+
+#: This process's start-up (one per process: each rank of a multi-process run logs its own).
+startup = StartupPhases()

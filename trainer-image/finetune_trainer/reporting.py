@@ -51,17 +51,46 @@ def _api_client(api_client: Any | None) -> Any:
     return client.ApiClient()
 
 
+def _check_in_cluster() -> None:
+    """The first thing load_incluster_config checks, without importing the kubernetes client: outside a pod
+    status reporting is off at once, and inside one the client is imported later, in the reporter thread."""
+    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not os.environ.get("KUBERNETES_SERVICE_PORT"):
+        raise RuntimeError("not in a cluster: KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not set")
+
+
+class _OnFirstUse:
+    """Builds a value on first use and keeps it. The kubernetes client takes about a second to import: built
+    by the first patch (in the status-reporter thread, while training runs) it is off the start-up path."""
+
+    def __init__(self, build: Callable[[], Any]):
+        self._build = build
+        self._value: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._value is None:
+                self._value = self._build()
+            return self._value
+
+
 def kubernetes_patcher(
     job: JobRef, timeout: tuple[float, float] = (2.0, 5.0), api_client: Any | None = None
 ) -> PatchFn:
     """A function sending a JSON merge patch to the job's status subresource (in-cluster credentials unless
-    `api_client` is given)."""
-    from kubernetes import client
+    `api_client` is given; the client is built by the first patch)."""
+    if api_client is None:
+        _check_in_cluster()
 
-    api = client.CustomObjectsApi(_api_client(api_client))
+    def build() -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(_api_client(api_client))
+
+    api = _OnFirstUse(build)
 
     def patch(body: dict[str, Any]) -> None:
-        api.patch_namespaced_custom_object_status(
+        api().patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             job.namespace,
@@ -78,15 +107,24 @@ def kubernetes_patcher(
 def kubernetes_event_poster(
     job: JobRef, timeout: tuple[float, float] = (2.0, 5.0), api_client: Any | None = None
 ) -> EventFn:
-    """A function posting a core/v1 Event about the job (the Role allows `create events`)."""
-    from kubernetes import client
+    """A function posting a core/v1 Event about the job (the Role allows `create events`); the client is built
+    by the first Event."""
+    if api_client is None:
+        _check_in_cluster()
 
-    api_client = _api_client(api_client)
-    core = client.CoreV1Api(api_client)
-    custom = client.CustomObjectsApi(api_client)
+    def build() -> Any:
+        from kubernetes import client
+
+        shared = _api_client(api_client)
+        return client.CoreV1Api(shared), client.CustomObjectsApi(shared)
+
+    apis = _OnFirstUse(build)
     uid: list[str] = []
 
     def post(type_: str, reason: str, message: str) -> None:
+        from kubernetes import client
+
+        core, custom = apis()
         if not uid:  # the Event names its object by uid too; `get` on our own job's status is allowed
             obj: Any = custom.get_namespaced_custom_object_status(
                 GROUP, VERSION, job.namespace, PLURAL, job.name, _request_timeout=timeout

@@ -19,9 +19,9 @@ from trl import SFTTrainer
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
-from finetune_trainer.callbacks import RunState
+from finetune_trainer.callbacks import RunState, StartupCallback
 from finetune_trainer.faults import Faults
-from finetune_trainer.logs import log
+from finetune_trainer.logs import log, startup
 
 
 @contextlib.contextmanager
@@ -76,6 +76,19 @@ class CommitTrainer(SFTTrainer):
         self._faults = faults
         self._in_checkpoint = False
         super().__init__(*args, **kwargs)
+        self.add_callback(StartupCallback())
+        startup.mark("trainer_build")
+
+    def _prepare_dataset(self, *args: Any, **kwargs: Any) -> Any:
+        startup.mark("trainer_build")  # what SFTTrainer.__init__ did before it tokenizes
+        try:
+            return super()._prepare_dataset(*args, **kwargs)
+        finally:
+            startup.mark("tokenization")
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        startup.mark("trainer_build")  # the CLI's work between building the trainer and training
+        return super().train(*args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run = self._run_state

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -102,6 +105,8 @@ def test_kubernetes_patcher_sends_merge_patch_to_status_subresource(monkeypatch:
         client.Configuration.set_default(cfg)
 
     monkeypatch.setattr(config, "load_incluster_config", fake_incluster)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # what a pod has (the check before the import)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_port))
     from finetune_trainer.reporting import kubernetes_patcher
 
     try:
@@ -114,6 +119,38 @@ def test_kubernetes_patcher_sends_merge_patch_to_status_subresource(monkeypatch:
     assert seen["content_type"] == "application/merge-patch+json"
     assert seen["body"] == {"status": {"step": 3, "lastCheckpoint": {"step": 2, "bytes": 10}}}
     assert seen["auth"] == "Bearer sa-token"
+
+
+def test_kubernetes_client_is_imported_by_the_first_patch_not_at_start_up() -> None:
+    """Importing the kubernetes client takes about a second: outside a pod the patcher is refused at once
+    without it, inside one it is imported by the first patch (in the reporter thread), not when built."""
+    script = """
+import os, sys
+from finetune_api.trainer_config import JobRef
+from finetune_trainer.reporting import kubernetes_event_poster, kubernetes_patcher
+job = JobRef(namespace="team-a", name="tiny")
+for key in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+    os.environ.pop(key, None)
+try:
+    kubernetes_patcher(job)
+    raise SystemExit("built outside a cluster")
+except RuntimeError as error:
+    assert "not in a cluster" in str(error), error
+assert "kubernetes" not in sys.modules
+os.environ.update(KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT="1")
+patch, post = kubernetes_patcher(job), kubernetes_event_poster(job)
+assert "kubernetes" not in sys.modules
+try:
+    patch({"step": 1})  # no service account token here: the in-cluster config fails, after the import
+except Exception as error:
+    print(type(error).__name__)
+assert "kubernetes" in sys.modules
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ConfigException", "ok"], done.stdout
 
 
 def test_metrics_are_prefixed() -> None:
