@@ -76,7 +76,7 @@ def test_example_job_runs_with_the_local_hub(provider: LocalProvider, operator: 
 
     adapter = load(
         provider.read_volume_file(
-            provider.namespace, f"{name}-checkpoints", "run/final/adapter_model.safetensors"
+            provider.namespace, f"{name}-checkpoints", f"{s['runDirectory']}/final/adapter_model.safetensors"
         )
     )
     c_attn = {key: value.shape for key, value in adapter.items() if "c_attn" in key}
