@@ -700,27 +700,49 @@ def quick_recreate_with_delete_with_job(p: Provider, name: str = "quickrecreate"
         p.namespace,
         {"metadata": {"finalizers": [HOLD_FINALIZER]}},  # merged into the list
     )
-    _delete_and_wait_gone(p, name)
-    wait_for(
-        lambda: (
-            p.kube.core.read_namespaced_persistent_volume_claim(
-                claim, p.namespace
-            ).metadata.deletion_timestamp
-        ),
-        60,
-        what=f"old claim {claim} Terminating",
-    )
-    apply_job(p, tiny_job(name, p.trainer_image, steps=4, step_sleep=0.0))
-    s = wait_status(p, name, lambda s: s.get("reason") == "WaitingForClaim", 30, f"{name} WaitingForClaim")
-    assert s["phase"] == "Pending" and s["message"] == (
-        f"waiting for the previous job's claim {claim} to be deleted (it is terminating)"
-    ), summary(s)
-    assert not pods(p, name)  # a pod on a Terminating claim would stay Pending forever
-    assert "WaitingForClaim" in [e.reason for e in events(p, name)]
-    # the old claim goes: the job goes on with a new one
-    finalizers = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace).metadata.finalizers
-    index = list(finalizers or []).index(HOLD_FINALIZER)
-    p.kube.core.patch_namespaced_persistent_volume_claim(  # a JSON patch: finalizers merge in a strategic one
+    try:
+        _delete_and_wait_gone(p, name)
+        wait_for(
+            lambda: (
+                p.kube.core.read_namespaced_persistent_volume_claim(
+                    claim, p.namespace
+                ).metadata.deletion_timestamp
+            ),
+            60,
+            what=f"old claim {claim} Terminating",
+        )
+        apply_job(p, tiny_job(name, p.trainer_image, steps=4, step_sleep=0.0))
+        waiting = f"{name} WaitingForClaim"
+        s = wait_status(p, name, lambda s: s.get("reason") == "WaitingForClaim", 30, waiting)
+        assert s["phase"] == "Pending" and s["message"] == (
+            f"waiting for the previous job's claim {claim} to be deleted (it is terminating)"
+        ), summary(s)
+        assert not pods(p, name)  # a pod on a Terminating claim would stay Pending forever
+        assert "WaitingForClaim" in [e.reason for e in events(p, name)]
+    finally:  # the old claim goes (also on failure: a held claim would block the namespace's deletion)
+        _release_hold(p, claim, old_claim_uid)
+    # the job goes on with a new claim
+    s = assert_succeeded(p, name, 4)
+    assert s["attempt"] == 1, summary(s)
+    new_claim = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace)
+    assert new_claim.metadata.uid != old_claim_uid
+    return s
+
+
+def _release_hold(p: Provider, claim: str, claim_uid: str) -> None:
+    """Remove HOLD_FINALIZER from the claim `claim_uid` if it is still there (a JSON patch: finalizers merge
+    in a strategic one)."""
+    try:
+        found = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return
+        raise
+    finalizers = list(found.metadata.finalizers or [])
+    if found.metadata.uid != claim_uid or HOLD_FINALIZER not in finalizers:
+        return
+    index = finalizers.index(HOLD_FINALIZER)
+    p.kube.core.patch_namespaced_persistent_volume_claim(
         claim,
         p.namespace,
         [
@@ -728,8 +750,3 @@ def quick_recreate_with_delete_with_job(p: Provider, name: str = "quickrecreate"
             {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ],
     )
-    s = assert_succeeded(p, name, 4)
-    assert s["attempt"] == 1, summary(s)
-    new_claim = p.kube.core.read_namespaced_persistent_volume_claim(claim, p.namespace)
-    assert new_claim.metadata.uid != old_claim_uid
-    return s
