@@ -49,22 +49,8 @@ EXIT_PREEMPTED = 75
 
 
 def trainer_config(path: Path) -> Path:
-    """examples/job.yaml's model, dataset and LoRA; short sequences and a checkpoint every step, so a stop
-    after the first step always has a committed checkpoint to resume from."""
-    config = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "TrainerConfig",
-        "model": {"name_or_path": hub_repos.GPT2},
-        "dataset": {"name": hub_repos.ENGLISH_QUOTES, "split": "train", "text_field": "quote"},
-        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"]},
-        "training": {
-            "max_steps": 1000,
-            "save_steps": 1,
-            "per_device_train_batch_size": 2,
-            "max_length": 32,
-            "logging_steps": 1,
-        },
-    }
+    """examples/job.yaml's model, dataset and LoRA, a checkpoint every step (stopped long before the end)."""
+    config = hub_repos.example_trainer_config(max_steps=1000)
     path.write_text(yaml.safe_dump(config))
     return path
 

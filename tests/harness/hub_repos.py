@@ -37,6 +37,26 @@ TOKENIZER_VOCAB = 8000  # trained on the quotes; the model keeps GPT-2's 50257 e
 EOS = "<|endoftext|>"
 
 
+def example_trainer_config(max_steps: int) -> dict[str, object]:
+    """examples/job.yaml's model, dataset and LoRA as a TrainerConfig served by this hub: short sequences
+    and a checkpoint every step, so a step takes seconds on one CPU thread and a stop after the first step
+    always has a committed checkpoint to resume from."""
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "TrainerConfig",
+        "model": {"name_or_path": GPT2},
+        "dataset": {"name": ENGLISH_QUOTES, "split": "train", "text_field": "quote"},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"]},
+        "training": {
+            "max_steps": max_steps,
+            "save_steps": 1,
+            "per_device_train_batch_size": 2,
+            "max_length": 32,
+            "logging_steps": 1,
+        },
+    }
+
+
 def cache_root() -> Path:
     base = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
     return base / "hub-repos" / f"v{BUILDER_VERSION}"

@@ -99,22 +99,8 @@ def hub_tree() -> Path:
 
 
 def job_yaml_config(work: Path, output_name: str, max_steps: int) -> Path:
-    """examples/job.yaml's model, dataset and LoRA as a TrainerConfig; shorter sequences and steps so it
-    takes seconds on one CPU thread."""
-    config = {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "TrainerConfig",
-        "model": {"name_or_path": hub_repos.GPT2},
-        "dataset": {"name": hub_repos.ENGLISH_QUOTES, "split": "train", "text_field": "quote"},
-        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn"]},
-        "training": {
-            "max_steps": max_steps,
-            "save_steps": 1,
-            "per_device_train_batch_size": 2,
-            "max_length": 32,
-            "logging_steps": 1,
-        },
-    }
+    """examples/job.yaml's model, dataset and LoRA (hub_repos.example_trainer_config) as a file."""
+    config = hub_repos.example_trainer_config(max_steps)
     path = work / f"{output_name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
