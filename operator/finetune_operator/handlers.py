@@ -581,7 +581,7 @@ def execute(
             fence.patch_status(action.patch)
         elif isinstance(action, CreatePod):
             try:
-                _create_attempt(core, rbac, job, uid, world, action)
+                created = _create_attempt(core, rbac, job, uid, world, action)
             except CreateRefusedError as refused:
                 step = decisions.refused_step(world, refused.refusal)
                 if not step.actions and step.requeue_seconds is None:
@@ -593,8 +593,9 @@ def execute(
                 )
                 execute(job, uid, world, step.actions, fence.resource_version)
                 return step.requeue_seconds
+            if created:  # before the status write: should that lose a race, the next pass adopts silently
+                _event(core, job, uid, "Normal", action.event_reason, action.event_message)
             fence.patch_status(action.status_patch)
-            _event(core, job, uid, "Normal", action.event_reason, action.event_message)
             log.info(
                 "created pod",
                 extra={
@@ -664,7 +665,8 @@ def _create_attempt(
     uid: str,
     world: World,
     action: CreatePod,
-) -> None:
+) -> bool:
+    """Create the attempt's objects and pod; False when the pod already existed (ours: adopted)."""
     namespace = job.metadata.namespace or "default"
     effective = world.status.effective
     pvc = builders.build_pvc(job, uid)
@@ -708,7 +710,8 @@ def _create_attempt(
         owners = {o.uid for o in existing.metadata.owner_references or []}
         if uid not in owners:
             raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
-        # ours (created by an earlier pass whose status write was lost): adopt it
+        return False  # ours (created by an earlier pass whose status write was lost): adopt it
+    return True
 
 
 def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:

@@ -264,6 +264,25 @@ def test_pod_created_before_a_crash_is_adopted(fake: FakeCluster) -> None:
     assert s["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
 
 
+def test_attempt_event_survives_a_status_write_that_loses_a_race(
+    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod is created, then the job changes (kopf's own patch, a trainer's report) before the status
+    write: the write is refused as stale and the next pass adopts the pod. The AttemptCreated Event was
+    still posted, once (found lost in a chart run: 1 of 2 AttemptCreated Events)."""
+    create = fake.create_namespaced_pod
+
+    def create_then_someone_writes(namespace: str, body: dict[str, Any]) -> None:
+        create(namespace, body)
+        meta = fake.job["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+
+    monkeypatch.setattr(fake, "create_namespaced_pod", create_then_someone_writes)
+    handlers.run_once(NS, NAME)
+    assert fake.created == ["job-1"] and fake.status["podName"] == "job-1"
+    assert fake.reasons() == ["AttemptCreated"]
+
+
 def test_create_conflict_with_a_foreign_pod_raises(
     fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
