@@ -847,6 +847,12 @@ class FineTuneJobStatus(StatusModel):
         None,
         description="Where the run started: 'fresh', or the checkpoint it continued from (claim-relative).",
     )
+    volume_warning: str | None = Field(
+        None,
+        description="Set by the trainer when the checkpoint volume cannot hold the model cache (when it is "
+        "there) plus the checkpoints the run keeps (save_total_limit and one being written); cleared when "
+        "it fits.",
+    )
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
     streak: RestartStreak | None = Field(
         None, description="Pod ends in a row for one reason without training progress (a restart storm)."
