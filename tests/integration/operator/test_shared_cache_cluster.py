@@ -1,4 +1,5 @@
-"""spec.cache.location sharedClaim on the real cluster (issue 13, item 1): two jobs name one cache claim; the
+"""spec.cache.location sharedClaim and status.volumeWarning on the real cluster (issue 13, item 1). Two jobs
+name one cache claim; the
 first job's pod downloads the model from the local hub stand-in (on the node address, which pods reach), the
 second job's pod finds it in the shared cache and downloads no model file:
 
@@ -86,3 +87,22 @@ def test_second_job_on_a_shared_cache_claim_downloads_no_model_bytes(
     assert after_second.by_action["resolve GET"] == after_first.by_action["resolve GET"]
     assert after_second.requests > after_first.requests  # it did ask the hub (revalidation), and got no file
     assert first["runDirectory"] != second["runDirectory"]  # each job's checkpoints on its own volume
+
+
+def test_a_run_that_cannot_fit_its_volume_warns_in_status_and_with_an_event(
+    provider: LocalProvider, operator: OperatorProcess
+) -> None:
+    """status.volumeWarning and the VolumeTooSmall Event through the real apiserver (the CRD keeps the field,
+    the trainer's Role allows the Event). The local cluster's volumes are host paths whose size is the host's
+    disk, so "too small" is made by the other side: keeping 10^8 checkpoints of ≈100 KiB (≈10 TB)."""
+    job = sc.tiny_job("keeps-everything", provider.trainer_image, steps=2, save_steps=1, step_sleep=0)
+    job["spec"]["training"]["save_total_limit"] = 100_000_000  # type: ignore[index]
+    sc.apply_job(provider, job)
+    s = sc.wait_phase(provider, "keeps-everything", "Succeeded", timeout=300)
+    warning = s.get("volumeWarning") or ""
+    assert warning.startswith("checkpoint volume too small: it holds "), sc.summary(s)
+    assert "100000001 checkpoints of " in warning and "training.save_total_limit" in warning, warning
+    warned = [e for e in sc.events(provider, "keeps-everything") if e.reason == "VolumeTooSmall"]
+    # one Event per attempt, from the first check (the estimated checkpoint size; the status has the latest)
+    assert len(warned) == 1 and warned[0].type == "Warning", warned
+    assert warned[0].message.startswith("checkpoint volume too small: it holds "), warned
