@@ -1,7 +1,6 @@
 """spec.cache.location sharedClaim and status.volumeWarning on the real cluster (issue 13, item 1). Two jobs
-name one cache claim; the
-first job's pod downloads the model from the local hub stand-in (on the node address, which pods reach), the
-second job's pod finds it in the shared cache and downloads no model file:
+name one cache claim; the first job's pod downloads the model from the local hub stand-in (on the node
+address, which pods reach), the second job's pod finds it in the shared cache and downloads no model file:
 
     FTO_CLUSTER=existing .venv/bin/python -m pytest tests/integration/operator/test_shared_cache_cluster.py
 
