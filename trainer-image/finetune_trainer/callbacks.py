@@ -225,7 +225,10 @@ class VolumeSpaceCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.run.is_main:
             estimate = volume.estimate_checkpoint_bytes(self.run.last_commit, kwargs.get("model"))
-            present = len(ckpt.committed_checkpoints(self.run.output_dir))
+            try:
+                present = len(ckpt.committed_checkpoints(self.run.output_dir))
+            except OSError:  # a warning must never stop training; the check below reports the volume
+                present = 0
             self.check(args, state, estimate, present)
         return control
 
