@@ -25,6 +25,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 #: Where the trainer pod mounts spec.dataset.volume (read-only); dataset.path names a file or directory there.
 DATASET_MOUNT = "/data"
+#: Where the trainer pod mounts spec.cache.claimName (cache.location sharedClaim); HF_HOME is this directory.
+CACHE_MOUNT = "/cache"
 
 # Layout of the checkpoint volume, mounted at CHECKPOINT_MOUNT in the trainer pod.
 CHECKPOINT_MOUNT = "/checkpoints"

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from finetune_api.contract import DATASET_MOUNT
+from finetune_api.contract import CACHE_MOUNT, DATASET_MOUNT
 from finetune_api.kubenames import (
     DNS1123_SUBDOMAIN_MAX_LENGTH,
     LABEL_VALUE_MAX_LENGTH,
@@ -446,6 +446,43 @@ class CheckpointSpec(KubeModel):
     )
 
 
+CacheLocation = Literal["checkpointVolume", "sharedClaim", "none"]
+
+
+class CacheSpec(KubeModel):
+    """Where the Hugging Face cache lives (HF_HOME: downloaded models and datasets, datasets' processed
+    files)."""
+
+    cel_rules = (
+        CelRule(
+            cel="self.location != 'sharedClaim' || has(self.claimName)",
+            message="location sharedClaim needs claimName: an existing PersistentVolumeClaim in the job's "
+            "namespace (ReadWriteMany when jobs on several nodes share it)",
+            field="claimName",
+            check=lambda c: c.location != "sharedClaim" or c.claim_name is not None,
+        ),
+        CelRule(
+            cel="self.location == 'sharedClaim' || !has(self.claimName)",
+            message="claimName is used only with location sharedClaim",
+            field="claimName",
+            check=lambda c: c.location == "sharedClaim" or c.claim_name is None,
+        ),
+    )
+    location: CacheLocation = Field(
+        "checkpointVolume",
+        description="checkpointVolume: on the job's checkpoint volume (<volume>/.cache/hf), kept across "
+        f"attempts; sharedClaim: on claimName, mounted at {CACHE_MOUNT} and shared by every job that names "
+        "it (one download for all; concurrent downloads are locked per file); none: the pod's scratch /tmp "
+        "(emptyDir, resources.scratchSize), downloaded again by every attempt.",
+    )
+    claim_name: DnsSubdomain | None = Field(
+        None,
+        description="With location sharedClaim: an existing PersistentVolumeClaim in the job's namespace "
+        f"(ReadWriteMany when jobs on several nodes share it), mounted read-write at {CACHE_MOUNT}; never "
+        "created or deleted by the operator.",
+    )
+
+
 class GpuResources(KubeModel):
     """What each trainer pod asks for (requests = limits)."""
 
@@ -490,8 +527,8 @@ class GpuResources(KubeModel):
     )
     scratch_size: Quantity = Field(
         "8Gi",
-        description="Size limit of the trainer's scratch /tmp (emptyDir; the Hugging Face cache is on the "
-        "checkpoint volume). Writing more gets the pod evicted.",
+        description="Size limit of the trainer's scratch /tmp (emptyDir; the Hugging Face cache is there "
+        "only with cache.location none). Writing more gets the pod evicted.",
     )
 
 
@@ -644,6 +681,11 @@ class FineTuneJobSpec(KubeModel):
     )
     checkpoint: CheckpointSpec = Field(
         default_factory=CheckpointSpec, description="Checkpoint volume and emergency-save time."
+    )
+    cache: CacheSpec = Field(
+        default_factory=CacheSpec,
+        description="Where downloaded models and datasets are cached: the checkpoint volume (default), a "
+        "claim shared by many jobs, or none.",
     )
     resources: GpuResources = Field(default_factory=GpuResources, description="GPUs, CPU and memory per pod.")
     scheduling: SchedulingSpec = Field(
@@ -804,6 +846,12 @@ class FineTuneJobStatus(StatusModel):
     started_from: str | None = Field(
         None,
         description="Where the run started: 'fresh', or the checkpoint it continued from (claim-relative).",
+    )
+    volume_warning: str | None = Field(
+        None,
+        description="Set by the trainer when the checkpoint volume cannot hold the model cache (when it is "
+        "there) plus the checkpoints the run keeps (save_total_limit and one being written); cleared when "
+        "it fits.",
     )
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
     streak: RestartStreak | None = Field(

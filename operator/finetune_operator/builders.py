@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from finetune_api.contract import (
+    CACHE_MOUNT,
     CHECKPOINT_MOUNT,
     DATASET_MOUNT,
     RUNS_DIR,
@@ -38,10 +39,15 @@ ANNOTATION_VOLUME_JOB_UID = "finetune.dev/created-for-uid"
 CONFIG_MOUNT = "/etc/finetune"
 CONFIG_FILE = "config.json"
 TMP_MOUNT = "/tmp"
-#: The Hugging Face cache (hub downloads, datasets' processed files) lives on the checkpoint volume: it grows
-#: with the model, so on the size-limited scratch /tmp it would get the pod evicted; there it also survives
-#: attempts, so a restarted pod does not download the model again.
+#: The Hugging Face cache (hub downloads, datasets' processed files), by spec.cache.location. By default on
+#: the checkpoint volume: it grows with the model, so on the size-limited scratch /tmp it would get the pod
+#: evicted; there it also survives attempts, so a restarted pod does not download the model again.
 HF_HOME_DIR = f"{CHECKPOINT_MOUNT}/.cache/hf"
+HF_HOME_BY_LOCATION = {
+    "checkpointVolume": HF_HOME_DIR,
+    "sharedClaim": CACHE_MOUNT,  # the claim's root is HF_HOME: `HF_HOME=<mount> hf download` fills it
+    "none": f"{TMP_MOUNT}/hf",
+}
 TRAINER_METRICS_PORT = 9400
 #: How long a trainer pod stays bound to a node that stopped answering (the default is 300 s): after this
 #: the taint manager evicts it and the operator can replace it once the node is confirmed lost.
@@ -228,7 +234,7 @@ def _threads(job: FineTuneJob) -> str | None:
 def _env(job: FineTuneJob, attempt: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": TMP_MOUNT},
-        {"name": "HF_HOME", "value": HF_HOME_DIR},
+        {"name": "HF_HOME", "value": HF_HOME_BY_LOCATION[job.spec.cache.location]},
         {"name": "XDG_CACHE_HOME", "value": f"{TMP_MOUNT}/cache"},
         {"name": "TRITON_CACHE_DIR", "value": f"{TMP_MOUNT}/triton"},
         {"name": "MPLCONFIGDIR", "value": f"{TMP_MOUNT}/matplotlib"},
@@ -435,6 +441,13 @@ def build_pod(
         if dataset_volume.sub_path:
             mount["subPath"] = dataset_volume.sub_path
         container["volumeMounts"].append(mount)
+    if spec.cache.location == "sharedClaim":
+        assert spec.cache.claim_name is not None  # the model's rule
+        # Read-write: every job that names the claim adds to one cache (huggingface_hub locks each download).
+        pod_spec["volumes"].append(
+            {"name": "cache", "persistentVolumeClaim": {"claimName": spec.cache.claim_name}}
+        )
+        container["volumeMounts"].append({"name": "cache", "mountPath": CACHE_MOUNT})
     if spec.scheduling.node_selector:
         pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
     affinity = _affinity(job, avoid_node)

@@ -35,6 +35,9 @@ RemoteEntryNotFoundError), 401 on a repo URL without a code → RepositoryNotFou
 408/429/500/502/503/504 are retried by its backoff (honouring `Retry-After`, which `Failure` sets to 0 so
 tests stay fast) before they surface.
 
+`hold(repo, file)` keeps that file's downloads in flight until released (one byte a second meanwhile), so a
+test can have several clients arrive while one download is under way (the shared-cache locking test).
+
 Every request is parsed into a `HubRequest` and counted per repo (`traffic`): requests by method, body bytes
 sent, and file bytes per file (resolve GETs only), all under one lock.
 """
@@ -46,6 +49,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +82,7 @@ LFS_SUFFIXES = (
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
 _CHUNK = 1024 * 1024
+HOLD_SECONDS = 180.0
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,7 @@ class HubServer:
         self._settled = threading.Condition(self._lock)
         self._in_flight = 0
         self._failures: dict[str, Failure] = {}
+        self._holds: dict[tuple[str, str], threading.Event] = {}
         self._repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[HubRequest] = []
         self._traffic: dict[str, RepoTraffic] = {}
@@ -381,6 +387,15 @@ class HubServer:
     def clear(self, repo_id: str) -> None:
         with self._lock:
             self._failures.pop(repo_id, None)
+
+    def hold(self, repo_id: str, filename: str) -> threading.Event:
+        """Keep every download (resolve GET) of `filename` in `repo_id` in flight until the returned Event is
+        set (at most HOLD_SECONDS): the headers go out at once, then one byte a second (a client's read
+        timeout is about 10 s), the rest once released. A download that lasts while other clients arrive."""
+        release = threading.Event()
+        with self._lock:
+            self._holds[(repo_id, filename)] = release
+        return release
 
     # ---------------------------------------------------------------------------------- counters
 
@@ -507,9 +522,16 @@ class HubServer:
         handler.end_headers()
         if handler.command != "GET":
             return
+        with self._lock:
+            hold = self._holds.get((request.repo_id or "", request.filename or ""))
         sent = 0
         try:
             with entry.local.open("rb") as f:
+                deadline = time.monotonic() + HOLD_SECONDS
+                while hold is not None and sent < length - 1 and time.monotonic() < deadline:
+                    if hold.wait(1.0):
+                        break
+                    sent += handler.connection.sendfile(f, start + sent, 1)
                 while sent < length:  # sendfile: 500 MB over loopback in about a second
                     n = handler.connection.sendfile(f, start + sent, length - sent)
                     if n == 0:

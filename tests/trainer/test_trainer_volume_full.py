@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from finetune_trainer import checkpoints as ckpt
-from trainer_harness import run, write_config
+from trainer_harness import base_env, run, write_config
 
 VOLUME = "260k"
 
@@ -89,3 +89,28 @@ def test_retention_makes_room_before_a_save_and_final_not_fitting_exits_74(
     assert committed_steps(small_volume) == [6, 8]
     assert not ckpt.find_resume_checkpoint(small_volume).skipped
     assert not ckpt.final_complete(small_volume)
+
+
+@pytest.mark.slow
+def test_a_volume_too_small_for_cache_plus_kept_checkpoints_is_warned_about(
+    tiny: Path, work: Path, small_volume: Path
+) -> None:
+    """HF_HOME on the checkpoint volume, as in the pod, on 700 KiB: keeping 10
+    checkpoints of ≈100 KiB plus the cache cannot fit, though this 2-step run does: a warning (the log line
+    behind status.volumeWarning and the VolumeTooSmall Event), and training goes on."""
+    subprocess.run(["mount", "-o", "remount,size=700k", str(small_volume)], check=True)
+    config = write_config(work / "config.yaml", tiny, max_steps=2, save_steps=1, save_total_limit=10)
+    hf_home = small_volume / ".cache" / "hf"
+    proc = run(config, small_volume, env=base_env(HF_HOME=str(hf_home)), tag="warn")
+    assert proc.popen.returncode == 0, proc.tail()
+    checks = [e for e in proc.events() if e.get("event") == "volume_space"]
+    assert checks, proc.tail()
+    first = checks[0]
+    assert first["warning"].startswith("checkpoint volume too small: it holds 700.0 KiB"), first
+    assert first["capacity_bytes"] == 700 * 1024 and first["kept"] == 10
+    assert first["cache_bytes"] > 0  # datasets' processed copy of the training file, under HF_HOME
+    assert first["needed_bytes"] == first["cache_bytes"] + 11 * first["checkpoint_bytes"]
+    # after the first commit the real checkpoint size replaces the estimate
+    committed = [e for e in proc.events() if e.get("event") == "checkpoint_committed"]
+    assert committed and any(c["checkpoint_bytes"] == committed[0]["bytes"] for c in checks), checks
+    assert all(c["warning"] for c in checks)

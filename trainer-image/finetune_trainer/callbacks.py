@@ -1,4 +1,5 @@
-"""TrainerCallbacks: checkpoint commit, preemption (SIGTERM) stop, progress reporting, fault injection.
+"""TrainerCallbacks: checkpoint commit, preemption (SIGTERM) stop, progress reporting, volume space, fault
+injection.
 
 Order of events around a save (transformers 5.23): on_step_end → _maybe_log_save_evaluate: log (on_log) →
 evaluate (on_evaluate) → `_save_checkpoint` (writes checkpoint-N/, HF rotation disabled by passing
@@ -204,6 +205,87 @@ class PreemptionCallback(TrainerCallback):
             if self.run.emergency_save_seconds is None and self.run.last_commit_step == state.global_step:
                 self.run.emergency_save_seconds = self.run.last_save_seconds
         return control
+
+
+class VolumeSpaceCallback(TrainerCallback):
+    """Warns when the checkpoint volume cannot hold the model cache (when it is there) plus the checkpoints
+    the run keeps: status.volumeWarning (cleared when it fits) and one VolumeTooSmall Event per attempt.
+    Checked at the start (the resumed checkpoint's size, else an estimate) and after each commit (its
+    size)."""
+
+    def __init__(self, run: RunState, reporter: StatusReporter, cache_dir: Path | None):
+        self.run = run
+        self.reporter = reporter
+        self.cache_dir = cache_dir
+        self._cache_bytes: int | None = None  # measured once: the cache does not grow while training
+        self._reported: str | None = None
+        self._checked = False
+        self._event_sent = False
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.run.is_main:
+            estimate = volume.estimate_checkpoint_bytes(self.run.last_commit, kwargs.get("model"))
+            try:
+                present = len(ckpt.committed_checkpoints(self.run.output_dir))
+            except OSError:  # a warning must never stop training; the check below reports the volume
+                present = 0
+            self.check(args, state, estimate, present)
+        return control
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        commit = self.run.last_commit
+        if self.run.is_main and commit is not None and commit.step == state.global_step:
+            self.check(args, state, commit.bytes, self.run.retained)
+        return control
+
+    def check(self, args: TrainingArguments, state: TrainerState, checkpoint_bytes: int | None, present: int):
+        if not checkpoint_bytes:
+            return
+        out = self.run.output_dir
+        try:
+            if self._cache_bytes is None:
+                cache = self.cache_dir
+                on_volume = cache is not None and cache.is_dir() and volume.same_filesystem(cache, out)
+                self._cache_bytes = volume.tree_bytes(cache) if on_volume and cache is not None else 0
+            plan = volume.SpacePlan(
+                capacity_bytes=volume.capacity_bytes(out),
+                free_bytes=volume.free_bytes(out),
+                cache_bytes=self._cache_bytes,
+                checkpoint_bytes=checkpoint_bytes,
+                kept=volume.checkpoints_kept(self.run.save_total_limit, _saves_in_run(args, state)),
+                present=present,
+            )
+        except OSError as error:  # a warning must never stop training
+            log("volume_space_unknown", level="warning", error=volume.first_line(error))
+            return
+        warning = plan.warning()
+        if not self._checked or warning != self._reported:
+            log(
+                "volume_space",
+                level="warning" if warning else "info",
+                capacity_bytes=plan.capacity_bytes,
+                free_bytes=plan.free_bytes,
+                cache_bytes=plan.cache_bytes,
+                checkpoint_bytes=plan.checkpoint_bytes,
+                kept=plan.kept,
+                present=plan.present,
+                needed_bytes=plan.needed_bytes,
+                warning=warning,
+            )
+            self.reporter.update({"volumeWarning": warning})  # null clears an earlier attempt's warning
+        if warning and not self._event_sent:
+            self._event_sent = True
+            self.reporter.event("Warning", "VolumeTooSmall", warning)
+        self._checked = True
+        self._reported = warning
+
+
+def _saves_in_run(args: TrainingArguments, state: TrainerState) -> int:
+    """Checkpoints the whole run writes (what an unlimited save_total_limit keeps)."""
+    strategy = getattr(args.save_strategy, "value", args.save_strategy)
+    if strategy == "epoch":
+        return math.ceil(args.num_train_epochs)
+    return math.ceil(max(state.max_steps, 1) / max(int(args.save_steps), 1))
 
 
 class ProgressCallback(TrainerCallback):

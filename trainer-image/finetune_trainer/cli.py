@@ -582,6 +582,7 @@ class Run:
             PreemptionCallback,
             ProgressCallback,
             RunState,
+            VolumeSpaceCallback,
         )
         from finetune_trainer.trainer import CommitTrainer
 
@@ -621,6 +622,7 @@ class Run:
             CheckpointCommitCallback(run, reporter, metrics),
             PreemptionCallback(run, self.preemption),
             ProgressCallback(run, reporter, metrics),
+            VolumeSpaceCallback(run, reporter, hf_home()),  # after the commit callback: reads its record
             FaultInjectionCallback(run, faults),
         ]
         try:
@@ -750,6 +752,13 @@ class Run:
             bytes=ckpt.dir_bytes(final_path) if self.is_main else None,
         )
         return self.exit_with(EXIT_SUCCEEDED, "Completed", final=str(final_path))
+
+
+def hf_home() -> Path:
+    """The Hugging Face cache (HF_HOME, as huggingface_hub resolved it)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME)
 
 
 def _is_cuda_oom(error: BaseException) -> bool:

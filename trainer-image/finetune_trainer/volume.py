@@ -5,13 +5,19 @@ unexpected pos …` (no "no space" anywhere) and the job burns its error budget 
 fails for lack of space raises `VolumeFull` (exit 74, reason VolumeFull) naming the free bytes and what the
 checkpoint needs; the partial directory of that save is removed (it was never committed); committed
 checkpoints are untouched.
+
+`SpacePlan` warns before that: the model cache plus the checkpoints the run keeps against the volume's size
+and free space (VolumeSpaceCallback reports it in status.volumeWarning and a VolumeTooSmall Event).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +120,103 @@ def make_room(
         ckpt.remove_checkpoint(record.path)
         deleted.append(record.path)
     return deleted
+
+
+# ------------------------------------------------------------------- is the volume big enough for the run?
+
+
+def capacity_bytes(path: Path) -> int:
+    """Size of the filesystem holding `path` (or its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).total
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` (or their nearest existing parents) are on one filesystem (st_dev)."""
+
+    def device(path: Path) -> int:
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        return path.stat().st_dev
+
+    return device(a) == device(b)
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under `root`, symlinks not followed (the hub cache's snapshots/ are links
+    to its blobs/: each file counts once)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except OSError:  # removed meanwhile (another job's temporary download)
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
+def checkpoints_kept(save_total_limit: int | None, saves_in_run: int) -> int:
+    """How many committed checkpoints the volume holds at most: save_total_limit, or every save of the run."""
+    return save_total_limit if save_total_limit else max(saves_in_run, 1)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class SpacePlan:
+    """The checkpoint volume against what this run will put on it.
+
+    Peak use: the cache (when it is on this volume), `kept` committed checkpoints, and one more being
+    written (retention deletes the oldest only after the new one commits; final/ at the end is smaller
+    than a checkpoint: the adapter without optimizer state).
+    """
+
+    capacity_bytes: int
+    free_bytes: int
+    cache_bytes: int  # the Hugging Face cache on this volume; 0 when it is elsewhere
+    checkpoint_bytes: int  # one checkpoint (the last committed one, or an estimate before the first)
+    kept: int  # checkpoints_kept()
+    present: int  # committed checkpoints of this run on the volume now
+
+    @property
+    def needed_bytes(self) -> int:
+        return self.cache_bytes + self.checkpoint_bytes * (self.kept + 1)
+
+    @property
+    def still_to_write_bytes(self) -> int:
+        """What the run's checkpoints will still add before retention keeps the volume's use flat."""
+        return self.checkpoint_bytes * max(self.kept + 1 - self.present, 0)
+
+    def warning(self) -> str | None:
+        """A sentence for the user when the run will not fit, else None."""
+        checkpoints = (
+            f"{self.kept + 1} checkpoints of {_size(self.checkpoint_bytes)} "
+            f"(the {self.kept} kept and the one being written)"
+        )
+        cache = f"the model cache ({_size(self.cache_bytes)}) and " if self.cache_bytes else ""
+        advice = "make checkpoint.volumeSize bigger or lower training.save_total_limit" + (
+            ", or move the cache off this volume (spec.cache)" if self.cache_bytes else ""
+        )
+        if self.needed_bytes > self.capacity_bytes:
+            return (
+                f"checkpoint volume too small: it holds {_size(self.capacity_bytes)}, the run needs "
+                f"{_size(self.needed_bytes)} for {cache}{checkpoints}; {advice}"
+            )
+        if self.still_to_write_bytes > self.free_bytes:
+            return (
+                f"checkpoint volume nearly full: {_size(self.free_bytes)} free, the run's checkpoints still "
+                f"need {_size(self.still_to_write_bytes)} ({checkpoints}, {self.present} already there); "
+                f"{advice}, or free space on the claim"
+            )
+        return None

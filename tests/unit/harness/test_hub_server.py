@@ -144,3 +144,34 @@ def test_failures_switch_on_and_off_while_running(hub: HubServer, tmp_path: Path
         api(hub).model_info(REPO)
     hub.clear(REPO)
     assert api(hub).model_info(REPO).sha == hub.repo(REPO).commit
+
+
+def test_a_held_download_stays_in_flight_until_released(hub: HubServer, repo_dir: Path) -> None:
+    import threading
+    import time
+
+    release = hub.hold(REPO, "model.safetensors")
+    url = f"{hub.url}/{REPO}/resolve/main/model.safetensors"
+    got: dict[str, object] = {}
+
+    def download() -> None:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            got["first"] = response.read(1)  # the trickle: a byte a second while held
+            got["first_at"] = time.monotonic()
+            got["rest"] = response.read()
+            got["done_at"] = time.monotonic()
+
+    client = threading.Thread(target=download)
+    client.start()
+    time.sleep(2.5)
+    assert "first" in got and "rest" not in got  # headers and a byte came, the rest waits
+    released_at = time.monotonic()
+    release.set()
+    client.join(10)
+    data = (repo_dir / "model.safetensors").read_bytes()
+    assert got["first"] + got["rest"] == data  # type: ignore[operator]
+    assert got["done_at"] >= released_at  # type: ignore[operator]
+    assert hub.traffic(REPO).file_bytes["model.safetensors"] == len(data)  # counted once, whole
+    # other files are not held
+    with urllib.request.urlopen(f"{hub.url}/{REPO}/resolve/main/config.json", timeout=5) as response:
+        assert response.read() == b'{"model_type": "gpt2"}'

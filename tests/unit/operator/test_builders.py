@@ -355,3 +355,31 @@ def test_no_dataset_volume_no_extra_mount() -> None:
     pod = b.build_pod(job(), UID, 1)
     assert "dataset" not in {v["name"] for v in pod["spec"]["volumes"]}
     assert "/data" not in {m["mountPath"] for m in container(pod)["volumeMounts"]}
+
+
+def test_shared_cache_claim_is_mounted_read_write_at_cache_and_is_hf_home() -> None:
+    pod = b.build_pod(job(cache={"location": "sharedClaim", "claimName": "hf-cache"}), UID, 1)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["cache"] == {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+    mounts = {m["name"]: m for m in container(pod)["volumeMounts"]}
+    assert mounts["cache"] == {"name": "cache", "mountPath": "/cache"}  # written: downloads land there
+    assert env(pod)["HF_HOME"] == "/cache"
+    assert mounts["checkpoints"]["mountPath"] == "/checkpoints"  # checkpoints stay on the job's own volume
+    # never created by the operator: the PVC the job makes is the checkpoint volume only
+    assert b.build_pvc(job(cache={"location": "sharedClaim", "claimName": "hf-cache"}), UID)["metadata"][
+        "name"
+    ] == ("demo-checkpoints")
+
+
+def test_no_cache_puts_hf_home_on_the_size_limited_scratch() -> None:
+    pod = b.build_pod(job(cache={"location": "none"}, resources={"gpus": 1, "scratchSize": "30Gi"}), UID, 1)
+    assert env(pod)["HF_HOME"] == "/tmp/hf"
+    assert {v["name"]: v for v in pod["spec"]["volumes"]}["tmp"]["emptyDir"] == {"sizeLimit": "30Gi"}
+    assert "cache" not in {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def test_default_cache_is_on_the_checkpoint_volume_without_an_extra_mount() -> None:
+    pod = b.build_pod(job(cache={"location": "checkpointVolume"}), UID, 1)
+    assert env(pod)["HF_HOME"] == "/checkpoints/.cache/hf"
+    assert "cache" not in {v["name"] for v in pod["spec"]["volumes"]}
+    assert b.build_pod(job(), UID, 1) == pod  # the default
