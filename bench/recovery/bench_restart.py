@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.harness import hub_repos  # noqa: E402
 from tests.harness.hub_server import HubServer  # noqa: E402
+from tests.trainer.trainer_harness import hub_env  # noqa: E402
 
 REPOS = (hub_repos.GPT2, hub_repos.ENGLISH_QUOTES)
 EXIT_PREEMPTED = 75
@@ -56,20 +57,9 @@ def trainer_config(path: Path) -> Path:
 
 
 def trainer_env(hub_url: str, hf_home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "FTO_TEST_"))}
-    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(key, None)
-    env.update(
-        HF_ENDPOINT=hub_url,
-        HF_HOME=str(hf_home),
-        NO_PROXY="127.0.0.1,localhost",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-        PYTHONWARNINGS="ignore",
-        PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image")]),
-    )
+    """The trainer tests' hub environment, running this checkout's code."""
+    env = hub_env(hf_home, hub_url)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image")])
     return env
 
 

@@ -16,21 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_harness import base_env, run
+from trainer_harness import hub_env, run
 
 from tests.harness import hub_repos
 from tests.harness.hub_server import Failure, HubServer, closed_loopback_port
 
 REPO_ID = "acme/tiny-gpt2"
-
-
-def hub_env(work: Path, endpoint: str) -> dict[str, str]:
-    env = base_env(HF_ENDPOINT=endpoint, HF_HOME=str(work / "hf-home"), NO_PROXY="127.0.0.1,localhost")
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        env.pop(key, None)
-    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(key, None)
-    return env
 
 
 def hub_model_config(tiny: Path, work: Path) -> Path:
@@ -51,7 +42,12 @@ def hub_model_config(tiny: Path, work: Path) -> Path:
 def test_repo_or_revision_not_found_or_gated_is_a_config_error(tiny: Path, work: Path, failure: Failure):
     with HubServer() as hub:
         hub.fail(REPO_ID, failure)
-        proc = run(hub_model_config(tiny, work), work / "out", env=hub_env(work, hub.url), tag="permanent")
+        proc = run(
+            hub_model_config(tiny, work),
+            work / "out",
+            env=hub_env(work / "hf-home", hub.url),
+            tag="permanent",
+        )
         asked = hub.requests_for(REPO_ID)
     assert proc.popen.returncode == 78, proc.tail()
     term = proc.termination()
@@ -70,7 +66,12 @@ def test_repo_or_revision_not_found_or_gated_is_a_config_error(tiny: Path, work:
 def test_hub_failing_with_429_or_5xx_is_transient(tiny: Path, work: Path, failure: Failure) -> None:
     with HubServer() as hub:
         hub.fail(REPO_ID, failure)
-        proc = run(hub_model_config(tiny, work), work / "out", env=hub_env(work, hub.url), tag="transient")
+        proc = run(
+            hub_model_config(tiny, work),
+            work / "out",
+            env=hub_env(work / "hf-home", hub.url),
+            tag="transient",
+        )
         asked = hub.requests_for(REPO_ID)
     assert proc.popen.returncode == 1, proc.tail()
     term = proc.termination()
@@ -82,7 +83,9 @@ def test_hub_failing_with_429_or_5xx_is_transient(tiny: Path, work: Path, failur
 @pytest.mark.slow
 def test_unreachable_hub_is_transient(tiny: Path, work: Path) -> None:
     endpoint = f"http://127.0.0.1:{closed_loopback_port()}"
-    proc = run(hub_model_config(tiny, work), work / "out", env=hub_env(work, endpoint), tag="closed")
+    proc = run(
+        hub_model_config(tiny, work), work / "out", env=hub_env(work / "hf-home", endpoint), tag="closed"
+    )
     assert proc.popen.returncode == 1, proc.tail()
     term = proc.termination()
     assert term["reason"] == "Error" and "unreachable" in term["message"], term
@@ -111,7 +114,7 @@ def test_gpt2_and_quotes_come_from_the_hub_once(work: Path, hub_tree: Path) -> N
     """First start downloads every file of gpt2 (≥ 100 MB) and the quotes; a second start with the same
     HF_HOME (what a restarted pod with the cache on its volume does) sends no file bytes again."""
     with HubServer(hub_tree) as hub:
-        env = hub_env(work, hub.url)
+        env = hub_env(work / "hf-home", hub.url)
         model_files = hub.repo(hub_repos.GPT2).files
         model_size = sum(entry.size for entry in model_files.values())
         assert model_files["model.safetensors"].size >= 100_000_000
@@ -150,7 +153,7 @@ def test_model_revision_pinned_to_a_commit_resolves(tiny: Path, work: Path, hub_
         config["training"].update({"max_steps": 1})
         path = work / "pinned.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = run(path, work / "out", env=hub_env(work, hub.url), tag="pinned")
+        proc = run(path, work / "out", env=hub_env(work / "hf-home", hub.url), tag="pinned")
         asked = [r for r in hub.requests if r.repo_id == REPO_ID and r.action == "resolve"]
     assert proc.popen.returncode == 0, proc.tail()
     downloads = [r for r in asked if r.method == "GET"]
@@ -169,7 +172,7 @@ def test_unknown_model_revision_is_a_config_error(tiny: Path, work: Path, hub_tr
         config["model"]["revision"] = "v9"
         path = work / "unknown.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc = run(path, work / "out", env=hub_env(work, hub.url), tag="unknown-revision")
+        proc = run(path, work / "out", env=hub_env(work / "hf-home", hub.url), tag="unknown-revision")
     assert proc.popen.returncode == 78, proc.tail()
     term = proc.termination()
     assert term["reason"] == "ConfigError" and term["message"].startswith("model.name_or_path: "), term

@@ -15,21 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainer_harness import base_env, start
+from trainer_harness import hub_env, start
 
 from tests.harness import hub_repos
 from tests.harness.hub_server import HubServer
 
 WEIGHTS = "model.safetensors"
-
-
-def hub_env(hf_home: Path, endpoint: str) -> dict[str, str]:
-    env = base_env(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), NO_PROXY="127.0.0.1,localhost")
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        env.pop(key, None)
-    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(key, None)
-    return env
 
 
 def tiny_from_hub_config(tiny: Path, work: Path) -> Path:

@@ -45,6 +45,16 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def hub_env(hf_home: Path, endpoint: str) -> dict[str, str]:
+    """base_env for a trainer that talks to the hub stand-in at `endpoint`: online, no proxy, and no HF_ or
+    TRANSFORMERS_ setting (offline flags, a token) taken from the caller's environment."""
+    env = {k: v for k, v in base_env().items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env.pop(key, None)
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), NO_PROXY="127.0.0.1,localhost")
+    return env
+
+
 def write_config(
     path: Path, tiny: Path, max_steps: int = MAX_STEPS, save_steps: int = SAVE_STEPS, **training: Any
 ) -> Path:
