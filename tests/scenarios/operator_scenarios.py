@@ -15,6 +15,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from kubernetes.client.rest import ApiException
@@ -626,32 +627,25 @@ def delete_job_cleans_up(p: Provider, name: str) -> None:
     """Deleting the job deletes its pods and (deleteWithJob) its volume."""
     p.kube.custom.delete_namespaced_custom_object(GROUP, VERSION, p.namespace, PLURAL, name)
     wait_for(lambda: not pods(p, name), 60, what=f"{name} pods deleted")
+    claim = f"{name}-checkpoints"
+    read_claim = partial(p.kube.core.read_namespaced_persistent_volume_claim, claim, p.namespace)
+    wait_for(lambda: _absent(read_claim), 60, what=f"{name} volume deleted")
 
-    def pvc_gone() -> bool:
-        try:
-            p.kube.core.read_namespaced_persistent_volume_claim(f"{name}-checkpoints", p.namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
 
-    wait_for(pvc_gone, 60, what=f"{name} volume deleted")
+def _absent(read: Callable[[], object]) -> bool:
+    """True when `read` answers 404 (the object is gone); other API errors are raised."""
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return True
+        raise
+    return False
 
 
 def _delete_and_wait_gone(p: Provider, name: str) -> None:
     p.kube.custom.delete_namespaced_custom_object(GROUP, VERSION, p.namespace, PLURAL, name)
-
-    def gone() -> bool:
-        try:
-            get_job(p, name)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(gone, 60, what=f"{name} deleted")
+    wait_for(lambda: _absent(lambda: get_job(p, name)), 60, what=f"{name} deleted")
 
 
 def recreated_job_trains_anew(p: Provider, name: str = "recreate") -> dict[str, Any]:
