@@ -450,8 +450,10 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
                     raise
                 node = None
             nodes[pod.node_name] = decisions.node_view(pod.node_name, node)
+    node_trouble = any(n.exists and n.ready != "True" for n in nodes.values())
     claim: dict[str, Any] | None = None
-    if status.phase not in ("Succeeded", "Failed"):  # only the next pod needs it
+    # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
+    if status.phase not in ("Succeeded", "Failed") or node_trouble:
         try:
             claim = _json(
                 core.read_namespaced_persistent_volume_claim(
@@ -461,9 +463,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         except ApiException as error:
             if error.status != 404:
                 raise
-    shared_volume = False
-    if any(n.exists and n.ready != "True" for n in nodes.values()):  # only then does it matter: one GET
-        shared_volume = checkpoint_volume_shared(core, namespace, job)
+    shared_volume = node_trouble and checkpoint_volume_shared(job, claim)
     world = World(
         name=name,
         uid=uid,
@@ -480,18 +480,15 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
     return job, uid, world, str(meta.get("resourceVersion") or "")
 
 
-def checkpoint_volume_shared(core: Any, namespace: str, job: FineTuneJob) -> bool:
+def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> bool:
     """Whether the checkpoint claim may be mounted read-write on several nodes (ReadWriteMany requested, or
-    offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes)."""
-    claim = job.spec.checkpoint.existing_claim_name or builders.pvc_name(job)
-    try:
-        pvc = core.read_namespaced_persistent_volume_claim(claim, namespace)
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes).
+    `claim`: the claim as read (None: not there yet, the spec's access mode decides)."""
+    if claim is None:
         return decisions.volume_shared([job.spec.checkpoint.access_mode])
-    modes = [*(pvc.spec.access_modes or []), *((pvc.status.access_modes if pvc.status else None) or [])]
-    return decisions.volume_shared(modes or [job.spec.checkpoint.access_mode])
+    requested = (claim.get("spec") or {}).get("accessModes") or []
+    offered = (claim.get("status") or {}).get("accessModes") or []
+    return decisions.volume_shared([*requested, *offered] or [job.spec.checkpoint.access_mode])
 
 
 def _json(response: Any) -> dict[str, Any]:
