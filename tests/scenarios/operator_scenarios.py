@@ -83,7 +83,7 @@ def tiny_job(
             "seed": 7,
         },
         "checkpoint": {"volumeSize": "1Gi", "terminationGracePeriodSeconds": 30, "deleteWithJob": True},
-        "resources": {"gpus": 0, "cpu": "300m", "memory": memory},
+        "resources": {"gpus": 0, "cpu": "1", "memory": memory},
         "restartPolicy": {"backoffSeconds": 1, "maxBackoffSeconds": 4},
         "image": image,
         "imagePullPolicy": "Never",
@@ -436,7 +436,9 @@ def app_error_budget(p: Provider, name: str = "apperror") -> dict[str, Any]:
 def operator_restarts(p: Provider, name: str = "oprestart") -> dict[str, Any]:
     """Kill the operator mid-job, and again between a pod's end and its replacement: no duplicate pod,
     no lost or doubled counter."""
-    apply_job(p, tiny_job(name, p.trainer_image, steps=24, step_sleep=0.3))
+    # 48 steps: after checkpoint 8 the trainer must still be running when the operator stops and its pod is
+    # deleted (with 24 steps of 0.3 s it could finish first, once pods were no longer throttled to 0.3 CPU).
+    apply_job(p, tiny_job(name, p.trainer_image, steps=48, step_sleep=0.3))
     wait_checkpoint(p, name, 4)
     p.restart_operator(kill=True)  # mid-job
     s = wait_checkpoint(p, name, 8)
@@ -445,7 +447,7 @@ def operator_restarts(p: Provider, name: str = "oprestart") -> dict[str, Any]:
     p.kube.core.delete_namespaced_pod(s["podName"], p.namespace)
     time.sleep(6)  # the trainer saves and exits; the pod object stays (our finalizer) until recorded
     p.start_operator()
-    s = assert_succeeded(p, name, 24)
+    s = assert_succeeded(p, name, 48)
     assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and s["attempt"] == 2, summary(s)
     seen = {pod.metadata.name for pod in pods(p, name)}
     assert seen == {f"{name}-2"}, seen
@@ -540,7 +542,7 @@ def refused_by_quota(p: Provider, name: str = "quota") -> dict[str, Any]:
         30,
         what="resource quota status",
     )
-    apply_job(p, tiny_job(name, p.trainer_image))  # asks for cpu 300m
+    apply_job(p, tiny_job(name, p.trainer_image))  # asks for cpu 1
     s = _shown(p, name, "QuotaExceeded")
     assert s["phase"] == "Pending" and "exceeded quota" in s["message"], summary(s)
     assert not pods(p, name)

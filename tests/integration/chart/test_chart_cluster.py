@@ -292,7 +292,7 @@ def test_in_cluster_operator_pod_killed_mid_job(provider: InClusterProvider, kub
     """The operator pod killed mid-job (the Deployment replaces it), then scaled away while the trainer's
     pod ends, then back: no duplicate trainer pod, the preemption counted once.
 
-    The shared `operator_restarts` scenario trains for ~7 s, shorter than an in-cluster operator takes to
+    The shared `operator_restarts` scenario trains for ~15 s, shorter than an in-cluster operator takes to
     come back (pod start + kopf start-up + readiness), so this runs the same steps on a longer job."""
     p, name = provider, "chart-opkill"
     sc.apply_job(p, sc.tiny_job(name, p.trainer_image, steps=48, save_steps=4, step_sleep=0.4))
