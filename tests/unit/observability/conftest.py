@@ -1,30 +1,21 @@
-"""Fixtures for the observability tests: fto_observability importable, promtool, helm, an empty Prometheus."""
+"""Fixtures for the observability tests: promtool, helm, an empty Prometheus."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-OBS = REPO / "hack" / "observability"
-if str(OBS) not in sys.path:
-    sys.path.insert(0, str(OBS))
-
-from fto_observability.local_prometheus import LocalPrometheus  # noqa: E402
-
-INSTALL_HINT = "Debian's prometheus is not installed: run hack/observability/install.sh"
+from tests.harness.prometheus import INSTALL_HINT, LocalPrometheus
 
 
 def _missing(what: str) -> None:
     """Skip on a developer machine; in CI (CI set) a missing tool is a failure, not a silent skip."""
     if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI must run hack/observability/install.sh)")
+        pytest.fail(f"{what} (CI must run tests/harness/install_prometheus.sh)")
     pytest.skip(what)
 
 

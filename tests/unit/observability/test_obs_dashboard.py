@@ -7,8 +7,11 @@ import json
 import re
 
 import pytest
-from fto_observability import catalog, dashboard, paths, promql
-from fto_observability.local_prometheus import LocalPrometheus, PrometheusError
+from finetune_api import metric_catalog as catalog
+from finetune_observability import dashboard, promql
+
+from tests.harness.prometheus import LocalPrometheus, PrometheusError
+from tests.unit.observability import repo_files as paths
 
 TARGETS = dashboard.all_targets()
 IDS = [f"{p.title}/{t.legend or i}" for i, (p, t) in enumerate(TARGETS)]
@@ -16,7 +19,7 @@ JSON_PATH = paths.DASHBOARD_JSON
 
 
 def test_committed_dashboard_is_generated_from_the_panel_list() -> None:
-    assert JSON_PATH.read_text() == dashboard.render(), "run hack/observability/generate.py"
+    assert JSON_PATH.read_text() == dashboard.render(), "run `finetune-observability --write`"
 
 
 def test_dashboard_json_model() -> None:
@@ -107,7 +110,7 @@ def test_a_bad_query_is_refused(empty_prometheus: LocalPrometheus) -> None:
 
 
 def test_docs_describe_every_panel_and_alert() -> None:
-    from fto_observability import alerts
+    from finetune_observability import alerts
 
     text = paths.DOCS.read_text()
     for p in dashboard.PANELS:
@@ -121,7 +124,7 @@ def test_docs_describe_every_panel_and_alert() -> None:
 def test_render_svg_draws_every_panel() -> None:
     import xml.etree.ElementTree as ET
 
-    from fto_observability import render
+    from tests.harness import dashboard_svg as render
 
     panels = [
         {
