@@ -252,12 +252,7 @@ PANELS: tuple[Panel, ...] = (
         unit="s",
         width=12,
         row=ROW_CHECKPOINTS,
-        options={
-            "calculate": False,
-            "yAxis": {"unit": "s"},
-            "cellGap": 1,
-            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
-        },
+        options={"yAxis": {"unit": "s"}, "cellGap": 1},
     ),
     Panel(
         "Checkpoints retained vs saved",
@@ -411,7 +406,7 @@ def _variables() -> list[dict[str, Any]]:
             "label": "Data source",
             "type": "datasource",
             "query": "prometheus",
-            "current": {},
+            # No `current`: Grafana then selects the default Prometheus (the schema has no empty `current`).
             "hide": 0,
             "refresh": 1,
             "regex": "",
@@ -451,8 +446,10 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "spanNulls": False,
             "stacking": {"mode": "normal" if (p.stack or p.bars) else "none", "group": "A"},
         }
+    # Each panel type's options as Grafana's schema for it requires them (its defaults where we have no
+    # preference): the tests check the JSON against that schema (tests/harness/grafana_schema.py).
     options: dict[str, Any] = {
-        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
         "tooltip": {"mode": "multi", "sort": "desc"},
     }
     if p.kind == "stat":
@@ -463,9 +460,29 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "textMode": "value_and_name",
             "orientation": "auto",
             "justifyMode": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+            "percentChangeColorMode": "standard",
         }
     elif p.kind == "table":
-        options = {"showHeader": True}
+        options = {"showHeader": True, "frameIndex": 0}
+        custom = {"align": "auto", "inspect": False}
+    elif p.kind == "heatmap":
+        options = {
+            "calculate": False,
+            "color": {
+                "mode": "scheme",
+                "scheme": "Oranges",
+                "fill": "dark-orange",
+                "exponent": 0.5,
+                "steps": 64,
+                "reverse": False,
+            },
+            "showValue": "auto",
+            "legend": {"show": True},
+            "tooltip": {"mode": "single", "yHistogram": False, "showColorScale": False},
+            "exemplars": {"color": "rgba(255,0,255,0.7)"},
+        }
     options.update(p.options)
     panel: dict[str, Any] = {
         "id": pid,

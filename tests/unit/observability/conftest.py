@@ -6,9 +6,11 @@ import glob
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.harness import grafana_schema
 from tests.harness.prometheus import INSTALL_HINT, LocalPrometheus
 
 
@@ -56,3 +58,12 @@ def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
     prom.start()
     yield prom
     prom.stop()
+
+
+@pytest.fixture(scope="session")
+def grafana_schema_check() -> Path:
+    """Grafana's dashboard schema checker, built (cached) from tests/harness/grafana-schema-check."""
+    try:
+        return grafana_schema.binary()
+    except grafana_schema.ToolUnavailable as e:
+        pytest.skip(f"Grafana's dashboard schema check cannot be built here: {e}")
