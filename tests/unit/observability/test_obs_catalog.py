@@ -37,6 +37,19 @@ def test_naming_conventions(m: catalog.Metric) -> None:
     assert m.help.strip()
 
 
+def test_catalog_imports_no_metrics_client_nor_operator() -> None:
+    """The trainer image installs finetune_api only: the catalog must import without the operator's
+    dependencies, and finetune_api stays light (no Prometheus client at import)."""
+    code = (
+        "import sys, finetune_api.metric_catalog as c; assert c.ALL_METRICS; "
+        "print(sorted(m for m in ('prometheus_client', 'kopf', 'kubernetes', 'finetune_operator') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_phases_and_causes_match_the_api() -> None:
     models = importlib.import_module("finetune_api.models")
     assert catalog.LABEL_VALUES["phase"] == tuple(typing.get_args(models.Phase))
