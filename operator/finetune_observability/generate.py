@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from finetune_api.generated_files import sync
 from finetune_api.metric_catalog import SERIES
 
 from finetune_observability import alerts, dashboard, promql
@@ -60,21 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
-    stale = []
-    for relative, text in outputs().items():
-        path = a.root / relative
-        if path.exists() and path.read_text() == text:
-            continue
-        if a.check:
-            stale.append(str(relative))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {relative}")
-    if stale:
-        print(f"out of date (run `finetune-observability --write`): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
+    return sync(a.root, outputs(), write=a.write, command="finetune-observability")
 
 
 if __name__ == "__main__":
