@@ -1,5 +1,5 @@
 # Two commands for a newcomer: `make demo` (a real fine-tune that is preempted and resumes) and `make test`.
-.PHONY: test demo crd lint clean-cluster
+.PHONY: test demo crd observability lint clean-cluster
 
 test:  ## set up what is missing (cached), lint, run every test
 	hack/test.sh $(ARGS)
@@ -9,6 +9,9 @@ demo:  ## build what is missing (cached), start the local cluster, run the preem
 
 crd:  ## regenerate the CRD from the pydantic model
 	.venv/bin/finetune-crd --write
+
+observability:  ## regenerate the dashboard and alert rules from finetune_observability
+	.venv/bin/finetune-observability --write
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

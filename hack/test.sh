@@ -15,13 +15,14 @@ step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 step "Python environment (hack/bootstrap.sh)"
 hack/bootstrap.sh
 
-step "Prometheus and promtool (hack/observability/install.sh: the dashboard/alert tests use them)"
-hack/observability/install.sh
+step "Prometheus and promtool (tests/harness/install_prometheus.sh: the dashboard/alert tests use them)"
+tests/harness/install_prometheus.sh
 
 step "Lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/finetune-observability --check
 
 export PATH=$repo/.venv/bin:$PATH OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 if [[ ${FTO_CLUSTER:-auto} != off ]]; then

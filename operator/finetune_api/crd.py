@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from finetune_api.generated_files import sync
 from finetune_api.models import (
     API_VERSION,
     GROUP,
@@ -238,18 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.write or args.check):
         sys.stdout.write(text)
         return 0
-    stale = []
-    for relative in CRD_PATHS:
-        path = args.root / relative
-        if args.write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        elif not path.exists() or path.read_text() != text:
-            stale.append(str(relative))
-    if stale:
-        print(f"stale CRD files (run `finetune-crd --write`): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
+    outputs = dict.fromkeys(CRD_PATHS, text)
+    return sync(args.root, outputs, write=args.write, command="finetune-crd")
 
 
 if __name__ == "__main__":

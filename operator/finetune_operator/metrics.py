@@ -1,4 +1,7 @@
-"""The operator's Prometheus metrics (design.md §3 names), computed from job status and from decisions.
+"""The operator's Prometheus metrics, computed from job status and from decisions.
+
+Names, help, labels and buckets come from `finetune_api.metric_catalog` (one list for the operator, the
+trainer, the dashboard and the alerts).
 
 Labels: `namespace`, `finetunejob` (not `job`: Prometheus uses that for the scrape target), plus `cause` or
 `phase`; nothing unbounded. Values that live in the job's status (restarts by cause, lost steps, training
@@ -17,18 +20,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api import metric_catalog as cat
 from finetune_api.models import RESTART_CAUSES
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-JOB_LABELS = ("namespace", "finetunejob")
+PHASES = cat.LABEL_VALUES["phase"]
 
-#: LoRA adapters save in milliseconds, full 70B models in minutes: 5 ms … 30 min.
-SAVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-#: Pod end → trainer training again: ~1 s (operator) + start-up (seconds to minutes for big models).
-RECOVERY_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600, 1200, 1800, 3600)
+
+def _histogram(metric: cat.Metric, registry: CollectorRegistry) -> Histogram:
+    return Histogram(metric.name, metric.help, metric.labels, buckets=metric.buckets, registry=registry)
+
+
+def _family(kind: Any, metric: cat.Metric) -> Any:
+    """A Counter/GaugeMetricFamily for one scrape (prometheus_client strips a counter's `_total`)."""
+    return kind(metric.name, metric.help, labels=list(metric.labels))
 
 
 @dataclass
@@ -48,26 +55,14 @@ class OperatorMetrics(Collector):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], _Snapshot] = {}
-        self.save_duration = Histogram(
-            "finetune_checkpoint_save_duration_seconds",
-            "Time to write and commit one checkpoint, as reported by the trainer.",
-            JOB_LABELS,
-            buckets=SAVE_BUCKETS,
-            registry=self.registry,
-        )
+        self.save_duration = _histogram(cat.CHECKPOINT_SAVE_DURATION, self.registry)
         self.saved = Counter(
-            "finetune_checkpoints_saved",
-            "Checkpoints committed (seen by this operator process).",
-            JOB_LABELS,
+            cat.CHECKPOINTS_SAVED.name,
+            cat.CHECKPOINTS_SAVED.help,
+            cat.CHECKPOINTS_SAVED.labels,
             registry=self.registry,
         )
-        self.recovery = Histogram(
-            "finetune_recovery_duration_seconds",
-            "From the end of a trainer pod to its replacement reporting training progress again.",
-            JOB_LABELS,
-            buckets=RECOVERY_BUCKETS,
-            registry=self.registry,
-        )
+        self.recovery = _histogram(cat.RECOVERY_DURATION, self.registry)
         self.registry.register(self)
 
     # --- feeding ----------------------------------------------------------------------------------
@@ -118,36 +113,13 @@ class OperatorMetrics(Collector):
     def collect(self) -> Iterator[Any]:
         with self._lock:
             jobs = dict(self._jobs)
-        restarts = CounterMetricFamily(
-            "finetune_restarts",
-            "Trainer pod restarts by cause (from status.restarts).",
-            labels=[*JOB_LABELS, "cause"],
-        )
-        lost = CounterMetricFamily(
-            "finetune_lost_steps",
-            "Optimizer steps trained after the last committed checkpoint when a pod ended (redone).",
-            labels=list(JOB_LABELS),
-        )
-        step = GaugeMetricFamily(
-            "finetune_training_step", "Last optimizer step reported.", labels=list(JOB_LABELS)
-        )
-        checkpoints = GaugeMetricFamily(
-            "finetune_checkpoints",
-            "Committed checkpoints currently retained on the volume.",
-            labels=list(JOB_LABELS),
-        )
-        size = GaugeMetricFamily(
-            "finetune_checkpoint_size_bytes",
-            "Size of the newest committed checkpoint.",
-            labels=list(JOB_LABELS),
-        )
-        streak = GaugeMetricFamily(
-            "finetune_restart_streak",
-            "Trainer pod ends in a row for the same reason without training progress (0 = none); "
-            "not exported for finished jobs.",
-            labels=list(JOB_LABELS),
-        )
-        phases = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["namespace", "phase"])
+        restarts = _family(CounterMetricFamily, cat.RESTARTS)
+        lost = _family(CounterMetricFamily, cat.LOST_STEPS)
+        step = _family(GaugeMetricFamily, cat.TRAINING_STEP)
+        checkpoints = _family(GaugeMetricFamily, cat.CHECKPOINTS)
+        size = _family(GaugeMetricFamily, cat.CHECKPOINT_SIZE)
+        streak = _family(GaugeMetricFamily, cat.RESTART_STREAK)
+        phases = _family(GaugeMetricFamily, cat.JOBS)
         per_namespace: dict[str, dict[str, int]] = {}
         for (namespace, name), snap in sorted(jobs.items()):
             for cause in RESTART_CAUSES:

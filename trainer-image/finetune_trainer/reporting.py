@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_api import metric_catalog as cat
 from finetune_api.models import GROUP, PLURAL, VERSION
 from finetune_api.trainer_config import JobRef
 
@@ -365,50 +366,35 @@ def format_duration(seconds: float) -> str:
 
 
 class TrainerMetrics:
-    """prometheus-client metrics on their own registry, served on `port` when > 0 (main process only)."""
+    """prometheus-client metrics on their own registry, served on `port` when > 0 (main process only).
+
+    Names, help and buckets come from `finetune_api.metric_catalog`; the trainer sets no labels (the scrape
+    adds the pod's namespace and job)."""
 
     def __init__(self, port: int = 0):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
         self.registry = CollectorRegistry()
         r = self.registry
-        self.step = Gauge("finetune_trainer_step", "Last completed optimizer step.", registry=r)
-        self.total_steps = Gauge(
-            "finetune_trainer_total_steps", "Optimizer steps of the whole run.", registry=r
-        )
-        self.loss = Gauge("finetune_trainer_loss", "Last logged training loss.", registry=r)
-        self.step_seconds = Histogram(
-            "finetune_trainer_step_duration_seconds",
-            "Wall time of one optimizer step (saves excluded).",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-            registry=r,
-        )
-        self.tokens_per_second = Gauge(
-            "finetune_trainer_tokens_per_second", "Input tokens per second over the last step.", registry=r
-        )
-        self.save_seconds = Histogram(
-            "finetune_trainer_checkpoint_save_duration_seconds",
-            "Checkpoint write + verify + fsync + commit.",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=r,
-        )
-        self.last_save_seconds = Gauge(
-            "finetune_trainer_last_save_duration_seconds", "Duration of the last committed save.", registry=r
-        )
-        self.last_save_bytes = Gauge(
-            "finetune_trainer_last_checkpoint_size_bytes",
-            "Bytes of the last committed checkpoint.",
-            registry=r,
-        )
-        self.last_checkpoint_step = Gauge(
-            "finetune_trainer_last_checkpoint_step", "Step of the newest committed checkpoint.", registry=r
-        )
-        self.checkpoints = Gauge(
-            "finetune_trainer_checkpoints", "Committed checkpoints currently retained.", registry=r
-        )
-        self.commits = Counter(
-            "finetune_trainer_checkpoints_committed", "Checkpoints committed by this process.", registry=r
-        )
+
+        def gauge(m: cat.Metric) -> Gauge:
+            return Gauge(m.name, m.help, registry=r)
+
+        def histogram(m: cat.Metric) -> Histogram:
+            return Histogram(m.name, m.help, buckets=m.buckets, registry=r)
+
+        self.step = gauge(cat.TRAINER_STEP)
+        self.total_steps = gauge(cat.TRAINER_TOTAL_STEPS)
+        self.loss = gauge(cat.TRAINER_LOSS)
+        self.step_seconds = histogram(cat.TRAINER_STEP_DURATION)
+        self.tokens_per_second = gauge(cat.TRAINER_TOKENS_PER_SECOND)
+        self.save_seconds = histogram(cat.TRAINER_CHECKPOINT_SAVE_DURATION)
+        self.last_save_seconds = gauge(cat.TRAINER_LAST_SAVE_DURATION)
+        self.last_save_bytes = gauge(cat.TRAINER_LAST_CHECKPOINT_SIZE)
+        self.last_checkpoint_step = gauge(cat.TRAINER_LAST_CHECKPOINT_STEP)
+        self.checkpoints = gauge(cat.TRAINER_CHECKPOINTS)
+        committed = cat.TRAINER_CHECKPOINTS_COMMITTED
+        self.commits = Counter(committed.name, committed.help, registry=r)
         self.port = port
         if port > 0:
             start_http_server(port, registry=r)

@@ -2,8 +2,9 @@
 cluster and is preempted twice: every dashboard panel's query returns data, every alert rule evaluates, and
 the restart-loop alert fires.
 
-Needs the local cluster (tests/harness; `-m cluster`), Debian's prometheus (hack/observability/install.sh)
-and the tiny trainer image (tests/integration/operator/build_tiny_image.sh, built on demand).
+Needs the local cluster (tests/harness; `-m cluster`), Debian's prometheus
+(tests/harness/install_prometheus.sh) and the tiny trainer image
+(tests/integration/operator/build_tiny_image.sh, built on demand).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
-from fto_observability import alerts, dashboard, promql, render
-from fto_observability.local_prometheus import LocalPrometheus, TrainerDiscovery, trainer_scrape_config
+from finetune_observability import alerts, dashboard, promql
 
+from tests.harness import dashboard_svg as render
 from tests.harness.cluster import Cluster
 from tests.harness.disruptions import evict
 from tests.harness.kube import Kube, wait_for
+from tests.harness.prometheus import LocalPrometheus, TrainerDiscovery, trainer_scrape_config
 from tests.integration.operator.conftest import OperatorProcess
 from tests.scenarios import operator_scenarios as sc
 

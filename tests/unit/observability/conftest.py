@@ -1,30 +1,23 @@
-"""Fixtures for the observability tests: fto_observability importable, promtool, helm, an empty Prometheus."""
+"""Fixtures for the observability tests: promtool, helm, an empty Prometheus."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-OBS = REPO / "hack" / "observability"
-if str(OBS) not in sys.path:
-    sys.path.insert(0, str(OBS))
-
-from fto_observability.local_prometheus import LocalPrometheus  # noqa: E402
-
-INSTALL_HINT = "Debian's prometheus is not installed: run hack/observability/install.sh"
+from tests.harness import grafana_schema
+from tests.harness.prometheus import INSTALL_HINT, LocalPrometheus
 
 
 def _missing(what: str) -> None:
     """Skip on a developer machine; in CI (CI set) a missing tool is a failure, not a silent skip."""
     if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI must run hack/observability/install.sh)")
+        pytest.fail(f"{what} (CI must run tests/harness/install_prometheus.sh)")
     pytest.skip(what)
 
 
@@ -65,3 +58,12 @@ def empty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
     prom.start()
     yield prom
     prom.stop()
+
+
+@pytest.fixture(scope="session")
+def grafana_schema_check() -> Path:
+    """Grafana's dashboard schema checker, built (cached) from tests/harness/grafana-schema-check."""
+    try:
+        return grafana_schema.binary()
+    except grafana_schema.ToolUnavailable as e:
+        pytest.skip(f"Grafana's dashboard schema check cannot be built here: {e}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fto_observability import paths
-
 from tests.integration.chart.helm import template
+from tests.unit.observability import repo_files as paths
 
 MONITORING_APIS = (
     "monitoring.coreos.com/v1/ServiceMonitor",

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
-from fto_observability import catalog, dashboard, paths, promql
-from fto_observability.local_prometheus import LocalPrometheus, PrometheusError
+from finetune_api import metric_catalog as catalog
+from finetune_observability import dashboard, promql
+
+from tests.harness import grafana_schema
+from tests.harness.prometheus import LocalPrometheus, PrometheusError
+from tests.unit.observability import repo_files as paths
 
 TARGETS = dashboard.all_targets()
 IDS = [f"{p.title}/{t.legend or i}" for i, (p, t) in enumerate(TARGETS)]
@@ -16,7 +21,31 @@ JSON_PATH = paths.DASHBOARD_JSON
 
 
 def test_committed_dashboard_is_generated_from_the_panel_list() -> None:
-    assert JSON_PATH.read_text() == dashboard.render(), "run hack/observability/generate.py"
+    assert JSON_PATH.read_text() == dashboard.render(), "run `finetune-observability --write`"
+
+
+def test_dashboard_matches_grafanas_own_schema(grafana_schema_check: Path) -> None:
+    """Grafana's dashboard and panel schemas (grafana-foundation-sdk): no unknown or mistyped field, no
+    required one missing, in the dashboard, its variables, every panel's options and every query."""
+    r = grafana_schema.check(grafana_schema_check, JSON_PATH)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok ({len(json.loads(JSON_PATH.read_text())['panels'])} panels)" in r.stdout
+
+
+def test_grafanas_schema_refuses_a_wrong_panel(grafana_schema_check: Path, tmp_path: Path) -> None:
+    """The schema check is real: a heatmap legend shaped like a time series' (as this dashboard had it before
+    the check existed) and a mistyped gridPos are refused, each named."""
+    d = dashboard.build_dashboard()
+    heatmap = next(p for p in d["panels"] if p["type"] == "heatmap")
+    heatmap["options"]["legend"] = {"displayMode": "list", "placement": "bottom", "showLegend": True}
+    d["panels"][1]["gridPos"]["w"] = "12"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d))
+    r = grafana_schema.check(grafana_schema_check, bad)
+    assert r.returncode == 1, r.stdout + r.stderr
+    index = d["panels"].index(heatmap)
+    assert f"panels[{index}].options.legend.HeatmapLegend: unexpected field 'placement'" in r.stdout
+    assert "panels[1].gridPos.w: json: cannot unmarshal string" in r.stdout
 
 
 def test_dashboard_json_model() -> None:
@@ -107,7 +136,7 @@ def test_a_bad_query_is_refused(empty_prometheus: LocalPrometheus) -> None:
 
 
 def test_docs_describe_every_panel_and_alert() -> None:
-    from fto_observability import alerts
+    from finetune_observability import alerts
 
     text = paths.DOCS.read_text()
     for p in dashboard.PANELS:
@@ -121,7 +150,7 @@ def test_docs_describe_every_panel_and_alert() -> None:
 def test_render_svg_draws_every_panel() -> None:
     import xml.etree.ElementTree as ET
 
-    from fto_observability import render
+    from tests.harness import dashboard_svg as render
 
     panels = [
         {

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from fto_observability import alerts, dashboard, promql
-from fto_observability.local_prometheus import LocalPrometheus, free_port
+from finetune_observability import alerts, dashboard, promql
 from prometheus_client import CollectorRegistry, start_http_server
+
+from tests.harness.prometheus import LocalPrometheus, free_port
 
 NS, JOB = "ml", "demo"
 
@@ -131,7 +132,7 @@ def test_a_trainer_cannot_label_its_series_as_another_job(empty_prometheus: Any,
     must not get its series counted there. Scraped as the PodMonitor does (trainer_scrape_config: the
     target's labels from the pod win), a real Prometheus files them under the pod's own job."""
     del empty_prometheus
-    from fto_observability.local_prometheus import trainer_scrape_config
+    from tests.harness.prometheus import trainer_scrape_config
 
     spoofer = CollectorRegistry()
     from prometheus_client import Gauge

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from fto_observability import alerts, catalog, paths, promql
+from finetune_api import metric_catalog as catalog
+from finetune_observability import alerts, promql
 
 from tests.integration.chart.helm import render_error, template
+from tests.unit.observability import repo_files as paths
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -19,8 +21,10 @@ def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_committed_rules_are_generated() -> None:
-    assert paths.RULES_FILE.read_text() == alerts.render_rules_file(), "run hack/observability/generate.py"
-    assert paths.RULE_TEMPLATE.read_text() == alerts.render_helm_template(), "run generate.py"
+    assert paths.RULES_FILE.read_text() == alerts.render_rules_file(), "run `finetune-observability --write`"
+    assert paths.RULE_TEMPLATE.read_text() == alerts.render_helm_template(), (
+        "run `finetune-observability --write`"
+    )
 
 
 def test_promtool_check_rules(promtool: str) -> None:

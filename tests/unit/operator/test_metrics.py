@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_operator.metrics import SAVE_BUCKETS, OperatorMetrics
+from finetune_api.metric_catalog import SAVE_BUCKETS
+from finetune_operator.metrics import OperatorMetrics
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -1,11 +1,19 @@
-"""Start Debian's `prometheus` on a free loopback port, scraping given targets, and query it.
+"""A local Prometheus for the tests: Debian's `prometheus` on a free loopback port, scraping given targets.
 
-Used by the tests (an empty TSDB parses every dashboard query; the integration test scrapes the real operator)
-and by people: `hack/observability/local_prometheus.py --target 127.0.0.1:8080`.
+The observability tests use it (an empty TSDB parses every dashboard query; the exposition and integration
+tests scrape the real operator and trainer metrics and watch the alerts fire). Installed by
+tests/harness/install_prometheus.sh. People can run one too, with the shipped alert rules loaded:
+
+    .venv/bin/python -m tests.harness.prometheus --target 127.0.0.1:8000            # the operator's /metrics
+    .venv/bin/python -m tests.harness.prometheus --target 127.0.0.1:8000 --port 9090 \
+        --trainers /var/tmp/finetune-operator/cluster/kubeconfig   # + trainer pods (all namespaces)
+
+It prints the URL and runs until Ctrl-C (its TSDB is a temp dir, removed at exit, unless --data DIR).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -13,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.harness.cluster import REPO_ROOT
+
+INSTALL_HINT = "Debian's prometheus is not installed: run tests/harness/install_prometheus.sh"
+DEFAULT_RULES = REPO_ROOT / "deploy" / "prometheus" / "finetune-operator.rules.yml"
 
 
 class PrometheusError(RuntimeError):
@@ -188,7 +202,7 @@ class LocalPrometheus:
     ):
         binary = prometheus_binary()
         if binary is None:
-            raise PrometheusError("prometheus is not installed (run hack/observability/install.sh)")
+            raise PrometheusError(INSTALL_HINT)
         self.binary = binary
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fto-prometheus-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
@@ -305,3 +319,65 @@ class LocalPrometheus:
         req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
         with urllib.request.urlopen(req, timeout=30):
             pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", action="append", default=[], help="host:port serving /metrics (repeatable)")
+    ap.add_argument("--rules", action="append", default=None, help=f"rules file (default {DEFAULT_RULES})")
+    ap.add_argument("--no-rules", action="store_true", help="load no rules")
+    ap.add_argument(
+        "--trainers",
+        metavar="KUBECONFIG",
+        default=None,
+        help="also scrape trainer pods, listed every second through this kubeconfig's API server",
+    )
+    ap.add_argument("--namespace", action="append", default=[], help="trainer pods only in these namespaces")
+    ap.add_argument("--port", type=int, default=None, help="listen port on 127.0.0.1 (default: a free one)")
+    ap.add_argument("--scrape-interval", default="2s")
+    ap.add_argument("--data", default=None, help="keep the TSDB and config in this directory")
+    a = ap.parse_args(argv)
+    if not a.target:
+        a.target = ["127.0.0.1:8000"]
+    rules = [] if a.no_rules else (a.rules or [str(DEFAULT_RULES)])
+    discovery = None
+    extra = []
+    workdir = Path(a.data) if a.data else Path(tempfile.mkdtemp(prefix="fto-prometheus-"))
+    if a.trainers:
+        from kubernetes import client, config
+
+        core = client.CoreV1Api(config.new_client_from_config(config_file=a.trainers))
+        targets = workdir / "trainers.json"
+        workdir.mkdir(parents=True, exist_ok=True)
+        discovery = TrainerDiscovery(core, targets, a.namespace).start()
+        extra = [trainer_scrape_config(targets)]
+    prom = LocalPrometheus(
+        a.target,
+        rules,
+        a.scrape_interval,
+        a.scrape_interval,
+        workdir=workdir,
+        port=a.port,
+        extra_scrape_configs=extra,
+    )
+    prom.start()
+    print(
+        f"prometheus on {prom.url} scraping {', '.join(a.target)} every {a.scrape_interval} "
+        f"(data in {prom.workdir}); Ctrl-C stops it",
+        flush=True,
+    )
+    try:
+        while prom.proc and prom.proc.poll() is None:
+            time.sleep(1)
+        print(prom.log()[-3000:], file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        prom.stop()
+        if discovery:
+            discovery.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install what the observability tests need: Debian's `prometheus` (the server and `promtool`).
+# Install what the observability tests need: Debian's `prometheus` (the server and `promtool`), which
+# tests/harness/prometheus.py starts on loopback ports (only the tests use it; the product ships none).
 # Idempotent and quiet when already installed; prints one line when it installs.
 #
-#   hack/observability/install.sh        # from .ci/run, before pytest
+#   tests/harness/install_prometheus.sh        # from hack/test.sh, before pytest
 set -euo pipefail
 
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then

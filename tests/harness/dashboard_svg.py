@@ -1,4 +1,4 @@
-"""Render the dashboard's panels from a Prometheus' data to one SVG (no Grafana, no plotting library).
+"""Draw the dashboard's panels from a test Prometheus' data as one SVG (no Grafana, no plotting library).
 
 Each panel becomes a small line chart of its queries over [start, end] (query_range), with the panel's
 title, the value range and a legend: a picture of what Grafana would show, drawn from the same PromQL.
@@ -11,8 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fto_observability import dashboard, promql
-from fto_observability.local_prometheus import LocalPrometheus
+from finetune_observability import dashboard, promql
+
+from tests.harness.prometheus import LocalPrometheus
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 W, H, COLS, PAD = 420, 210, 3, 14
