@@ -21,16 +21,16 @@ from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTrain
 from finetune_api.quantity import parse_quantity
 from finetune_api.trainer_config import trainer_config_from_job
 
-from finetune_operator.decisions import (
+from finetune_operator.names import (
     ANNOTATION_LAST_CHECKPOINT,
     ANNOTATION_LAST_CHECKPOINT_STEP,
     LABEL_ATTEMPT,
     LABEL_JOB,
     POD_FINALIZER,
     TRAINER_CONTAINER,
-    effective_memory,
     pod_name,
 )
+from finetune_operator.policy import effective_memory
 
 MANAGED_BY = "finetune-operator"
 #: On the checkpoint PVC: the uid of the FineTuneJob that created it (informational: each run has its own

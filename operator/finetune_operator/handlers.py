@@ -33,10 +33,9 @@ from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from finetune_operator import builders, decisions
-from finetune_operator.decisions import (
-    LABEL_JOB,
-    POD_FINALIZER,
+from finetune_operator import builders, decisions, refusals, views
+from finetune_operator.actions import (
+    Action,
     AdoptPod,
     AnnotatePod,
     CreatePod,
@@ -49,12 +48,11 @@ from finetune_operator.decisions import (
     World,
 )
 from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.names import KOPF_FINALIZER, LABEL_JOB, POD_FINALIZER, format_time
 
 log = logging.getLogger("finetune_operator")
 
 IDLE_RECHECK_SECONDS = 30.0
-#: kopf's finalizer on each FineTuneJob (it stops the job's daemon before the job goes).
-KOPF_FINALIZER = "finetune.dev/operator"
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
@@ -226,7 +224,7 @@ def orphaned(custom: Any, namespace: str, pod: dict[str, Any], jobs: dict[str, A
     if not meta.get("deletionTimestamp"):
         return False  # its job lives: its loop handles the pod
     status = job.get("status") or {}
-    attempt = decisions.pod_view(pod).attempt
+    attempt = views.pod_view(pod).attempt
     return (
         status.get("phase") in ("Succeeded", "Failed")
         or (status.get("pending") or {}).get("podName") == meta.get("name")
@@ -439,8 +437,8 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
     pods_raw = _json(
         core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
     )
-    pods = tuple(decisions.pod_view(p) for p in pods_raw.get("items") or [])
-    nodes: dict[str, decisions.NodeView] = {}
+    pods = tuple(views.pod_view(p) for p in pods_raw.get("items") or [])
+    nodes: dict[str, views.NodeView] = {}
     for pod in pods:
         if pod.node_name and pod.node_name not in nodes:
             try:
@@ -449,7 +447,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
                 if error.status != 404:
                     raise
                 node = None
-            nodes[pod.node_name] = decisions.node_view(pod.node_name, node)
+            nodes[pod.node_name] = views.node_view(pod.node_name, node)
     node_trouble = any(n.exists and n.ready != "True" for n in nodes.values())
     claim: dict[str, Any] | None = None
     # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
@@ -473,7 +471,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         pods=pods,
         nodes=nodes,
         now=datetime.now(UTC),
-        claim=decisions.claim_view(builders.pvc_name(job), claim),
+        claim=views.claim_view(builders.pvc_name(job), claim),
         node_lost_seconds=RUNTIME.config.node_lost_seconds,
         shared_volume=shared_volume,
     )
@@ -485,10 +483,10 @@ def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> 
     offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes).
     `claim`: the claim as read (None: not there yet, the spec's access mode decides)."""
     if claim is None:
-        return decisions.volume_shared([job.spec.checkpoint.access_mode])
+        return views.volume_shared([job.spec.checkpoint.access_mode])
     requested = (claim.get("spec") or {}).get("accessModes") or []
     offered = (claim.get("status") or {}).get("accessModes") or []
-    return decisions.volume_shared([*requested, *offered] or [job.spec.checkpoint.access_mode])
+    return views.volume_shared([*requested, *offered] or [job.spec.checkpoint.access_mode])
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -559,13 +557,13 @@ _POD_ACTIONS = (CreatePod, DeletePod, ReleasePod, AnnotatePod)
 class CreateRefusedError(Exception):
     """The apiserver refused one of the attempt's objects with a 4xx that is not a conflict."""
 
-    def __init__(self, refusal: decisions.Refusal, error: ApiException):
+    def __init__(self, refusal: refusals.Refusal, error: ApiException):
         super().__init__(f"{refusal.kind} {refusal.name}: {error.status} {refusal.message}")
         self.refusal, self.error = refusal, error
 
 
 def execute(
-    job: FineTuneJob, uid: str, world: World, actions: list[decisions.Action], resource_version: str = ""
+    job: FineTuneJob, uid: str, world: World, actions: list[Action], resource_version: str = ""
 ) -> float | None:
     """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
     core, custom, rbac = RUNTIME.apis()
@@ -580,7 +578,7 @@ def execute(
             try:
                 created = _create_attempt(core, rbac, job, uid, world, action)
             except CreateRefusedError as refused:
-                step = decisions.refused_step(world, refused.refusal)
+                step = refusals.refused_step(world, refused.refusal)
                 if not step.actions and step.requeue_seconds is None:
                     raise refused.error from None  # transient: the loop's backoff retries
                 log.warning(
@@ -643,7 +641,7 @@ def _refused(kind: str, body: dict[str, Any], error: ApiException) -> CreateRefu
     if error.status is None or not 400 <= error.status < 500 or error.status in (404, 409, 429):
         return None
     name = str((body.get("metadata") or {}).get("name", ""))
-    return CreateRefusedError(decisions.refusal_from_response(kind, name, error.status, error.body), error)
+    return CreateRefusedError(refusals.refusal_from_response(kind, name, error.status, error.body), error)
 
 
 def _create_or_keep(create: Any, namespace: str, body: dict[str, Any]) -> None:
@@ -766,8 +764,8 @@ def _event(core: Any, job: FineTuneJob, uid: str, type_: str, reason: str, messa
         "type": type_,
         "reason": reason[:128],
         "message": message[:1024],
-        "firstTimestamp": decisions.format_time(now),
-        "lastTimestamp": decisions.format_time(now),
+        "firstTimestamp": format_time(now),
+        "lastTimestamp": format_time(now),
         "count": 1,
         "action": "Reconcile",
         "source": {"component": "finetune-operator"},

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator import decisions, handlers
+from finetune_operator import actions, decisions, handlers, names
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -80,7 +80,7 @@ def test_a_stale_decision_is_refused_by_the_apiserver(
         read = handlers.read_world(namespace, "stale")
         assert read is not None
         step = decisions.reconcile(read[2])
-        return (read, step) if any(isinstance(a, decisions.Decided) for a in step.actions) else None
+        return (read, step) if any(isinstance(a, actions.Decided) for a in step.actions) else None
 
     (job, uid, world, resource_version), stale_step = wait_for(stale_decision, 60, what="the pod's end")
 
@@ -231,9 +231,9 @@ def test_after_an_uninstall_pods_and_jobs_can_still_be_deleted(
     )
     assert r.returncode == 0, r.stderr
     pod = kube.core.read_namespaced_pod("orphan-1", namespace)
-    assert decisions.POD_FINALIZER not in (pod.metadata.finalizers or [])
+    assert names.POD_FINALIZER not in (pod.metadata.finalizers or [])
     job = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orphan")
-    assert handlers.KOPF_FINALIZER not in (job["metadata"].get("finalizers") or [])
+    assert names.KOPF_FINALIZER not in (job["metadata"].get("finalizers") or [])
     # A drain or a user deletes the trainer pod, then the job: both go without an operator.
     kube.core.delete_namespaced_pod("orphan-1", namespace)
     wait_for(lambda: gone(kube.core.read_namespaced_pod, "orphan-1", namespace), 45, what="pod gone")

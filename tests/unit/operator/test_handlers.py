@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from finetune_operator import handlers
-from finetune_operator.decisions import POD_FINALIZER
+from finetune_operator import actions, decisions, handlers
+from finetune_operator.names import POD_FINALIZER
 from kubernetes.client.rest import ApiException
 
 NS, NAME, UID = "ns", "job", "uid-1"
@@ -286,12 +286,10 @@ def test_attempt_event_survives_a_status_write_that_loses_a_race(
 def test_create_conflict_with_a_foreign_pod_raises(
     fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_operator import decisions
-
     job = handlers.read_world(NS, NAME)
     assert job is not None
     fake.pods["job-1"] = {"metadata": {"name": "job-1", "ownerReferences": [{"uid": "other"}]}, "spec": {}}
-    action = decisions.CreatePod(1, False, {}, "AttemptCreated", "x")
+    action = actions.CreatePod(1, False, {}, "AttemptCreated", "x")
     with pytest.raises(RuntimeError, match="belongs to someone else"):
         handlers._create_attempt(fake, fake, job[0], UID, job[2], action)
 
@@ -300,8 +298,6 @@ def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster) -> None:
     """Two operators: B read the job before A recorded the pod's end and created the next attempt. B's
     decision (the same end, counted again, `pending` for the replaced pod) must not be written, and B must
     not touch the new pod; B re-reads and finds nothing to do."""
-    from finetune_operator import decisions
-
     handlers.run_once(NS, NAME)
     fake.end_pod("job-1", 75, evicted=True)
     stale = handlers.read_world(NS, NAME)  # replica B reads ...
@@ -329,10 +325,8 @@ def test_pod_actions_wait_for_a_current_read(fake: FakeCluster) -> None:
     }
     stale = handlers.read_world(NS, NAME)
     assert stale is not None
-    from finetune_operator import decisions
-
     step = decisions.reconcile(stale[2])
-    assert any(isinstance(a, decisions.DeletePod) for a in step.actions)
+    assert any(isinstance(a, actions.DeletePod) for a in step.actions)
     fake.patch_namespaced_custom_object_status(NS, NAME, {"status": {"step": 3}})  # the trainer reports
     with pytest.raises(handlers.StaleRead):
         handlers.execute(stale[0], stale[1], stale[2], step.actions, stale[3])
