@@ -20,9 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatch
 from typing import Any
@@ -30,7 +29,6 @@ from typing import Any
 import kopf
 from finetune_api.models import GROUP, KIND, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
-from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, refusals, views
@@ -47,8 +45,8 @@ from finetune_operator.actions import (
     ReleasePod,
     World,
 )
-from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.names import KOPF_FINALIZER, LABEL_JOB, POD_FINALIZER, format_time
+from finetune_operator.runtime import Runtime, runtime_of
 
 log = logging.getLogger("finetune_operator")
 
@@ -56,49 +54,11 @@ IDLE_RECHECK_SECONDS = 30.0
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
-@dataclass
-class OperatorConfig:
-    node_lost_seconds: float = 120.0
-    unreachable_toleration_seconds: int = builders.DEFAULT_UNREACHABLE_TOLERATION_SECONDS
-    instance: str = field(default_factory=socket.gethostname)
-    #: The namespaces (patterns) served; empty: the whole cluster. For the orphan sweep.
-    namespaces: list[str] = field(default_factory=list)
-    #: How often to look for trainer pods left on our finalizer by a job that is gone (0 = never).
-    orphan_sweep_seconds: float = 60.0
-
-
-@dataclass
-class Runtime:
-    """Process-wide state: the API clients, the settings, the metrics, the per-job wake-up events."""
-
-    config: OperatorConfig = field(default_factory=OperatorConfig)
-    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
-    api: client.ApiClient | None = None
-
-    def apis(self) -> tuple[Any, Any, Any]:  # the client's stubs reject plain-dict bodies
-        if self.api is None:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            self.api = client.ApiClient()
-        return (
-            client.CoreV1Api(self.api),
-            client.CustomObjectsApi(self.api),
-            client.RbacAuthorizationV1Api(self.api),
-        )
-
-
-RUNTIME = Runtime()
-
-
 # ============================================================================================ kopf setup
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Handler progress and the last-handled spec live in annotations, not in status: status belongs to the
     # job's own fields (and the trainer patches it).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
@@ -109,12 +69,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    RUNTIME.apis()
+    runtime_of(memo).apis()
 
 
 @kopf.on.startup()
 async def start_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
-    memo["orphan_sweep"] = asyncio.get_running_loop().create_task(_orphan_sweep_loop())
+    memo["orphan_sweep"] = asyncio.get_running_loop().create_task(_orphan_sweep_loop(runtime_of(memo)))
 
 
 @kopf.on.cleanup()
@@ -126,26 +86,26 @@ async def stop_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
             await task
 
 
-async def _orphan_sweep_loop() -> None:
+async def _orphan_sweep_loop(runtime: Runtime) -> None:
     """At start-up and then periodically: release trainer pods whose job can no longer do it."""
     loop = asyncio.get_running_loop()
     while True:
         try:
-            released = await loop.run_in_executor(None, release_orphans, RUNTIME.config.namespaces)
+            released = await loop.run_in_executor(None, release_orphans, runtime, runtime.config.namespaces)
             if released:
                 log.info(
                     "released %d orphaned trainer pod(s)", len(released), extra={"pods": ",".join(released)}
                 )
         except Exception as error:  # the next round tries again
             log.warning("orphan sweep failed: %s: %s", error.__class__.__name__, error)
-        if RUNTIME.config.orphan_sweep_seconds <= 0:
+        if runtime.config.orphan_sweep_seconds <= 0:
             return
-        await asyncio.sleep(RUNTIME.config.orphan_sweep_seconds)
+        await asyncio.sleep(runtime.config.orphan_sweep_seconds)
 
 
 @kopf.on.probe(id="jobs")
-def probe_jobs(**_: Any) -> int:
-    return len(RUNTIME.wakes)
+def probe_jobs(memo: kopf.Memo, **_: Any) -> int:
+    return len(runtime_of(memo).wakes)
 
 
 # ============================================================================================ events
@@ -168,39 +128,50 @@ def _fingerprint(body: kopf.Body) -> Any:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_event(
-    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
+    runtime = runtime_of(memo)
     namespace = namespace or "default"
     key = (namespace, name)
     if event.get("type") == "DELETED":
-        RUNTIME.metrics.forget_job(namespace, name)
-        RUNTIME.fingerprints.pop(key, None)
+        runtime.metrics.forget_job(namespace, name)
+        runtime.fingerprints.pop(key, None)
         return
-    RUNTIME.metrics.observe_job(namespace, name, dict(body.get("status") or {}))
+    runtime.metrics.observe_job(namespace, name, dict(body.get("status") or {}))
     fingerprint = _fingerprint(body)
-    if RUNTIME.fingerprints.get(key) != fingerprint:
-        RUNTIME.fingerprints[key] = fingerprint
-        wake = RUNTIME.wakes.get(key)
+    if runtime.fingerprints.get(key) != fingerprint:
+        runtime.fingerprints[key] = fingerprint
+        wake = runtime.wakes.get(key)
         if wake is not None:
             wake.set()
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-async def pod_event(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+async def pod_event(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    runtime = runtime_of(memo)
     namespace = namespace or "default"
     key = (namespace, labels[LABEL_JOB])
-    wake = RUNTIME.wakes.get(key)
+    wake = runtime.wakes.get(key)
     if wake is not None:
         wake.set()
         return
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp") and POD_FINALIZER in (meta.get("finalizers") or []):
         # A pod whose job is gone (deleted with it): nobody will record its end, let it go.
-        await asyncio.get_running_loop().run_in_executor(None, _release_orphan, dict(body), namespace)
+        await asyncio.get_running_loop().run_in_executor(
+            None, _release_orphan, runtime, dict(body), namespace
+        )
 
 
-def _release_orphan(pod: dict[str, Any], namespace: str) -> None:
-    core, custom, _ = RUNTIME.apis()
+def _release_orphan(runtime: Runtime, pod: dict[str, Any], namespace: str) -> None:
+    core, custom, _ = runtime.apis()
     if orphaned(custom, namespace, pod, {}):
         _release(core, namespace, pod["metadata"]["name"])
 
@@ -244,8 +215,8 @@ def release_job_pods(core: Any, namespace: str, name: str, uid: str | None) -> N
             _release(core, namespace, meta["name"])
 
 
-def _release_if_job_going(namespace: str, name: str) -> None:
-    core, custom, _ = RUNTIME.apis()
+def _release_if_job_going(runtime: Runtime, namespace: str, name: str) -> None:
+    core, custom, _ = runtime.apis()
     try:
         job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as error:
@@ -287,9 +258,9 @@ def _scoped_pods(core: Any, namespaces: list[str]) -> list[dict[str, Any]]:
     return items
 
 
-def release_orphans(namespaces: list[str]) -> list[str]:
+def release_orphans(runtime: Runtime, namespaces: list[str]) -> list[str]:
     """Release tracked trainer pods that no job loop will release (see `orphaned`); returns their names."""
-    core, custom, _ = RUNTIME.apis()
+    core, custom, _ = runtime.apis()
     released: list[str] = []
     jobs_by_ns: dict[str, dict[str, Any]] = {}
     for pod in _scoped_pods(core, namespaces):
@@ -326,10 +297,10 @@ def _drop_kopf_finalizer(custom: Any, job: dict[str, Any]) -> bool:
     return True
 
 
-def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]:
+def release_all_finalizers(runtime: Runtime, namespaces: list[str]) -> tuple[list[str], list[str]]:
     """Uninstall: with no operator left, release every trainer pod and drop kopf's finalizer from every
     FineTuneJob in scope, so deleting or draining them later does not hang. Returns (pods, jobs)."""
-    core, custom, _ = RUNTIME.apis()
+    core, custom, _ = runtime.apis()
     pods = []
     for pod in _scoped_pods(core, namespaces):
         meta = pod["metadata"]
@@ -357,18 +328,24 @@ def release_all_finalizers(namespaces: list[str]) -> tuple[list[str], list[str]]
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, id="reconcile")
 async def job_loop(
-    namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+    namespace: str | None,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
+    runtime = runtime_of(memo)
     namespace = namespace or "default"
     key = (namespace, name)
-    wake = RUNTIME.wakes.setdefault(key, asyncio.Event())
+    wake = runtime.wakes.setdefault(key, asyncio.Event())
     loop = asyncio.get_running_loop()
     failures = 0
     try:
         while not stopped:
             wake.clear()
             try:
-                requeue = await loop.run_in_executor(None, run_once, namespace, name)
+                requeue = await loop.run_in_executor(None, run_once, runtime, namespace, name)
                 failures = 0
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
                 failures += 1
@@ -383,18 +360,18 @@ async def job_loop(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=min(1.0, left))
     finally:
-        RUNTIME.wakes.pop(key, None)
+        runtime.wakes.pop(key, None)
     # Stopped because the job is deleted (namespace deletion, a cascade)? Its pods may already be deleting
     # and their events went to this loop: release them now, or they stay Terminating. (Later pod events
     # take the orphan path in pod_event, as the wake-up is gone.)
     with contextlib.suppress(Exception):
-        await loop.run_in_executor(None, _release_if_job_going, namespace, name)
+        await loop.run_in_executor(None, _release_if_job_going, runtime, namespace, name)
 
 
-def run_once(namespace: str, name: str) -> float | None:
+def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
     """Reconcile until nothing is left to do; the seconds until the next look (None: the job is gone)."""
     for _ in range(MAX_PASSES):
-        world = read_world(namespace, name)
+        world = read_world(runtime, namespace, name)
         if world is None:
             return None
         job, uid, state, resource_version = world
@@ -402,7 +379,7 @@ def run_once(namespace: str, name: str) -> float | None:
         if not step.actions:
             return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
         try:
-            wait = execute(job, uid, state, step.actions, resource_version)
+            wait = execute(runtime, job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
             continue
@@ -411,9 +388,9 @@ def run_once(namespace: str, name: str) -> float | None:
     return 1.0
 
 
-def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:
+def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:
     """The job, its uid, the World to decide on and the job's resourceVersion (None: the job is going)."""
-    core, custom, _ = RUNTIME.apis()
+    core, custom, _ = runtime.apis()
     try:
         body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as error:
@@ -472,7 +449,7 @@ def read_world(namespace: str, name: str) -> tuple[FineTuneJob, str, World, str]
         nodes=nodes,
         now=datetime.now(UTC),
         claim=views.claim_view(builders.pvc_name(job), claim),
-        node_lost_seconds=RUNTIME.config.node_lost_seconds,
+        node_lost_seconds=runtime.config.node_lost_seconds,
         shared_volume=shared_volume,
     )
     return job, uid, world, str(meta.get("resourceVersion") or "")
@@ -563,10 +540,15 @@ class CreateRefusedError(Exception):
 
 
 def execute(
-    job: FineTuneJob, uid: str, world: World, actions: list[Action], resource_version: str = ""
+    runtime: Runtime,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    actions: list[Action],
+    resource_version: str = "",
 ) -> float | None:
     """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
-    core, custom, rbac = RUNTIME.apis()
+    core, custom, _ = runtime.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
     fence = Fence(custom, namespace, name, resource_version)
     for action in actions:
@@ -576,7 +558,7 @@ def execute(
             fence.patch_status(action.patch)
         elif isinstance(action, CreatePod):
             try:
-                created = _create_attempt(core, rbac, job, uid, world, action)
+                created = _create_attempt(runtime, job, uid, world, action)
             except CreateRefusedError as refused:
                 step = refusals.refused_step(world, refused.refusal)
                 if not step.actions and step.requeue_seconds is None:
@@ -586,10 +568,18 @@ def execute(
                     refused,
                     extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
                 )
-                execute(job, uid, world, step.actions, fence.resource_version)
+                execute(runtime, job, uid, world, step.actions, fence.resource_version)
                 return step.requeue_seconds
             if created:  # before the status write: should that lose a race, the next pass adopts silently
-                _event(core, job, uid, "Normal", action.event_reason, action.event_message)
+                _event(
+                    core,
+                    runtime.config.instance,
+                    job,
+                    uid,
+                    "Normal",
+                    action.event_reason,
+                    action.event_message,
+                )
             fence.patch_status(action.status_patch)
             log.info(
                 "created pod",
@@ -607,7 +597,7 @@ def execute(
         elif isinstance(action, ReleasePod):
             _release(core, namespace, action.name)
         elif isinstance(action, Event):
-            _event(core, job, uid, action.type, action.reason, action.message)
+            _event(core, runtime.config.instance, job, uid, action.type, action.reason, action.message)
         elif isinstance(action, AnnotatePod):
             try:
                 core.patch_namespaced_pod(
@@ -631,7 +621,7 @@ def execute(
                 },
             )
         elif isinstance(action, Recovered):
-            RUNTIME.metrics.observe_recovery(namespace, name, action.seconds)
+            runtime.metrics.observe_recovery(namespace, name, action.seconds)
             log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
     return None
 
@@ -653,15 +643,9 @@ def _create_or_keep(create: Any, namespace: str, body: dict[str, Any]) -> None:
         raise _refused(body["kind"], body, error) or error from None
 
 
-def _create_attempt(
-    core: Any,
-    rbac: Any,
-    job: FineTuneJob,
-    uid: str,
-    world: World,
-    action: CreatePod,
-) -> bool:
+def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, action: CreatePod) -> bool:
     """Create the attempt's objects and pod; False when the pod already existed (ours: adopted)."""
+    core, _, rbac = runtime.apis()
     namespace = job.metadata.namespace or "default"
     effective = world.status.effective
     pvc = builders.build_pvc(job, uid)
@@ -692,7 +676,7 @@ def _create_attempt(
         run_directory=action.run_directory,
         last_checkpoint_time=ckpt.time if ckpt else None,
         last_checkpoint_step=ckpt.step if ckpt else None,
-        unreachable_toleration_seconds=RUNTIME.config.unreachable_toleration_seconds,
+        unreachable_toleration_seconds=runtime.config.unreachable_toleration_seconds,
         cause=(pending.cause or pending.reason) if pending else None,
         avoid_node=pending.avoid_node if pending else None,
     )
@@ -747,7 +731,9 @@ def _release(core: Any, namespace: str, name: str) -> None:
                 raise
 
 
-def _event(core: Any, job: FineTuneJob, uid: str, type_: str, reason: str, message: str) -> None:
+def _event(
+    core: Any, instance: str, job: FineTuneJob, uid: str, type_: str, reason: str, message: str
+) -> None:
     namespace = job.metadata.namespace or "default"
     now = datetime.now(UTC)
     body = {
@@ -770,7 +756,7 @@ def _event(core: Any, job: FineTuneJob, uid: str, type_: str, reason: str, messa
         "action": "Reconcile",
         "source": {"component": "finetune-operator"},
         "reportingComponent": "finetune.dev/operator",
-        "reportingInstance": RUNTIME.config.instance[:128],
+        "reportingInstance": instance[:128],
     }
     try:
         core.create_namespaced_event(namespace, body)
@@ -779,4 +765,4 @@ def _event(core: Any, job: FineTuneJob, uid: str, type_: str, reason: str, messa
     log.info("event %s: %s", reason, message, extra={"finetunejob": f"{namespace}/{job.metadata.name}"})
 
 
-__all__ = ["RUNTIME", "OperatorConfig", "Runtime", "run_once"]
+__all__ = ["run_once"]
