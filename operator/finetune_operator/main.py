@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from finetune_operator import handlers, leader
+from finetune_operator import finalizers, leader
 from finetune_operator.runtime import OperatorConfig, Runtime
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -175,7 +175,7 @@ def release_finalizers(runtime: Runtime, args: argparse.Namespace) -> int:
     if lock is not None:  # wait until no operator acts (it released the lease, or it expired)
         lock.acquire()
     try:
-        pods, jobs = handlers.release_all_finalizers(runtime, args.namespace)
+        pods, jobs = finalizers.release_all_finalizers(runtime, args.namespace)
     finally:
         if lock is not None:
             lock.release()

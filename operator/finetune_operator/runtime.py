@@ -8,6 +8,7 @@ pass it on to what they call. No module global: a test or a second operator in o
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,3 +61,8 @@ def runtime_of(memo: kopf.Memo) -> Runtime:
     if not isinstance(runtime, Runtime):
         raise RuntimeError("no Runtime in kopf's memo: start the operator with finetune-operator (main.py)")
     return runtime
+
+
+def response_json(response: Any) -> dict[str, Any]:
+    """The JSON body of a client call made with `_preload_content=False` (a dict as the API sent it)."""
+    return dict(json.loads(response.data))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator import actions, decisions, handlers, names
+from finetune_operator import actions, decisions, executor, handlers, names
 from finetune_operator.runtime import OperatorConfig, Runtime
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -93,8 +93,8 @@ def test_a_stale_decision_is_refused_by_the_apiserver(
     before = job_status(kube, namespace, "stale")
     assert before["restarts"]["preemption"] == 1 and "pending" not in before
 
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(runtime, job, uid, world, stale_step.actions, resource_version)
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, job, uid, world, stale_step.actions, resource_version)
 
     for _ in range(2):  # and B's next passes, on fresh reads, find nothing to redo
         after = job_status(kube, namespace, "stale")

@@ -1,5 +1,5 @@
-"""handlers.run_once against an in-memory fake API: the action executor, 409 → adopt, finalizer release,
-idempotence under repeated passes (duplicate events, an operator restart)."""
+"""handlers.run_once (with executor.py and finalizers.py) against an in-memory fake API: the action executor,
+409 → adopt, finalizer release, idempotence under repeated passes (duplicate events, an operator restart)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from finetune_operator import actions, decisions, handlers
+from finetune_operator import actions, decisions, executor, finalizers, handlers
 from finetune_operator.names import POD_FINALIZER
 from finetune_operator.runtime import Runtime
 from kubernetes.client.rest import ApiException
@@ -298,7 +298,7 @@ def test_create_conflict_with_a_foreign_pod_raises(
     fake.pods["job-1"] = {"metadata": {"name": "job-1", "ownerReferences": [{"uid": "other"}]}, "spec": {}}
     action = actions.CreatePod(1, False, {}, "AttemptCreated", "x")
     with pytest.raises(RuntimeError, match="belongs to someone else"):
-        handlers._create_attempt(runtime, job[0], UID, job[2], action)
+        executor._create_attempt(runtime, job[0], UID, job[2], action)
 
 
 def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster, runtime: Runtime) -> None:
@@ -312,8 +312,8 @@ def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster, runtime: 
     step = decisions.reconcile(stale[2])
     handlers.run_once(runtime, NS, NAME)  # ... replica A decides, cleans up and creates job-2
     assert fake.status["podName"] == "job-2" and fake.status["restarts"]["preemption"] == 1
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
     s = fake.status
     assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and "pending" not in s
     assert "deletionTimestamp" not in fake.pods["job-2"]["metadata"]
@@ -335,8 +335,8 @@ def test_pod_actions_wait_for_a_current_read(fake: FakeCluster, runtime: Runtime
     step = decisions.reconcile(stale[2])
     assert any(isinstance(a, actions.DeletePod) for a in step.actions)
     fake.patch_namespaced_custom_object_status(NS, NAME, {"status": {"step": 3}})  # the trainer reports
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
     assert "deletionTimestamp" not in fake.pods["job-0"]["metadata"]
 
 
@@ -355,7 +355,7 @@ def _pod(name: str, attempt: int, owner: str = UID, deleting: bool = False) -> d
 
 def test_orphaned_pods(fake: FakeCluster) -> None:
     fake.job["status"] = {"attempt": 3, "podName": "job-3", "phase": "Running"}
-    is_orphan = lambda pod: handlers.orphaned(fake, NS, pod, {})  # noqa: E731
+    is_orphan = lambda pod: finalizers.orphaned(fake, NS, pod, {})  # noqa: E731
     assert not is_orphan(_pod("job-3", 3))  # the current attempt
     assert not is_orphan(_pod("job-3", 3, deleting=True))  # its end is not recorded yet
     assert is_orphan(_pod("job-2", 2, deleting=True))  # an earlier attempt: decided already
