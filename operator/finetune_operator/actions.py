@@ -1,6 +1,6 @@
 """What `reconcile` reads and returns: the `World` (read fresh by handlers.py), and a `Step` of `Action`s
 (create / adopt / delete / release a pod, patch status, post an Event, annotate, and two notes for logs and
-metrics) that handlers.py carries out in order.
+metrics) that executor.py carries out in order.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Pure manifest builders: a FineTuneJob (+ the operator's adaptations) in, Kubernetes objects (dicts) out.
 
-Nothing here talks to the API; handlers.py creates what these return. Every object carries the same labels,
+Nothing here talks to the API; executor.py creates what these return. Every object carries the same labels,
 and an owner reference to its FineTuneJob (except a kept checkpoint volume), so deleting the job deletes them.
+Over 400 lines on purpose: every object of an attempt, and the trainer pod's parts (resources, env,
+tolerations, affinity, args) next to the pod they make; apart they would be read together anyway.
 """
 
 from __future__ import annotations

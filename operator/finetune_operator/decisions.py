@@ -1,6 +1,6 @@
 """The reconcile state machine: `reconcile(world)` → the `Step` of actions that moves the cluster one step
-towards the job's desired state. handlers.py executes them and calls `reconcile` again on fresh state until
-nothing is left to do.
+towards the job's desired state. executor.py carries them out and handlers.py calls `reconcile` again on
+fresh state until nothing is left to do.
 
 The layers it drives, each a pure function of plain data (design.md §3, "why a pod ended → what next"):
 views.py (Kubernetes JSON → views), endings.py (`classify_end` → `Outcome`), policy.py (`plan_next` →

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             standby.shutdown()
             standby.server_close()
         # Lost the lease (could not renew in time, or someone took it): stop acting at once. Whatever this
-        # process was writing is conditional (handlers.Fence), and the Deployment restarts it as a candidate.
+        # process was writing is conditional (executor.Fence), and the Deployment restarts it as a candidate.
         renewer = lock.keep_renewing(lambda: os._exit(1), renewing)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     scope = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}

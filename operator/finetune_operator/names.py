@@ -1,7 +1,7 @@
 """The names the operator's modules share: labels, annotations, finalizers, pod naming, the time format.
 
-builders.py writes them onto the objects it makes, views.py and decisions.py read them back, handlers.py
-selects and releases by them; one place so that writer and reader cannot drift apart.
+builders.py writes them onto the objects it makes, views.py and decisions.py read them back, handlers.py,
+executor.py and finalizers.py select and release by them: one place, so writer and reader cannot drift.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `phase_patch` (phase, reason, message, conditions), `decision_patch` (one decision recorded: counters,
 adaptations, the pending restart, the streak) and `conditions_for` (lastTransitionTime kept where a
-condition did not change). handlers.py sends them conditional on the resourceVersion it read.
+condition did not change). executor.py sends them conditional on the resourceVersion the pass read.
 """
 
 from __future__ import annotations
