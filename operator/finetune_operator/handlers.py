@@ -43,6 +43,9 @@ from finetune_operator.names import KOPF_FINALIZER, LABEL_JOB, POD_FINALIZER
 from finetune_operator.runtime import Runtime, response_json, runtime_of
 
 log = logging.getLogger("finetune_operator")
+#: The handlers below register here on import (kopf's default registry); main.py runs kopf with it, which also
+#: keeps the import of this module from looking unused.
+REGISTRY = kopf.get_default_registry()
 
 IDLE_RECHECK_SECONDS = 30.0
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)

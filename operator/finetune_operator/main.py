@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from finetune_operator import finalizers, leader
+from finetune_operator import finalizers, handlers, leader
 from finetune_operator.runtime import OperatorConfig, Runtime
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         "starting", extra={"scope": ",".join(args.namespace) or "cluster", "metrics_port": args.metrics_port}
     )
     try:
-        kopf.run(standalone=True, liveness_endpoint=liveness, memo=kopf.Memo(runtime=runtime), **scope)
+        kopf.run(
+            standalone=True,
+            liveness_endpoint=liveness,
+            registry=handlers.REGISTRY,  # what handlers.py's decorators registered
+            memo=kopf.Memo(runtime=runtime),
+            **scope,
+        )
     finally:
         if lock is not None:
             renewing.set()
