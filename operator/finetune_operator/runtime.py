@@ -1,4 +1,5 @@
-"""The state of one operator process: its settings, API clients, metrics and per-job wake-ups.
+"""The state of one operator process: its settings, API clients, metrics and per-job wake-ups (and
+`response_json`, how a raw client response is read).
 
 main.py creates one `Runtime` and hands it to kopf as the operator's memo (`memo.runtime`). kopf gives each
 handler that memo (for a job's handlers a shallow copy, so they all share this one Runtime); the handlers
