@@ -1,7 +1,9 @@
 """Pure manifest builders: a FineTuneJob (+ the operator's adaptations) in, Kubernetes objects (dicts) out.
 
-Nothing here talks to the API; handlers.py creates what these return. Every object carries the same labels,
+Nothing here talks to the API; executor.py creates what these return. Every object carries the same labels,
 and an owner reference to its FineTuneJob (except a kept checkpoint volume), so deleting the job deletes them.
+Over 400 lines on purpose: every object of an attempt, and the trainer pod's parts (resources, env,
+tolerations, affinity, args) next to the pod they make; apart they would be read together anyway.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTrain
 from finetune_api.quantity import parse_quantity
 from finetune_api.trainer_config import trainer_config_from_job
 
-from finetune_operator.decisions import (
+from finetune_operator.names import (
     ANNOTATION_LAST_CHECKPOINT,
     ANNOTATION_LAST_CHECKPOINT_STEP,
     LABEL_ATTEMPT,
     LABEL_JOB,
     POD_FINALIZER,
     TRAINER_CONTAINER,
-    effective_memory,
     pod_name,
 )
+from finetune_operator.policy import effective_memory
 
 MANAGED_BY = "finetune-operator"
 #: On the checkpoint PVC: the uid of the FineTuneJob that created it (informational: each run has its own

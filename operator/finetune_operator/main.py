@@ -25,7 +25,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from finetune_operator import handlers, leader
+from finetune_operator import finalizers, handlers, leader
+from finetune_operator.runtime import OperatorConfig, Runtime
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _SKIP = {"settings", "k8s_skip", "k8s_ref"}  # kopf's per-record extras (the whole settings object!)
@@ -155,11 +156,11 @@ class _StandbyHealth(BaseHTTPRequestHandler):
         pass
 
 
-def _lease(args: argparse.Namespace) -> leader.LeaseLock:
-    handlers.RUNTIME.apis()
-    assert handlers.RUNTIME.api is not None
+def _lease(runtime: Runtime, args: argparse.Namespace) -> leader.LeaseLock:
+    runtime.apis()
+    assert runtime.api is not None
     return leader.LeaseLock(
-        handlers.RUNTIME.api,
+        runtime.api,
         args.leader_election_namespace,
         args.leader_election_id,
         lease_seconds=args.lease_duration_seconds,
@@ -168,13 +169,13 @@ def _lease(args: argparse.Namespace) -> leader.LeaseLock:
     )
 
 
-def release_finalizers(args: argparse.Namespace) -> int:
+def release_finalizers(runtime: Runtime, args: argparse.Namespace) -> int:
     log = logging.getLogger("finetune_operator")
-    lock = _lease(args) if args.leader_election else None
+    lock = _lease(runtime, args) if args.leader_election else None
     if lock is not None:  # wait until no operator acts (it released the lease, or it expired)
         lock.acquire()
     try:
-        pods, jobs = handlers.release_all_finalizers(args.namespace)
+        pods, jobs = finalizers.release_all_finalizers(runtime, args.namespace)
     finally:
         if lock is not None:
             lock.release()
@@ -188,22 +189,23 @@ def release_finalizers(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_format, args.log_level)
-    handlers.RUNTIME.config = handlers.OperatorConfig(
-        node_lost_seconds=args.node_lost_seconds,
-        unreachable_toleration_seconds=args.unreachable_toleration_seconds,
-        namespaces=list(args.namespace),
-        orphan_sweep_seconds=args.orphan_sweep_seconds,
+    # The one Runtime of this process: kopf hands it to every handler as memo.runtime.
+    runtime = Runtime(
+        config=OperatorConfig(
+            node_lost_seconds=args.node_lost_seconds,
+            unreachable_toleration_seconds=args.unreachable_toleration_seconds,
+            namespaces=list(args.namespace),
+            orphan_sweep_seconds=args.orphan_sweep_seconds,
+        )
     )
     if args.release_finalizers:
-        return release_finalizers(args)
+        return release_finalizers(runtime, args)
     if args.metrics_port:
-        start_http_server(
-            args.metrics_port, addr=args.bind_address, registry=handlers.RUNTIME.metrics.registry
-        )
+        start_http_server(args.metrics_port, addr=args.bind_address, registry=runtime.metrics.registry)
     lock, renewer = None, None
     renewing = threading.Event()  # set: stop renewing (before the lease is released)
     if args.leader_election:
-        lock = _lease(args)
+        lock = _lease(runtime, args)
         standby = None
         if args.health_port:
             standby = ThreadingHTTPServer((args.bind_address, args.health_port), _StandbyHealth)
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             standby.shutdown()
             standby.server_close()
         # Lost the lease (could not renew in time, or someone took it): stop acting at once. Whatever this
-        # process was writing is conditional (handlers.Fence), and the Deployment restarts it as a candidate.
+        # process was writing is conditional (executor.Fence), and the Deployment restarts it as a candidate.
         renewer = lock.keep_renewing(lambda: os._exit(1), renewing)
     liveness = f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     scope = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
@@ -221,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         "starting", extra={"scope": ",".join(args.namespace) or "cluster", "metrics_port": args.metrics_port}
     )
     try:
-        kopf.run(standalone=True, liveness_endpoint=liveness, **scope)
+        kopf.run(
+            standalone=True,
+            liveness_endpoint=liveness,
+            registry=handlers.REGISTRY,  # what handlers.py's decorators registered
+            memo=kopf.Memo(runtime=runtime),
+            **scope,
+        )
     finally:
         if lock is not None:
             renewing.set()

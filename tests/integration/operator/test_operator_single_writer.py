@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_operator import decisions, handlers
+from finetune_operator import actions, decisions, executor, handlers, names
+from finetune_operator.runtime import OperatorConfig, Runtime
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -64,36 +65,36 @@ def gone(read: Any, *args: Any) -> bool:
 
 
 def test_a_stale_decision_is_refused_by_the_apiserver(
-    kube: Kube, namespace: str, crd: None, tiny_image: str, monkeypatch: pytest.MonkeyPatch
+    kube: Kube, namespace: str, crd: None, tiny_image: str
 ) -> None:
     """Replica B decides on a read taken before replica A recorded the same pod end and created attempt 2.
     B's patch (same preemption counted again, `pending` re-installed for the replaced pod) must be refused,
     so B never deletes the healthy attempt 2 and nothing is counted twice."""
-    monkeypatch.setattr(handlers.RUNTIME, "api", kube.api_client)  # the operator's code, in this process
-    monkeypatch.setattr(handlers.RUNTIME, "config", handlers.OperatorConfig(instance="test"))
+    # the operator's code, in this process
+    runtime = Runtime(config=OperatorConfig(instance="test"), api=kube.api_client)
     create_job(kube, namespace, sc.tiny_job("stale", tiny_image, steps=400, step_sleep=0.5))
-    handlers.run_once(namespace, "stale")
+    handlers.run_once(runtime, namespace, "stale")
     assert job_status(kube, namespace, "stale")["podName"] == "stale-1"
     kube.core.delete_namespaced_pod("stale-1", namespace, grace_period_seconds=0)  # a user deletes it
 
     def stale_decision() -> Any:
-        read = handlers.read_world(namespace, "stale")
+        read = handlers.read_world(runtime, namespace, "stale")
         assert read is not None
         step = decisions.reconcile(read[2])
-        return (read, step) if any(isinstance(a, decisions.Decided) for a in step.actions) else None
+        return (read, step) if any(isinstance(a, actions.Decided) for a in step.actions) else None
 
     (job, uid, world, resource_version), stale_step = wait_for(stale_decision, 60, what="the pod's end")
 
     def replica_a_moved_on() -> bool:  # A records the end, removes stale-1, creates stale-2
-        handlers.run_once(namespace, "stale")
+        handlers.run_once(runtime, namespace, "stale")
         return bool(job_status(kube, namespace, "stale").get("podName") == "stale-2")
 
     wait_for(replica_a_moved_on, 60, interval=0.5, what="attempt 2")
     before = job_status(kube, namespace, "stale")
     assert before["restarts"]["preemption"] == 1 and "pending" not in before
 
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(job, uid, world, stale_step.actions, resource_version)
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, job, uid, world, stale_step.actions, resource_version)
 
     for _ in range(2):  # and B's next passes, on fresh reads, find nothing to redo
         after = job_status(kube, namespace, "stale")
@@ -102,7 +103,7 @@ def test_a_stale_decision_is_refused_by_the_apiserver(
         assert after.get("lostSteps", 0) == before.get("lostSteps", 0)
         pod = kube.core.read_namespaced_pod("stale-2", namespace)
         assert pod.metadata.deletion_timestamp is None, "the stale decision deleted the healthy pod"
-        handlers.run_once(namespace, "stale")
+        handlers.run_once(runtime, namespace, "stale")
     assert gone(kube.core.read_namespaced_pod, "stale-3", namespace)
     reasons = [
         e.reason
@@ -231,9 +232,9 @@ def test_after_an_uninstall_pods_and_jobs_can_still_be_deleted(
     )
     assert r.returncode == 0, r.stderr
     pod = kube.core.read_namespaced_pod("orphan-1", namespace)
-    assert decisions.POD_FINALIZER not in (pod.metadata.finalizers or [])
+    assert names.POD_FINALIZER not in (pod.metadata.finalizers or [])
     job = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orphan")
-    assert handlers.KOPF_FINALIZER not in (job["metadata"].get("finalizers") or [])
+    assert names.KOPF_FINALIZER not in (job["metadata"].get("finalizers") or [])
     # A drain or a user deletes the trainer pod, then the job: both go without an operator.
     kube.core.delete_namespaced_pod("orphan-1", namespace)
     wait_for(lambda: gone(kube.core.read_namespaced_pod, "orphan-1", namespace), 45, what="pod gone")

@@ -8,7 +8,7 @@ from typing import Any
 from finetune_api.models import EffectiveTraining, FineTuneJob
 from finetune_api.trainer_config import TrainerConfig
 from finetune_operator import builders as b
-from finetune_operator.decisions import ANNOTATION_LAST_CHECKPOINT, LABEL_ATTEMPT, LABEL_JOB, POD_FINALIZER
+from finetune_operator.names import ANNOTATION_LAST_CHECKPOINT, LABEL_ATTEMPT, LABEL_JOB, POD_FINALIZER
 
 UID = "1234-uid"
 

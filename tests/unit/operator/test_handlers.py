@@ -1,5 +1,5 @@
-"""handlers.run_once against an in-memory fake API: the action executor, 409 → adopt, finalizer release,
-idempotence under repeated passes (duplicate events, an operator restart)."""
+"""handlers.run_once (with executor.py and finalizers.py) against an in-memory fake API: the action executor,
+409 → adopt, finalizer release, idempotence under repeated passes (duplicate events, an operator restart)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from finetune_operator import handlers
-from finetune_operator.decisions import POD_FINALIZER
+from finetune_operator import actions, decisions, executor, finalizers, handlers
+from finetune_operator.names import POD_FINALIZER
+from finetune_operator.runtime import Runtime
 from kubernetes.client.rest import ApiException
 
 NS, NAME, UID = "ns", "job", "uid-1"
@@ -187,14 +188,20 @@ class FakeCluster:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
-    cluster = FakeCluster()
-    monkeypatch.setattr(handlers.RUNTIME, "apis", lambda: (cluster, cluster, cluster))
-    return cluster
+def fake() -> FakeCluster:
+    return FakeCluster()
 
 
-def test_first_attempt_creates_everything_once(fake: FakeCluster) -> None:
-    handlers.run_once(NS, NAME)
+@pytest.fixture
+def runtime(fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """The operator's state for these tests, its API clients all the fake cluster."""
+    state = Runtime()
+    monkeypatch.setattr(state, "apis", lambda: (fake, fake, fake))
+    return state
+
+
+def test_first_attempt_creates_everything_once(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
     assert fake.created == ["job-1"]
     assert set(fake.other) >= {
         "PersistentVolumeClaim/job-checkpoints",
@@ -207,15 +214,15 @@ def test_first_attempt_creates_everything_once(fake: FakeCluster) -> None:
     assert (s["attempt"], s["podName"], s["phase"], s["observedGeneration"]) == (1, "job-1", "Pending", 1)
     assert fake.pods["job-1"]["metadata"]["finalizers"] == [POD_FINALIZER]
     # duplicate events / an operator restart: nothing new
-    handlers.run_once(NS, NAME)
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     assert fake.created == ["job-1"] and fake.reasons() == ["AttemptCreated"]
 
 
-def test_preemption_cycle_counts_once_and_replaces_the_pod(fake: FakeCluster) -> None:
-    handlers.run_once(NS, NAME)
+def test_preemption_cycle_counts_once_and_replaces_the_pod(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
     fake.end_pod("job-1", 75, evicted=True)
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     s = fake.status
     assert s["restarts"]["preemption"] == 1 and s["attempt"] == 2 and s["podName"] == "job-2"
     assert "pending" not in s and s["phase"] == "Restarting"
@@ -223,22 +230,22 @@ def test_preemption_cycle_counts_once_and_replaces_the_pod(fake: FakeCluster) ->
     assert fake.reasons() == ["AttemptCreated", "RestartPreemption", "AttemptCreated"]
     args = fake.pods["job-2"]["spec"]["containers"][0]["args"]
     assert args[args.index("--resume") + 1] == "auto"
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
 
 
-def test_error_backoff_is_waited_for_in_status(fake: FakeCluster) -> None:
-    handlers.run_once(NS, NAME)
+def test_error_backoff_is_waited_for_in_status(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
     fake.end_pod("job-1", 1)
-    requeue = handlers.run_once(NS, NAME)
+    requeue = handlers.run_once(runtime, NS, NAME)
     s = fake.status
     assert s["restarts"]["error"] == 1 and s["pending"]["cause"] == "error" and s["phase"] == "Restarting"
     assert requeue is not None and 9 < requeue <= 10  # backoffSeconds 10
     assert "job-1" not in fake.pods and fake.created == ["job-1"]  # the ended pod is gone, no new one yet
 
 
-def test_pod_created_before_a_crash_is_adopted(fake: FakeCluster) -> None:
-    handlers.run_once(NS, NAME)
+def test_pod_created_before_a_crash_is_adopted(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
     # an earlier operator recorded the decision, removed job-1, created job-2 and died before recording it
     merge(
         fake.job.setdefault("status", {}),
@@ -258,14 +265,14 @@ def test_pod_created_before_a_crash_is_adopted(fake: FakeCluster) -> None:
     fake.create_namespaced_pod(
         NS, {"metadata": {"name": "job-2", "ownerReferences": [{"uid": UID}]}, "spec": {}}
     )
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     s = fake.status
     assert s["podName"] == "job-2" and s["attempt"] == 2 and "pending" not in s
     assert s["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
 
 
 def test_attempt_event_survives_a_status_write_that_loses_a_race(
-    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pod is created, then the job changes (kopf's own patch, a trainer's report) before the status
     write: the write is refused as stale and the next pass adopts the pod. The AttemptCreated Event was
@@ -278,64 +285,58 @@ def test_attempt_event_survives_a_status_write_that_loses_a_race(
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
     monkeypatch.setattr(fake, "create_namespaced_pod", create_then_someone_writes)
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     assert fake.created == ["job-1"] and fake.status["podName"] == "job-1"
     assert fake.reasons() == ["AttemptCreated"]
 
 
 def test_create_conflict_with_a_foreign_pod_raises(
-    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_operator import decisions
-
-    job = handlers.read_world(NS, NAME)
+    job = handlers.read_world(runtime, NS, NAME)
     assert job is not None
     fake.pods["job-1"] = {"metadata": {"name": "job-1", "ownerReferences": [{"uid": "other"}]}, "spec": {}}
-    action = decisions.CreatePod(1, False, {}, "AttemptCreated", "x")
+    action = actions.CreatePod(1, False, {}, "AttemptCreated", "x")
     with pytest.raises(RuntimeError, match="belongs to someone else"):
-        handlers._create_attempt(fake, fake, job[0], UID, job[2], action)
+        executor._create_attempt(runtime, job[0], UID, job[2], action)
 
 
-def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster) -> None:
+def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster, runtime: Runtime) -> None:
     """Two operators: B read the job before A recorded the pod's end and created the next attempt. B's
     decision (the same end, counted again, `pending` for the replaced pod) must not be written, and B must
     not touch the new pod; B re-reads and finds nothing to do."""
-    from finetune_operator import decisions
-
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     fake.end_pod("job-1", 75, evicted=True)
-    stale = handlers.read_world(NS, NAME)  # replica B reads ...
+    stale = handlers.read_world(runtime, NS, NAME)  # replica B reads ...
     assert stale is not None
     step = decisions.reconcile(stale[2])
-    handlers.run_once(NS, NAME)  # ... replica A decides, cleans up and creates job-2
+    handlers.run_once(runtime, NS, NAME)  # ... replica A decides, cleans up and creates job-2
     assert fake.status["podName"] == "job-2" and fake.status["restarts"]["preemption"] == 1
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(stale[0], stale[1], stale[2], step.actions, stale[3])
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
     s = fake.status
     assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and "pending" not in s
     assert "deletionTimestamp" not in fake.pods["job-2"]["metadata"]
     assert fake.reasons() == ["AttemptCreated", "RestartPreemption", "AttemptCreated"]
-    handlers.run_once(NS, NAME)  # B's next pass, on a fresh read
+    handlers.run_once(runtime, NS, NAME)  # B's next pass, on a fresh read
     assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
 
 
-def test_pod_actions_wait_for_a_current_read(fake: FakeCluster) -> None:
+def test_pod_actions_wait_for_a_current_read(fake: FakeCluster, runtime: Runtime) -> None:
     """A pass that deletes or releases pods before writing status first proves its read is current."""
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     fake.pods["job-0"] = {  # a stray from an earlier attempt, still running
         "metadata": {"name": "job-0", "ownerReferences": [{"uid": UID}], "finalizers": [POD_FINALIZER]},
         "spec": {},
         "status": {"phase": "Running"},
     }
-    stale = handlers.read_world(NS, NAME)
+    stale = handlers.read_world(runtime, NS, NAME)
     assert stale is not None
-    from finetune_operator import decisions
-
     step = decisions.reconcile(stale[2])
-    assert any(isinstance(a, decisions.DeletePod) for a in step.actions)
+    assert any(isinstance(a, actions.DeletePod) for a in step.actions)
     fake.patch_namespaced_custom_object_status(NS, NAME, {"status": {"step": 3}})  # the trainer reports
-    with pytest.raises(handlers.StaleRead):
-        handlers.execute(stale[0], stale[1], stale[2], step.actions, stale[3])
+    with pytest.raises(executor.StaleRead):
+        executor.execute(runtime, stale[0], stale[1], stale[2], step.actions, stale[3])
     assert "deletionTimestamp" not in fake.pods["job-0"]["metadata"]
 
 
@@ -354,7 +355,7 @@ def _pod(name: str, attempt: int, owner: str = UID, deleting: bool = False) -> d
 
 def test_orphaned_pods(fake: FakeCluster) -> None:
     fake.job["status"] = {"attempt": 3, "podName": "job-3", "phase": "Running"}
-    is_orphan = lambda pod: handlers.orphaned(fake, NS, pod, {})  # noqa: E731
+    is_orphan = lambda pod: finalizers.orphaned(fake, NS, pod, {})  # noqa: E731
     assert not is_orphan(_pod("job-3", 3))  # the current attempt
     assert not is_orphan(_pod("job-3", 3, deleting=True))  # its end is not recorded yet
     assert is_orphan(_pod("job-2", 2, deleting=True))  # an earlier attempt: decided already
@@ -372,11 +373,11 @@ def test_orphaned_pods(fake: FakeCluster) -> None:
     assert is_orphan(_pod("job-3", 3))  # the job is gone
 
 
-def test_a_deleting_job_releases_its_pods(fake: FakeCluster) -> None:
-    handlers.run_once(NS, NAME)
+def test_a_deleting_job_releases_its_pods(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
     fake.job["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     fake.delete_namespaced_pod("job-1", NS)  # the cascade / namespace deletion
-    assert handlers.run_once(NS, NAME) is None
+    assert handlers.run_once(runtime, NS, NAME) is None
     assert "job-1" not in fake.pods or not fake.pods["job-1"]["metadata"]["finalizers"]
 
 
@@ -387,7 +388,7 @@ def _status_error(code: int, reason: str, message: str) -> ApiException:
 
 
 def test_refused_pod_is_shown_on_the_job_and_tried_again(
-    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A missing PriorityClass: Pending with the reason and one Warning, rechecked; then it exists."""
     refuse = _status_error(
@@ -399,42 +400,44 @@ def test_refused_pod_is_shown_on_the_job_and_tried_again(
         raise refuse
 
     monkeypatch.setattr(fake, "create_namespaced_pod", refused)
-    wait = handlers.run_once(NS, NAME)
+    wait = handlers.run_once(runtime, NS, NAME)
     assert wait == 15.0
     s = fake.status
     assert (s["phase"], s["reason"], s.get("attempt", 0)) == ("Pending", "PriorityClassNotFound", 0)
     assert "no PriorityClass with name x" in s["message"]
     assert fake.reasons() == ["PriorityClassNotFound"] and fake.events[0]["type"] == "Warning"
-    assert handlers.run_once(NS, NAME) == 15.0 and fake.reasons() == ["PriorityClassNotFound"]
+    assert handlers.run_once(runtime, NS, NAME) == 15.0 and fake.reasons() == ["PriorityClassNotFound"]
     monkeypatch.setattr(fake, "create_namespaced_pod", create)  # the PriorityClass was created
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     s = fake.status
     assert (s["phase"], s["reason"], s["attempt"]) == ("Pending", "Created", 1)
     assert fake.created == ["job-1"]
 
 
-def test_refused_config_map_fails_the_job(fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_config_map_fails_the_job(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     too_big = 'ConfigMap "job-trainer-config" is invalid: []: Too long: must have at most 1048576 bytes'
 
     def refused(namespace: str, body: dict[str, Any]) -> None:
         raise _status_error(422, "Invalid", too_big)
 
     monkeypatch.setattr(fake, "create_namespaced_config_map", refused)
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     s = fake.status
     assert (s["phase"], s["reason"]) == ("Failed", "CreateRefused") and "1048576" in s["message"]
     assert fake.reasons() == ["CreateRefused"] and fake.created == []
-    handlers.run_once(NS, NAME)
+    handlers.run_once(runtime, NS, NAME)
     assert fake.reasons() == ["CreateRefused"]
 
 
 def test_unavailable_apiserver_is_retried_by_the_loop(
-    fake: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def unavailable(namespace: str, body: dict[str, Any]) -> None:
         raise _status_error(503, "ServiceUnavailable", "the server is currently unable to handle the request")
 
     monkeypatch.setattr(fake, "create_namespaced_pod", unavailable)
     with pytest.raises(ApiException):
-        handlers.run_once(NS, NAME)
+        handlers.run_once(runtime, NS, NAME)
     assert "phase" not in fake.status and fake.events == []

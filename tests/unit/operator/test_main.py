@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 from finetune_operator.main import JsonFormatter, parse_args
 
@@ -44,3 +46,20 @@ def test_leader_election_and_release_flags(monkeypatch) -> None:  # type: ignore
     # a leader must give up before anyone may take over
     with pytest.raises(SystemExit):
         parse_args(["--lease-duration-seconds", "5", "--renew-deadline-seconds", "5"])
+
+
+def test_the_command_registers_the_kopf_handlers() -> None:
+    """`finetune-operator` imports main only: the handlers must be registered from there (a lost import once
+    left the operator running, logging "starting", with no handler at all)."""
+    code = (
+        "import sys, kopf, finetune_operator.main as m\n"
+        "from kopf._core.intents.causes import Activity\n"
+        "assert 'finetune_operator.handlers' in sys.modules\n"
+        "r = m.handlers.REGISTRY\n"
+        "assert r is kopf.get_default_registry()\n"
+        "print(sorted(h.id for h in r._activities.get_handlers(activity=Activity.STARTUP)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["['configure',", "'start_orphan_sweep']"]

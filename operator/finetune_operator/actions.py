@@ -1,0 +1,112 @@
+"""What `reconcile` reads and returns: the `World` (read fresh by handlers.py), and a `Step` of `Action`s
+(create / adopt / delete / release a pod, patch status, post an Event, annotate, and two notes for logs and
+metrics) that executor.py carries out in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from finetune_api.models import FineTuneJobSpec, FineTuneJobStatus
+
+from finetune_operator.endings import Outcome
+from finetune_operator.policy import Plan
+from finetune_operator.views import ClaimView, NodeView, PodView
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    attempt: int
+    run_directory: str  # claim-relative: --output-dir /checkpoints/<run_directory>
+    status_patch: dict[str, Any]  # applied once the pod exists (created or adopted)
+    event_reason: str
+    event_message: str
+
+
+@dataclass(frozen=True)
+class AdoptPod:
+    """The next attempt's pod exists already (created just before an operator restart): record it."""
+
+    name: str
+    status_patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    grace_seconds: int | None = None  # None: the pod's own grace period
+    force: bool = False  # grace 0: the node is lost, or the containers are already stopped
+
+
+@dataclass(frozen=True)
+class ReleasePod:
+    """Remove our finalizer: the end of this pod is recorded."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AnnotatePod:
+    name: str
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A decision was recorded (for metrics and logs)."""
+
+    outcome: Outcome
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """The trainer reports progress again after a restart; `seconds` since the previous pod ended."""
+
+    seconds: float
+
+
+Action = (
+    CreatePod | AdoptPod | DeletePod | ReleasePod | PatchStatus | Event | AnnotatePod | Decided | Recovered
+)
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything `reconcile` may look at, read fresh from the API by the caller."""
+
+    name: str
+    uid: str
+    generation: int
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus
+    pods: tuple[PodView, ...]
+    nodes: dict[str, NodeView]
+    now: datetime
+    claim: ClaimView | None = None  # the checkpoint claim (None: not looked at)
+    node_lost_seconds: float = 120.0
+    shared_volume: bool = False  # the checkpoint claim is ReadWriteMany: never force on the timeout alone
+
+
+@dataclass
+class Step:
+    actions: list[Action] = field(default_factory=list)
+    requeue_seconds: float | None = None  # look again after this long even without events
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.requeue_seconds = seconds if self.requeue_seconds is None else min(self.requeue_seconds, seconds)

@@ -1,0 +1,308 @@
+"""Carry out a `Step`'s actions against the API: create the attempt's objects and pod, delete, release,
+annotate, post Events, and write status, every status write conditional on the resourceVersion the pass read
+(`Fence`; a 409 is `StaleRead`: the pass stops and the next one decides again on a fresh read).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from finetune_api.models import GROUP, KIND, PLURAL, VERSION, FineTuneJob
+from kubernetes.client.rest import ApiException
+
+from finetune_operator import builders, refusals
+from finetune_operator.actions import (
+    Action,
+    AdoptPod,
+    AnnotatePod,
+    CreatePod,
+    Decided,
+    DeletePod,
+    Event,
+    PatchStatus,
+    Recovered,
+    ReleasePod,
+    World,
+)
+from finetune_operator.names import POD_FINALIZER, format_time
+from finetune_operator.runtime import Runtime
+
+log = logging.getLogger("finetune_operator")
+
+
+class StaleRead(Exception):
+    """A conditional write got 409: the job changed since this pass read it. Re-read and decide again."""
+
+
+@dataclass
+class Fence:
+    """The job's resourceVersion this pass decided on. Every status write is conditional on it."""
+
+    custom: Any
+    namespace: str
+    name: str
+    resource_version: str
+    vouched: bool = False  # a conditional write of this pass succeeded: the read was current then
+
+    def patch_status(self, patch: dict[str, Any]) -> None:
+        body: dict[str, Any] = {"status": patch}
+        if self.resource_version:
+            body["metadata"] = {"resourceVersion": self.resource_version}
+        try:
+            result = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, body
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise StaleRead(
+                    f"job {self.namespace}/{self.name} changed since resourceVersion {self.resource_version}"
+                ) from None
+            raise
+        if isinstance(result, dict) and result.get("metadata", {}).get("resourceVersion"):
+            self.resource_version = result["metadata"]["resourceVersion"]
+        self.vouched = True
+
+    def check(self) -> None:
+        """Before touching pods: an empty conditional patch fails with 409 if the read is stale."""
+        if not self.vouched:
+            self.patch_status({})
+
+
+_POD_ACTIONS = (CreatePod, DeletePod, ReleasePod, AnnotatePod)
+
+
+class CreateRefusedError(Exception):
+    """The apiserver refused one of the attempt's objects with a 4xx that is not a conflict."""
+
+    def __init__(self, refusal: refusals.Refusal, error: ApiException):
+        super().__init__(f"{refusal.kind} {refusal.name}: {error.status} {refusal.message}")
+        self.refusal, self.error = refusal, error
+
+
+def execute(
+    runtime: Runtime,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    actions: list[Action],
+    resource_version: str = "",
+) -> float | None:
+    """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
+    core, custom, _ = runtime.apis()
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    fence = Fence(custom, namespace, name, resource_version)
+    for action in actions:
+        if isinstance(action, _POD_ACTIONS):
+            fence.check()
+        if isinstance(action, PatchStatus):
+            fence.patch_status(action.patch)
+        elif isinstance(action, CreatePod):
+            try:
+                created = _create_attempt(runtime, job, uid, world, action)
+            except CreateRefusedError as refused:
+                step = refusals.refused_step(world, refused.refusal)
+                if not step.actions and step.requeue_seconds is None:
+                    raise refused.error from None  # transient: the loop's backoff retries
+                log.warning(
+                    "create refused: %s",
+                    refused,
+                    extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
+                )
+                execute(runtime, job, uid, world, step.actions, fence.resource_version)
+                return step.requeue_seconds
+            if created:  # before the status write: should that lose a race, the next pass adopts silently
+                _event(
+                    core,
+                    runtime.config.instance,
+                    job,
+                    uid,
+                    "Normal",
+                    action.event_reason,
+                    action.event_message,
+                )
+            fence.patch_status(action.status_patch)
+            log.info(
+                "created pod",
+                extra={
+                    "finetunejob": f"{namespace}/{name}",
+                    "attempt": action.attempt,
+                    "run_directory": action.run_directory,
+                },
+            )
+        elif isinstance(action, AdoptPod):
+            fence.patch_status(action.status_patch)
+            log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
+        elif isinstance(action, DeletePod):
+            _delete_pod(core, namespace, action)
+        elif isinstance(action, ReleasePod):
+            release_pod(core, namespace, action.name)
+        elif isinstance(action, Event):
+            _event(core, runtime.config.instance, job, uid, action.type, action.reason, action.message)
+        elif isinstance(action, AnnotatePod):
+            try:
+                core.patch_namespaced_pod(
+                    action.name, namespace, {"metadata": {"annotations": action.annotations}}
+                )
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        elif isinstance(action, Decided):
+            log.info(
+                "decision: %s (%s) → %s",
+                action.outcome.reason,
+                action.outcome.end,
+                action.plan.action,
+                extra={
+                    "finetunejob": f"{namespace}/{name}",
+                    "cause": action.plan.cause,
+                    "change": action.plan.change,
+                    "lost_steps": action.plan.lost_steps,
+                    "delay_seconds": action.plan.delay_seconds,
+                },
+            )
+        elif isinstance(action, Recovered):
+            runtime.metrics.observe_recovery(namespace, name, action.seconds)
+            log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
+    return None
+
+
+def _refused(kind: str, body: dict[str, Any], error: ApiException) -> CreateRefusedError | None:
+    """A 4xx other than 409 (conflict) and 404/429 (namespace going away, throttling): a refusal."""
+    if error.status is None or not 400 <= error.status < 500 or error.status in (404, 409, 429):
+        return None
+    name = str((body.get("metadata") or {}).get("name", ""))
+    return CreateRefusedError(refusals.refusal_from_response(kind, name, error.status, error.body), error)
+
+
+def _create_or_keep(create: Any, namespace: str, body: dict[str, Any]) -> None:
+    try:
+        create(namespace, body)
+    except ApiException as error:
+        if error.status == 409:
+            return
+        raise _refused(body["kind"], body, error) or error from None
+
+
+def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, action: CreatePod) -> bool:
+    """Create the attempt's objects and pod; False when the pod already existed (ours: adopted)."""
+    core, _, rbac = runtime.apis()
+    namespace = job.metadata.namespace or "default"
+    effective = world.status.effective
+    pvc = builders.build_pvc(job, uid)
+    if pvc is not None:
+        _create_or_keep(core.create_namespaced_persistent_volume_claim, namespace, pvc)
+    _create_or_keep(
+        core.create_namespaced_service_account, namespace, builders.build_service_account(job, uid)
+    )
+    _create_or_keep(rbac.create_namespaced_role, namespace, builders.build_role(job, uid))
+    _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
+    cm = builders.build_config_map(job, uid, effective)
+    try:
+        try:
+            core.create_namespaced_config_map(namespace, cm)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
+    except ApiException as error:
+        raise _refused("ConfigMap", cm, error) or error from None
+    ckpt = world.status.last_checkpoint
+    pending = world.status.pending
+    pod = builders.build_pod(
+        job,
+        uid,
+        action.attempt,
+        effective=effective,
+        run_directory=action.run_directory,
+        last_checkpoint_time=ckpt.time if ckpt else None,
+        last_checkpoint_step=ckpt.step if ckpt else None,
+        unreachable_toleration_seconds=runtime.config.unreachable_toleration_seconds,
+        cause=(pending.cause or pending.reason) if pending else None,
+        avoid_node=pending.avoid_node if pending else None,
+    )
+    try:
+        core.create_namespaced_pod(namespace, pod)
+    except ApiException as error:
+        if error.status != 409:
+            raise _refused("Pod", pod, error) or error from None
+        existing = core.read_namespaced_pod(pod["metadata"]["name"], namespace)
+        owners = {o.uid for o in existing.metadata.owner_references or []}
+        if uid not in owners:
+            raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
+        return False  # ours (created by an earlier pass whose status write was lost): adopt it
+    return True
+
+
+def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:
+    try:
+        if action.grace_seconds is None:
+            core.delete_namespaced_pod(action.name, namespace)
+        else:
+            core.delete_namespaced_pod(action.name, namespace, grace_period_seconds=action.grace_seconds)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def release_pod(core: Any, namespace: str, name: str) -> None:
+    """Remove our finalizer with a JSON patch guarded by a test op (other finalizers are left alone)."""
+    for _ in range(5):
+        try:
+            pod = core.read_namespaced_pod(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        finalizers = list(pod.metadata.finalizers or [])
+        if POD_FINALIZER not in finalizers:
+            return
+        index = finalizers.index(POD_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": POD_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            core.patch_namespaced_pod(name, namespace, ops)
+            return
+        except ApiException as error:
+            if error.status == 404:
+                return
+            if error.status not in (409, 422):
+                raise
+
+
+def _event(
+    core: Any, instance: str, job: FineTuneJob, uid: str, type_: str, reason: str, message: str
+) -> None:
+    namespace = job.metadata.namespace or "default"
+    now = datetime.now(UTC)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{job.metadata.name}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": job.metadata.name,
+            "namespace": namespace,
+            "uid": uid,
+        },
+        "type": type_,
+        "reason": reason[:128],
+        "message": message[:1024],
+        "firstTimestamp": format_time(now),
+        "lastTimestamp": format_time(now),
+        "count": 1,
+        "action": "Reconcile",
+        "source": {"component": "finetune-operator"},
+        "reportingComponent": "finetune.dev/operator",
+        "reportingInstance": instance[:128],
+    }
+    try:
+        core.create_namespaced_event(namespace, body)
+    except ApiException as error:  # an Event is worth a log line, never a failed reconcile
+        log.warning("could not post event %s: %s", reason, error.reason)
+    log.info("event %s: %s", reason, message, extra={"finetunejob": f"{namespace}/{job.metadata.name}"})

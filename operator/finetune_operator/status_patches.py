@@ -1,0 +1,106 @@
+"""Status serialization: the operator's writes to `status` as merge-patch dicts (camelCase wire names).
+
+`phase_patch` (phase, reason, message, conditions), `decision_patch` (one decision recorded: counters,
+adaptations, the pending restart, the streak) and `conditions_for` (lastTransitionTime kept where a
+condition did not change). executor.py sends them conditional on the resourceVersion the pass read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from finetune_api.models import Condition, FineTuneJobStatus, Phase
+
+from finetune_operator.endings import Outcome
+from finetune_operator.names import format_time
+from finetune_operator.policy import Plan
+
+_CONDITION_TYPES = ("Running", "Complete", "Failed", "Suspended")
+
+
+def conditions_for(
+    phase: Phase, reason: str, message: str, now: datetime, existing: list[Condition]
+) -> list[dict[str, Any]]:
+    """The job's conditions for `phase`, keeping lastTransitionTime where a status did not change."""
+    wanted = {
+        "Running": "True" if phase == "Running" else "False",
+        "Complete": "True" if phase == "Succeeded" else "False",
+        "Failed": "True" if phase == "Failed" else "False",
+        "Suspended": "True" if phase == "Suspended" else "False",
+    }
+    old = {c.type: c for c in existing}
+    out = []
+    for kind in _CONDITION_TYPES:
+        status = wanted[kind]
+        previous = old.get(kind)
+        changed = previous is None or previous.status != status
+        since = format_time(now) if changed or not previous else previous.last_transition_time
+        entry: dict[str, Any] = {"type": kind, "status": status, "lastTransitionTime": since}
+        if status == "True" or changed:
+            entry["reason"] = reason
+            entry["message"] = message[:1024]
+        elif previous is not None:
+            entry["reason"] = previous.reason
+            entry["message"] = previous.message
+        out.append(entry)
+    return out
+
+
+def phase_patch(
+    status: FineTuneJobStatus, phase: Phase, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    patch: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message[:1024],
+        "conditions": conditions_for(phase, reason, message, now, status.conditions),
+    }
+    if phase in ("Succeeded", "Failed"):
+        patch["completionTime"] = format_time(now)
+        patch["nextAttemptTime"] = None
+    return patch
+
+
+def decision_patch(
+    status: FineTuneJobStatus, outcome: Outcome, plan: Plan, pod_name: str | None, now: datetime
+) -> dict[str, Any]:
+    """The one status patch that records a decision: counters, budgets, adaptations, the pending step."""
+    phase: Phase = {"restart": "Restarting", "fail": "Failed", "succeed": "Succeeded", "stop": "Suspended"}[
+        plan.action
+    ]  # type: ignore[assignment]
+    patch = phase_patch(status, phase, plan.reason, plan.message, now)
+    ended = outcome.finished_at or now
+    patch["lastPodEndTime"] = format_time(ended)
+    patch["lastEndStep"] = status.step
+    # nothing trains until the next attempt reports: no estimate (the last measured rate stays)
+    patch["estimatedRemainingSeconds"] = None
+    patch["remaining"] = None
+    if plan.lost_steps:
+        patch["lostSteps"] = status.lost_steps + plan.lost_steps
+    if plan.cause is not None:
+        counts = status.restarts.model_dump(by_alias=True)
+        counts[plan.cause] += 1  # the causes are the counters' wire names
+        patch["restarts"] = counts
+        patch["restartsTotal"] = sum(counts.values())
+    if plan.effective is not None:
+        patch["effective"] = plan.effective.model_dump(by_alias=True)
+    if plan.action in ("restart", "fail"):
+        patch["streak"] = {"reason": outcome.reason, "count": plan.streak}
+    if plan.action == "restart":
+        not_before = now + timedelta(seconds=plan.delay_seconds)
+        patch["pending"] = {
+            "action": "restart",
+            "cause": plan.cause,
+            "reason": plan.reason,
+            "message": plan.message[:1024],
+            "podName": pod_name or "",
+            "notBefore": format_time(not_before),
+            "avoidNode": plan.avoid_node,
+        }
+        patch["nextAttemptTime"] = format_time(not_before)
+    else:
+        patch["pending"] = None
+    if plan.action == "succeed" and outcome.step is not None:
+        patch["step"] = max(outcome.step, status.step or 0)
+    return patch
