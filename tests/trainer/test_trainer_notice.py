@@ -1,0 +1,99 @@
+"""A save inside the notice (issue 13): with gradient accumulation, a SIGTERM whose deadline leaves no time to
+finish the optimizer step stops at the next micro-batch and commits the last completed step, and resume from
+it is exact; with time enough, the trainer still finishes the step. Real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from trainer_harness import Proc, assert_same_adapter, base_env, run, start, write_config
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+ACCUMULATION = 4  # micro-batches of 4 examples: 16 a step, 64 micro-batches an epoch (256 examples)
+MICRO_BATCH_SLEEP = "1.0"  # an optimizer step takes ~4 s: longer than the short deadline below
+SHORT_DEADLINE = 2.5
+
+
+def accumulation_config(path: Path, tiny: Path, deadline: float) -> Path:
+    write_config(path, tiny, max_steps=STEPS, save_steps=100, gradient_accumulation_steps=ACCUMULATION)
+    config = yaml.safe_load(path.read_text())
+    assert config["lora"]["lora_dropout"] > 0  # dropout draws from the RNG at every micro-batch
+    config["save_deadline_seconds"] = deadline
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@dataclass
+class AccumulationReference:
+    config: Path
+    output_dir: Path
+    proc: Proc
+    losses: dict[int, float]
+
+
+@pytest.fixture(scope="module")
+def accumulation_reference(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> AccumulationReference:
+    work = tmp_path_factory.mktemp("accumulation")
+    config = accumulation_config(work / "config.yaml", tiny, SHORT_DEADLINE)
+    proc = run(config, work / "out")
+    assert proc.popen.returncode == 0, proc.tail()
+    return AccumulationReference(config, work / "out", proc, proc.losses())
+
+
+def sigterm_in_step_two(config: Path, out: Path, sleep: str) -> Proc:
+    proc = start(config, out, env=base_env(FTO_TEST_MICRO_BATCH_SLEEP_SECONDS=sleep), tag="term")
+    proc.wait_step(1)  # step 1 is logged: step 2's micro-batches run now
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 75, proc.tail()
+    return proc
+
+
+def test_sigterm_mid_accumulation_commits_the_last_step_and_resumes_exactly(
+    accumulation_reference: AccumulationReference, work: Path
+) -> None:
+    ref = accumulation_reference
+    out = work / "out"
+    proc = sigterm_in_step_two(ref.config, out, MICRO_BATCH_SLEEP)
+    term = proc.termination()
+    assert (term["reason"], term["step"], term["checkpoint"]) == ("Preempted", 1, "checkpoint-1"), term
+    stop = next(e for e in proc.events() if e.get("event") == "preemption_stop")
+    assert stop["at"] == "micro_batch" and stop["step"] == 1, stop
+    assert stop["needed_seconds"] > stop["seconds_left"], stop
+    assert 0 < stop["micro_batches_left"] < ACCUMULATION, stop
+    assert not any(e.get("event") == "save_deadline_exceeded" for e in proc.events()), proc.tail()
+    checkpoint = out / "checkpoint-1"
+    assert (checkpoint / "COMMITTED.json").is_file()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    reference_epoch = next(e for e in ref.proc.events() if e.get("event") == "train_log" and e["step"] == 1)
+    assert state["global_step"] == 1 and state["epoch"] == pytest.approx(reference_epoch["epoch"]), state
+    # The unfinished step's micro-batch losses leak neither into the saved log nor into the run's summary.
+    assert [e["loss"] for e in state["log_history"] if "loss" in e] == [ref.losses[1]], state["log_history"]
+    summary = next(e for e in proc.events() if e.get("event") == "train_summary")
+    assert summary["train_loss"] == pytest.approx(ref.losses[1]), summary
+
+    resumed = run(ref.config, out, "--resume", "auto", tag="resume")
+    assert resumed.popen.returncode == 0, resumed.tail()
+    chosen = [e for e in resumed.events() if e.get("event") == "resume_from"]
+    assert chosen and chosen[0]["checkpoint"] == "checkpoint-1", resumed.tail()
+    assert resumed.losses() == {s: ref.losses[s] for s in range(2, STEPS + 1)}
+    assert_same_adapter(ref.output_dir, out)
+
+
+def test_sigterm_with_time_enough_finishes_the_step(tiny: Path, work: Path) -> None:
+    config = accumulation_config(work / "config.yaml", tiny, deadline=60.0)
+    out = work / "out"
+    proc = sigterm_in_step_two(config, out, "0.5")
+    events = proc.events()
+    waited = next(e for e in events if e.get("event") == "preemption_finish_step")
+    assert waited["step"] == 2 and waited["needed_seconds"] <= waited["seconds_left"], waited
+    stop = next(e for e in events if e.get("event") == "preemption_stop")
+    assert stop["at"] == "step_end" and stop["step"] == 2, stop
+    term = proc.termination()
+    assert (term["step"], term["checkpoint"]) == (2, "checkpoint-2"), term
