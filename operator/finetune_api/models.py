@@ -776,6 +776,23 @@ class CheckpointInfo(StatusModel):
     bytes: int | None = Field(None, description="Its size on the volume.")
 
 
+class EmergencySave(StatusModel):
+    """How the last trainer pod stopped after SIGTERM: did its emergency checkpoint make the deadline?"""
+
+    step: int | None = Field(
+        None, description="Step of the emergency checkpoint; null when none was committed in time."
+    )
+    seconds: float | None = Field(None, description="Seconds the emergency save took (when committed).")
+    deadline_seconds: float | None = Field(
+        None, description="The trainer's save deadline (the shorter of grace period and notice, less 5 s)."
+    )
+    in_time: bool = Field(
+        description="false: not committed before the deadline (the watchdog gave up, or the pod was "
+        "killed); the job resumes from the newest older checkpoint."
+    )
+    time: str | None = Field(None, description="RFC 3339 time the pod ended.")
+
+
 class Condition(StatusModel):
     """A Kubernetes-style condition."""
 
@@ -879,6 +896,12 @@ class FineTuneJobStatus(StatusModel):
         "it fits.",
     )
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
+    last_emergency_save: EmergencySave | None = Field(
+        None, description="The last emergency save after SIGTERM (preemption, eviction, deletion)."
+    )
+    late_emergency_saves: int = Field(
+        0, description="Emergency saves not committed before the save deadline, across attempts."
+    )
     streak: RestartStreak | None = Field(
         None, description="Pod ends in a row for one reason without training progress (a restart storm)."
     )

@@ -636,6 +636,11 @@ def _classify_terminated(
                 "work since the last periodic checkpoint is lost "
                 "(raise checkpoint.terminationGracePeriodSeconds)"
             )
+        elif code == EXIT_PREEMPTED and msg is not None and msg.save_in_time is False:
+            text = (
+                f"preempted ({who}); the emergency checkpoint was not committed within the save deadline: "
+                "resuming from the newest older checkpoint"
+            )
         elif code == EXIT_PREEMPTED:
             text = f"preempted ({who}); the trainer committed an emergency checkpoint"
         else:
@@ -670,6 +675,44 @@ def _classify_terminated(
     if code == EXIT_SUCCEEDED:
         return Outcome("Error", "Error", f"the trainer exited 0 without finishing: {detail}", **info)
     return Outcome("Error", f"ExitCode{code}", f"the trainer failed with exit code {code}: {detail}", **info)
+
+
+def emergency_save_status(pod: PodView | None, outcome: Outcome, now: datetime) -> dict[str, Any] | None:
+    """status.lastEmergencySave for a pod stopped by SIGTERM after training began; None for other ends.
+
+    In time: the trainer committed its emergency checkpoint and says so (`save_in_time`). Late: its watchdog
+    gave up at the save deadline (exit 75, `save_in_time` false), or the kubelet killed it first (exit 137
+    during a disruption or deletion)."""
+    term = pod.terminated if pod is not None else None
+    if term is None or outcome.end != "Preempted":
+        return None
+    msg = term.termination
+    ended = format_time(outcome.finished_at or now)
+    if msg is None or msg.reason != "Preempted" or msg.save_in_time is None:
+        if term.exit_code == EXIT_KILLED and pod is not None and (pod.disruption or pod.deleting):
+            return {"step": None, "seconds": None, "deadlineSeconds": None, "inTime": False, "time": ended}
+        return None  # stopped before training began, or a trainer that does not report it
+    # The trainer's own word, even when the kubelet's SIGKILL came after it wrote it (exit 137).
+    return {
+        "step": msg.checkpoint_step if msg.save_in_time else None,
+        "seconds": msg.save_seconds if msg.save_in_time else None,
+        "deadlineSeconds": msg.save_deadline_seconds,
+        "inTime": msg.save_in_time,
+        "time": ended,
+    }
+
+
+def _late_save_event(save: dict[str, Any], pod_name: str | None, checkpoint_step: int | None) -> Event:
+    deadline = f" of {save['deadlineSeconds']:g} s" if save.get("deadlineSeconds") else ""
+    older = f"checkpoint-{checkpoint_step}" if checkpoint_step is not None else "the start"
+    return Event(
+        "Warning",
+        "EmergencySaveLate",
+        f"{pod_name or 'the trainer'}: the emergency checkpoint was not committed within the save deadline"
+        f"{deadline}; resuming from {older}. If the nodes give more time, raise "
+        "checkpoint.terminationGracePeriodSeconds or scheduling.preemptionNoticeSeconds; "
+        "else save more often",
+    )
 
 
 def _tail(text: str | None, limit: int = 300) -> str | None:
@@ -1346,7 +1389,14 @@ def reconcile(world: World) -> Step:
         return step
 
     plan = plan_next(spec, status, outcome)
-    step.actions.append(PatchStatus(decision_patch(status, outcome, plan, status.pod_name, now)))
+    patch = decision_patch(status, outcome, plan, status.pod_name, now)
+    save = emergency_save_status(current, outcome, now)
+    if save is not None:
+        patch["lastEmergencySave"] = save
+        if not save["inTime"]:
+            patch["lateEmergencySaves"] = status.late_emergency_saves + 1
+            step.actions.append(_late_save_event(save, status.pod_name, outcome.checkpoint_step))
+    step.actions.append(PatchStatus(patch))
     step.actions.append(Decided(outcome, plan))
     step.actions.append(_event_for(status, outcome, plan))
     if plan.action == "restart" and plan.streak >= STORM_AFTER:

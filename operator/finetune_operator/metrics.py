@@ -41,6 +41,7 @@ class _Snapshot:
     restarts: dict[str, int]
     streak: int  # status.streak.count: pod ends in a row for one reason without training progress
     last_save: tuple[Any, Any] | None  # (step, time) of the newest committed checkpoint seen
+    late_emergency_saves: int = 0  # status.lateEmergencySaves
 
 
 class OperatorMetrics(Collector):
@@ -86,6 +87,7 @@ class OperatorMetrics(Collector):
             restarts={cause: int(restarts.get(cause) or 0) for cause in RESTART_CAUSES},
             streak=int((status.get("streak") or {}).get("count") or 0),
             last_save=save,
+            late_emergency_saves=int(status.get("lateEmergencySaves") or 0),
         )
         key = (namespace, name)
         with self._lock:
@@ -128,6 +130,12 @@ class OperatorMetrics(Collector):
             "Optimizer steps trained after the last committed checkpoint when a pod ended (redone).",
             labels=list(JOB_LABELS),
         )
+        late_saves = CounterMetricFamily(
+            "finetune_emergency_saves_late",
+            "Emergency checkpoints (after SIGTERM) not committed before the trainer's save deadline "
+            "(from status.lateEmergencySaves): the job resumed from an older checkpoint.",
+            labels=list(JOB_LABELS),
+        )
         step = GaugeMetricFamily(
             "finetune_training_step", "Last optimizer step reported.", labels=list(JOB_LABELS)
         )
@@ -153,6 +161,7 @@ class OperatorMetrics(Collector):
             for cause in RESTART_CAUSES:
                 restarts.add_metric([namespace, name, cause], snap.restarts.get(cause, 0))
             lost.add_metric([namespace, name], snap.lost_steps)
+            late_saves.add_metric([namespace, name], snap.late_emergency_saves)
             if snap.phase not in ("Succeeded", "Failed"):  # a finished job's last streak is not a storm
                 streak.add_metric([namespace, name], snap.streak)
             if snap.step is not None:
@@ -166,7 +175,7 @@ class OperatorMetrics(Collector):
         for namespace, counts in sorted(per_namespace.items()):
             for phase, count in counts.items():
                 phases.add_metric([namespace, phase], count)
-        yield from (restarts, lost, step, checkpoints, size, streak, phases)
+        yield from (restarts, lost, late_saves, step, checkpoints, size, streak, phases)
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # dynamic: collected on every scrape

@@ -85,6 +85,12 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
         "Optimizer steps trained but not covered by a committed checkpoint when a pod ended.",
     ),
     Metric(
+        "finetune_emergency_saves_late_total",
+        "counter",
+        (NS, JOB),
+        "Emergency checkpoints (after SIGTERM) not committed before the trainer's save deadline.",
+    ),
+    Metric(
         "finetune_recovery_duration_seconds",
         "histogram",
         (NS, JOB),
