@@ -63,6 +63,7 @@ def test_sigterm_mid_accumulation_commits_the_last_step_and_resumes_exactly(
     proc = sigterm_in_step_two(ref.config, out, MICRO_BATCH_SLEEP)
     term = proc.termination()
     assert (term["reason"], term["step"], term["checkpoint"]) == ("Preempted", 1, "checkpoint-1"), term
+    assert term["save_in_time"] is True and term["save_deadline_seconds"] == SHORT_DEADLINE, term
     stop = next(e for e in proc.events() if e.get("event") == "preemption_stop")
     assert stop["at"] == "micro_batch" and stop["step"] == 1, stop
     assert stop["needed_seconds"] > stop["seconds_left"], stop
@@ -97,3 +98,20 @@ def test_sigterm_with_time_enough_finishes_the_step(tiny: Path, work: Path) -> N
     assert stop["at"] == "step_end" and stop["step"] == 2, stop
     term = proc.termination()
     assert (term["step"], term["checkpoint"]) == (2, "checkpoint-2"), term
+
+
+def test_emergency_save_past_the_deadline_says_so(tiny: Path, work: Path) -> None:
+    """The watchdog gives up on a save that outlasts the deadline: exit 75, save_in_time false, the newest
+    checkpoint committed before (none here) named for resume."""
+    config = accumulation_config(work / "config.yaml", tiny, deadline=2.0)
+    out = work / "out"
+    env = base_env(FTO_TEST_MICRO_BATCH_SLEEP_SECONDS="0.3", FTO_TEST_SAVE_SLEEP_SECONDS="30")
+    proc = start(config, out, env=env, tag="term")
+    proc.wait_step(1)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 75, proc.tail()
+    term = proc.termination()
+    assert term["reason"] == "Preempted" and term["save_in_time"] is False, term
+    assert term["save_deadline_seconds"] == 2.0 and "checkpoint" not in term, term
+    assert any(e.get("event") == "save_deadline_exceeded" for e in proc.events()), proc.tail()
+    assert not list(out.glob("checkpoint-*/COMMITTED.json"))
