@@ -21,11 +21,16 @@ MICRO_BATCH_SLEEP = "1.0"  # an optimizer step takes ~4 s: longer than the short
 SHORT_DEADLINE = 2.5
 
 
-def accumulation_config(path: Path, tiny: Path, deadline: float) -> Path:
+def accumulation_config(path: Path, tiny: Path, deadline: float, examples: int | None = None) -> Path:
     write_config(path, tiny, max_steps=STEPS, save_steps=100, gradient_accumulation_steps=ACCUMULATION)
     config = yaml.safe_load(path.read_text())
     assert config["lora"]["lora_dropout"] > 0  # dropout draws from the RNG at every micro-batch
     config["save_deadline_seconds"] = deadline
+    if examples is not None:  # a smaller dataset: epochs of examples / 16 steps
+        data = path.parent / "data.jsonl"
+        lines = Path(config["dataset"]["path"]).read_text().splitlines()[:examples]
+        data.write_text("\n".join(lines) + "\n")
+        config["dataset"]["path"] = str(data)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -47,9 +52,9 @@ def accumulation_reference(tiny: Path, tmp_path_factory: pytest.TempPathFactory)
     return AccumulationReference(config, work / "out", proc, proc.losses())
 
 
-def sigterm_in_step_two(config: Path, out: Path, sleep: str) -> Proc:
+def sigterm_in_step_two(config: Path, out: Path, sleep: str, after_step: int = 1) -> Proc:
     proc = start(config, out, env=base_env(FTO_TEST_MICRO_BATCH_SLEEP_SECONDS=sleep), tag="term")
-    proc.wait_step(1)  # step 1 is logged: step 2's micro-batches run now
+    proc.wait_step(after_step)  # logged: the next step's micro-batches run now
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 75, proc.tail()
     return proc
@@ -115,3 +120,22 @@ def test_emergency_save_past_the_deadline_says_so(tiny: Path, work: Path) -> Non
     assert term["save_deadline_seconds"] == 2.0 and "checkpoint" not in term, term
     assert any(e.get("event") == "save_deadline_exceeded" for e in proc.events()), proc.tail()
     assert not list(out.glob("checkpoint-*/COMMITTED.json"))
+
+
+def test_sigterm_in_the_first_step_of_an_epoch_resumes_exactly(tiny: Path, work: Path) -> None:
+    """32 examples: 2 steps an epoch. SIGTERM during step 3 (epoch 2's first) → checkpoint-2; resume starts
+    epoch 2 afresh and reloads the RNG state before the epoch's data iterator, where it was snapshotted."""
+    (work / "ref").mkdir()
+    ref_config = accumulation_config(work / "ref" / "config.yaml", tiny, SHORT_DEADLINE, examples=32)
+    reference = run(ref_config, work / "ref" / "out")
+    assert reference.popen.returncode == 0, reference.tail()
+    assert [e for e in reference.events() if e.get("event") == "train_log"][1]["epoch"] == 1.0
+    config = accumulation_config(work / "config.yaml", tiny, SHORT_DEADLINE, examples=32)
+    out = work / "out"
+    proc = sigterm_in_step_two(config, out, MICRO_BATCH_SLEEP, after_step=2)
+    stop = next(e for e in proc.events() if e.get("event") == "preemption_stop")
+    assert (stop["at"], stop["step"], proc.termination()["checkpoint"]) == ("micro_batch", 2, "checkpoint-2")
+    resumed = run(config, out, "--resume", "auto", tag="resume")
+    assert resumed.popen.returncode == 0, resumed.tail()
+    assert resumed.losses() == {s: loss for s, loss in reference.losses().items() if s > 2}
+    assert_same_adapter(work / "ref" / "out", out)
