@@ -139,3 +139,27 @@ def test_sigterm_in_the_first_step_of_an_epoch_resumes_exactly(tiny: Path, work:
     assert resumed.popen.returncode == 0, resumed.tail()
     assert resumed.losses() == {s: loss for s, loss in reference.losses().items() if s > 2}
     assert_same_adapter(work / "ref" / "out", out)
+
+
+def test_two_ranks_stop_at_the_same_micro_batch_and_resume_exactly(tiny: Path, work: Path) -> None:
+    """`--nproc-per-node 2` (gloo): every rank takes part in the micro-batch check, so both stop at the same
+    micro-batch; each rank's checkpoint RNG file is its own step-boundary state."""
+    (work / "ref").mkdir()
+    ref_config = accumulation_config(work / "ref" / "config.yaml", tiny, SHORT_DEADLINE)
+    reference = run(ref_config, work / "ref" / "out", "--nproc-per-node", "2", tag="ref")
+    assert reference.popen.returncode == 0, reference.tail()
+    config = accumulation_config(work / "config.yaml", tiny, SHORT_DEADLINE)
+    out = work / "out"
+    env = base_env(FTO_TEST_MICRO_BATCH_SLEEP_SECONDS=MICRO_BATCH_SLEEP)
+    proc = start(config, out, "--nproc-per-node", "2", env=env, tag="term")
+    proc.wait_step(1)
+    proc.signal(signal.SIGTERM)  # to the launcher; it forwards to both ranks
+    assert proc.wait() == 75, proc.tail()
+    stops = [e for e in proc.events() if e.get("event") == "preemption_stop"]
+    assert sorted(e["rank"] for e in stops) == [0, 1], stops
+    assert {(e["at"], e["step"]) for e in stops} == {("micro_batch", 1)}, stops
+    assert proc.termination()["checkpoint"] == "checkpoint-1"
+    resumed = run(config, out, "--nproc-per-node", "2", tag="resume")
+    assert resumed.popen.returncode == 0, resumed.tail()
+    assert resumed.losses() == {s: loss for s, loss in reference.losses().items() if s > 1}
+    assert_same_adapter(work / "ref" / "out", out)
