@@ -113,11 +113,13 @@ class StepBoundary(TrainerCallback):
         return control
 
     def rewind_counters(self) -> None:
-        """Drop what the micro-batches of the unfinished step added: loss, FLOPs and tokens are step N's."""
-        if self.counters is None:
+        """Drop what the micro-batches of the unfinished step added: loss, FLOPs and tokens are step N's.
+        Once: after it the totals move on (a log resets the running loss)."""
+        counters, self.counters = self.counters, None
+        if counters is None:
             return
         trainer = self.trainer
-        if self.counters.tr_loss is not None and getattr(trainer, "_tr_loss", None) is not None:
-            trainer._tr_loss.copy_(self.counters.tr_loss)  # in place: the training loop holds this tensor
-        trainer.current_flos = self.counters.current_flos
-        trainer.state.num_input_tokens_seen = self.counters.num_input_tokens_seen
+        if counters.tr_loss is not None and getattr(trainer, "_tr_loss", None) is not None:
+            trainer._tr_loss.copy_(counters.tr_loss)  # in place: the training loop holds this tensor
+        trainer.current_flos = counters.current_flos
+        trainer.state.num_input_tokens_seen = counters.num_input_tokens_seen
