@@ -69,6 +69,10 @@ class TerminationMessage(BaseModel):
     per_device_train_batch_size: int | None = None  # the batch that ran out of memory (CudaOOM)
     gradient_accumulation_steps: int | None = None
     save_seconds: float | None = None  # how long the emergency save took (Preempted)
+    # Preempted after training began: whether the emergency checkpoint was committed within the deadline
+    # (false: the watchdog gave up on it; `checkpoint` is then the newest older one), and that deadline.
+    save_in_time: bool | None = None
+    save_deadline_seconds: float | None = None
     free_bytes: int | None = None  # free bytes on the checkpoint volume when a save failed (VolumeFull)
     needed_bytes: int | None = None  # what that checkpoint needs, estimated from the last committed one
     message: str | None = None  # one human line (errors)

@@ -103,6 +103,13 @@ LOST_STEPS = Metric(
     JOB_LABELS,
     "Optimizer steps trained after the last committed checkpoint when a pod ended (redone after resume).",
 )
+EMERGENCY_SAVES_LATE = Metric(
+    "finetune_emergency_saves_late_total",
+    "counter",
+    JOB_LABELS,
+    "Emergency checkpoints (after SIGTERM) not committed before the trainer's save deadline "
+    "(from status.lateEmergencySaves): the job resumed from an older checkpoint.",
+)
 RECOVERY_DURATION = Metric(
     "finetune_recovery_duration_seconds",
     "histogram",
@@ -123,6 +130,7 @@ OPERATOR_METRICS: tuple[Metric, ...] = (
     JOBS,
     TRAINING_STEP,
     LOST_STEPS,
+    EMERGENCY_SAVES_LATE,
     RECOVERY_DURATION,
     CHECKPOINT_SIZE,
 )

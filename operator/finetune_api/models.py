@@ -568,6 +568,16 @@ class Toleration(KubeModel):
     )
 
 
+#: The providers' documented notice before a spot/preemptible node goes away, as the trainer sees it (from
+#: SIGTERM): GKE's graceful node shutdown gives ordinary pods 15 s of its 30 s (the rest is for system pods),
+#: whatever terminationGracePeriodSeconds says; EC2 spot sends a 2-minute interruption notice (a node
+#: termination handler or Karpenter drains the node then); Azure Scheduled Events announce a spot eviction
+#: at least 30 s ahead. scheduling.preemptionNoticeSeconds overrides these (e.g. a GKE node pool with a
+#: longer shutdown period).
+CLOUD_PREEMPTION_NOTICE_SECONDS: dict[str, int] = {"gke": 15, "aws": 120, "azure": 30}
+Cloud = Literal["gke", "aws", "azure"]
+
+
 class SchedulingSpec(KubeModel):
     """Where the trainer pod may run."""
 
@@ -575,6 +585,21 @@ class SchedulingSpec(KubeModel):
         False,
         description="Shorthand: tolerate the common spot/preemptible taints and prefer spot nodes "
         "(cloud-neutral labels; add your own in nodeSelector).",
+    )
+    cloud: Cloud | None = Field(
+        None,
+        description="The nodes' cloud, for its documented preemption notice when preemptionNoticeSeconds is "
+        "unset: gke 15 s (graceful node shutdown's share for ordinary pods), aws 120 s (EC2 spot "
+        "interruption notice), azure 30 s (Scheduled Events). The trainer's save deadline is the shorter "
+        "of the notice and checkpoint.terminationGracePeriodSeconds, less 5 s.",
+    )
+    preemption_notice_seconds: Int | None = Field(
+        None,
+        ge=2,
+        le=86400,
+        description="Seconds the nodes really give a pod between SIGTERM and the kill when they are "
+        "reclaimed, if shorter than checkpoint.terminationGracePeriodSeconds (spot nodes often give less "
+        "than the pod asks for); overrides the cloud's figure.",
     )
     node_selector: Annotated[
         dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX_LENGTH)]],
@@ -751,6 +776,23 @@ class CheckpointInfo(StatusModel):
     bytes: int | None = Field(None, description="Its size on the volume.")
 
 
+class EmergencySave(StatusModel):
+    """How the last trainer pod stopped after SIGTERM: did its emergency checkpoint make the deadline?"""
+
+    step: int | None = Field(
+        None, description="Step of the emergency checkpoint; null when none was committed in time."
+    )
+    seconds: float | None = Field(None, description="Seconds the emergency save took (when committed).")
+    deadline_seconds: float | None = Field(
+        None, description="The trainer's save deadline (the shorter of grace period and notice, less 5 s)."
+    )
+    in_time: bool = Field(
+        description="false: not committed before the deadline (the watchdog gave up, or the pod was "
+        "killed); the job resumes from the newest older checkpoint."
+    )
+    time: str | None = Field(None, description="RFC 3339 time the pod ended.")
+
+
 class Condition(StatusModel):
     """A Kubernetes-style condition."""
 
@@ -854,6 +896,12 @@ class FineTuneJobStatus(StatusModel):
         "it fits.",
     )
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
+    last_emergency_save: EmergencySave | None = Field(
+        None, description="The last emergency save after SIGTERM (preemption, eviction, deletion)."
+    )
+    late_emergency_saves: int = Field(
+        0, description="Emergency saves not committed before the save deadline, across attempts."
+    )
     streak: RestartStreak | None = Field(
         None, description="Pod ends in a row for one reason without training progress (a restart storm)."
     )

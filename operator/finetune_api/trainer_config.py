@@ -15,10 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finetune_api.models import (
+    CLOUD_PREEMPTION_NOTICE_SECONDS,
     KIND,
     DatasetSpec,
     EffectiveTraining,
     FineTuneJob,
+    FineTuneJobSpec,
     LoraSpec,
     ModelSpec,
     TrainingSpec,
@@ -92,6 +94,23 @@ def parse_job(document: dict[str, Any], source: str = "manifest") -> FineTuneJob
         raise InvalidManifest(source, format_validation_error(error)) from None
 
 
+def preemption_notice_seconds(spec: FineTuneJobSpec) -> int | None:
+    """What the nodes give a pod after SIGTERM when reclaimed: the spec's figure, else its cloud's."""
+    scheduling = spec.scheduling
+    if scheduling.preemption_notice_seconds is not None:
+        return scheduling.preemption_notice_seconds
+    return CLOUD_PREEMPTION_NOTICE_SECONDS.get(scheduling.cloud or "")
+
+
+def save_deadline_seconds(spec: FineTuneJobSpec) -> float:
+    """The emergency save must be committed within the shorter of the grace period and the cloud's notice,
+    less the time to write the termination message and exit."""
+    grace = spec.checkpoint.termination_grace_period_seconds
+    notice = preemption_notice_seconds(spec)
+    budget = grace if notice is None else min(grace, notice)
+    return max(1.0, budget - EXIT_MARGIN_SECONDS)
+
+
 def trainer_config_from_job(
     job: FineTuneJob,
     effective: EffectiveTraining | None = None,
@@ -110,7 +129,6 @@ def trainer_config_from_job(
     job_ref = None
     if report_to_job:
         job_ref = JobRef(namespace=job.metadata.namespace or "default", name=job.metadata.name)
-    grace = spec.checkpoint.termination_grace_period_seconds
     return TrainerConfig(
         job=job_ref,
         model=spec.model,
@@ -118,7 +136,7 @@ def trainer_config_from_job(
         dataset=spec.dataset.model_copy(update={"volume": None}),
         lora=spec.lora,
         training=training,
-        save_deadline_seconds=max(1.0, grace - EXIT_MARGIN_SECONDS),
+        save_deadline_seconds=save_deadline_seconds(spec),
         metrics_port=metrics_port,
         on_no_intact_checkpoint=spec.checkpoint.on_no_intact_checkpoint,
     )

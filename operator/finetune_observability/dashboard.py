@@ -113,8 +113,15 @@ PANELS: tuple[Panel, ...] = (
                 instant=True,
                 format="table",
             ),
+            Target(
+                _q("sum by (namespace, finetunejob) (finetune_emergency_saves_late_total{SEL})"),
+                "late emergency saves",
+                instant=True,
+                format="table",
+            ),
         ),
-        "One line per job: step, restarts (all causes), steps lost, committed checkpoints retained.",
+        "One line per job: step, restarts (all causes), steps lost, committed checkpoints retained, "
+        "emergency saves that missed their deadline.",
         width=8,
         height=6,
         row=ROW_JOBS,

@@ -12,6 +12,8 @@ The single-writer rule lives here too: a new attempt is created only when no pod
 
 from __future__ import annotations
 
+from typing import Any
+
 from finetune_api.contract import LEGACY_RUN_DIR, RUNS_DIR
 from finetune_api.models import FineTuneJobStatus, Phase
 
@@ -46,7 +48,7 @@ from finetune_operator.names import (
     pod_name,
 )
 from finetune_operator.policy import STORM_AFTER, Plan, plan_next
-from finetune_operator.status_patches import decision_patch, phase_patch
+from finetune_operator.status_patches import decision_patch, emergency_save_status, phase_patch
 from finetune_operator.views import ClaimView, PodView
 
 #: status.reason while a pod on an unreachable node is not force-deleted (shared volume, node not confirmed).
@@ -283,7 +285,14 @@ def reconcile(world: World) -> Step:
         return step
 
     plan = plan_next(spec, status, outcome)
-    step.actions.append(PatchStatus(decision_patch(status, outcome, plan, status.pod_name, now)))
+    patch = decision_patch(status, outcome, plan, status.pod_name, now)
+    save = emergency_save_status(current, outcome, now)
+    if save is not None:
+        patch["lastEmergencySave"] = save
+        if not save["inTime"]:
+            patch["lateEmergencySaves"] = status.late_emergency_saves + 1
+            step.actions.append(_late_save_event(save, status.pod_name, outcome.checkpoint_step))
+    step.actions.append(PatchStatus(patch))
     step.actions.append(Decided(outcome, plan))
     step.actions.append(_event_for(status, outcome, plan))
     if plan.action == "restart" and plan.streak >= STORM_AFTER:
@@ -327,6 +336,19 @@ def _event_for(status: FineTuneJobStatus, outcome: Outcome, plan: Plan) -> Event
     if plan.action == "succeed":
         return Event("Normal", "Succeeded", f"{pod}: {plan.message}")
     return Event("Normal", "Suspended", f"{pod} stopped: {plan.message}")
+
+
+def _late_save_event(save: dict[str, Any], pod_name: str | None, checkpoint_step: int | None) -> Event:
+    deadline = f" of {save['deadlineSeconds']:g} s" if save.get("deadlineSeconds") else ""
+    older = f"checkpoint-{checkpoint_step}" if checkpoint_step is not None else "the start"
+    return Event(
+        "Warning",
+        "EmergencySaveLate",
+        f"{pod_name or 'the trainer'}: the emergency checkpoint was not committed within the save deadline"
+        f"{deadline}; resuming from {older}. If the nodes give more time, raise "
+        "checkpoint.terminationGracePeriodSeconds or scheduling.preemptionNoticeSeconds; "
+        "else save more often",
+    )
 
 
 def _cap(cause: str | None) -> str:

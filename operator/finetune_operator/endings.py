@@ -366,6 +366,11 @@ def _classify_terminated(
                 "work since the last periodic checkpoint is lost "
                 "(raise checkpoint.terminationGracePeriodSeconds)"
             )
+        elif code == EXIT_PREEMPTED and msg is not None and msg.save_in_time is False:
+            text = (
+                f"preempted ({who}); the emergency checkpoint was not committed within the save deadline: "
+                "resuming from the newest older checkpoint"
+            )
         elif code == EXIT_PREEMPTED:
             text = f"preempted ({who}); the trainer committed an emergency checkpoint"
         else:

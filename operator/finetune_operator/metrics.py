@@ -48,6 +48,7 @@ class _Snapshot:
     restarts: dict[str, int]
     streak: int  # status.streak.count: pod ends in a row for one reason without training progress
     last_save: tuple[Any, Any] | None  # (step, time) of the newest committed checkpoint seen
+    late_emergency_saves: int = 0  # status.lateEmergencySaves
 
 
 class OperatorMetrics(Collector):
@@ -81,6 +82,7 @@ class OperatorMetrics(Collector):
             restarts={cause: int(restarts.get(cause) or 0) for cause in RESTART_CAUSES},
             streak=int((status.get("streak") or {}).get("count") or 0),
             last_save=save,
+            late_emergency_saves=int(status.get("lateEmergencySaves") or 0),
         )
         key = (namespace, name)
         with self._lock:
@@ -115,6 +117,7 @@ class OperatorMetrics(Collector):
             jobs = dict(self._jobs)
         restarts = _family(CounterMetricFamily, cat.RESTARTS)
         lost = _family(CounterMetricFamily, cat.LOST_STEPS)
+        late_saves = _family(CounterMetricFamily, cat.EMERGENCY_SAVES_LATE)
         step = _family(GaugeMetricFamily, cat.TRAINING_STEP)
         checkpoints = _family(GaugeMetricFamily, cat.CHECKPOINTS)
         size = _family(GaugeMetricFamily, cat.CHECKPOINT_SIZE)
@@ -125,6 +128,7 @@ class OperatorMetrics(Collector):
             for cause in RESTART_CAUSES:
                 restarts.add_metric([namespace, name, cause], snap.restarts.get(cause, 0))
             lost.add_metric([namespace, name], snap.lost_steps)
+            late_saves.add_metric([namespace, name], snap.late_emergency_saves)
             if snap.phase not in ("Succeeded", "Failed"):  # a finished job's last streak is not a storm
                 streak.add_metric([namespace, name], snap.streak)
             if snap.step is not None:
@@ -138,7 +142,7 @@ class OperatorMetrics(Collector):
         for namespace, counts in sorted(per_namespace.items()):
             for phase, count in counts.items():
                 phases.add_metric([namespace, phase], count)
-        yield from (restarts, lost, step, checkpoints, size, streak, phases)
+        yield from (restarts, lost, late_saves, step, checkpoints, size, streak, phases)
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # dynamic: collected on every scrape

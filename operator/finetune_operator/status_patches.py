@@ -1,8 +1,9 @@
 """Status serialization: the operator's writes to `status` as merge-patch dicts (camelCase wire names).
 
 `phase_patch` (phase, reason, message, conditions), `decision_patch` (one decision recorded: counters,
-adaptations, the pending restart, the streak) and `conditions_for` (lastTransitionTime kept where a
-condition did not change). executor.py sends them conditional on the resourceVersion the pass read.
+adaptations, the pending restart, the streak), `emergency_save_status` (status.lastEmergencySave) and
+`conditions_for` (lastTransitionTime kept where a condition did not change). executor.py sends them
+conditional on the resourceVersion the pass read.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from finetune_api.contract import EXIT_KILLED
 from finetune_api.models import Condition, FineTuneJobStatus, Phase
 
 from finetune_operator.endings import Outcome
 from finetune_operator.names import format_time
 from finetune_operator.policy import Plan
+from finetune_operator.views import PodView
 
 _CONDITION_TYPES = ("Running", "Complete", "Failed", "Suspended")
 
@@ -104,3 +107,28 @@ def decision_patch(
     if plan.action == "succeed" and outcome.step is not None:
         patch["step"] = max(outcome.step, status.step or 0)
     return patch
+
+
+def emergency_save_status(pod: PodView | None, outcome: Outcome, now: datetime) -> dict[str, Any] | None:
+    """status.lastEmergencySave for a pod stopped by SIGTERM after training began; None for other ends.
+
+    In time: the trainer committed its emergency checkpoint and says so (`save_in_time`). Late: its watchdog
+    gave up at the save deadline (exit 75, `save_in_time` false), or the kubelet killed it first (exit 137
+    during a disruption or deletion)."""
+    term = pod.terminated if pod is not None else None
+    if term is None or outcome.end != "Preempted":
+        return None
+    msg = term.termination
+    ended = format_time(outcome.finished_at or now)
+    if msg is None or msg.reason != "Preempted" or msg.save_in_time is None:
+        if term.exit_code == EXIT_KILLED and pod is not None and (pod.disruption or pod.deleting):
+            return {"step": None, "seconds": None, "deadlineSeconds": None, "inTime": False, "time": ended}
+        return None  # stopped before training began, or a trainer that does not report it
+    # The trainer's own word, even when the kubelet's SIGKILL came after it wrote it (exit 137).
+    return {
+        "step": msg.checkpoint_step if msg.save_in_time else None,
+        "seconds": msg.save_seconds if msg.save_in_time else None,
+        "deadlineSeconds": msg.save_deadline_seconds,
+        "inTime": msg.save_in_time,
+        "time": ended,
+    }

@@ -329,7 +329,12 @@ def preempt_by_user_delete(p: Provider, reference: str | None, name: str = "user
     def disrupt(victim: str) -> None:
         p.kube.core.delete_namespaced_pod(victim, p.namespace)
 
-    return _disrupt_and_check(p, name, disrupt, reference, "PodDeleted")
+    s = _disrupt_and_check(p, name, disrupt, reference, "PodDeleted")
+    # the trainer committed its emergency checkpoint within the deadline, and said so (issue 13)
+    save = s.get("lastEmergencySave") or {}
+    assert save.get("inTime") is True and save.get("step") is not None, summary(s)
+    assert save.get("deadlineSeconds") == 25 and not s.get("lateEmergencySaves"), summary(s)
+    return s
 
 
 def node_gone(p: Provider, reference: str | None, name: str = "nodegone") -> dict[str, Any]:

@@ -22,7 +22,13 @@ from finetune_trainer import dist, volume
 from finetune_trainer.faults import Faults
 from finetune_trainer.fence import AttemptFence
 from finetune_trainer.logs import log, startup
-from finetune_trainer.preemption import TRAINING, Preemption
+from finetune_trainer.preemption import (
+    TRAINING,
+    NoticeBudget,
+    Preemption,
+    estimated_save_seconds,
+    stop_at_micro_batch,
+)
 from finetune_trainer.reporting import StatusReporter, ThroughputMeter, TrainerMetrics
 
 
@@ -44,6 +50,7 @@ class RunState:
     last_save_seconds: float | None = None
     emergency_save_seconds: float | None = None
     stop_for_preemption: bool = False
+    stopped_mid_step: bool = False  # stopped at a micro-batch: the checkpoint is the last completed step's
     retained: int = 0
     first_step_of_run: bool = True
     total_steps: int | None = None
@@ -71,6 +78,16 @@ def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, An
         },
         "lastCheckpointStep": record.step,
         "checkpoints": retained,
+    }
+
+
+def _budget_fields(budget: NoticeBudget) -> dict[str, Any]:
+    return {
+        "micro_batches_left": budget.micro_batches_left,
+        "seconds_per_micro_batch": round(budget.seconds_per_micro_batch, 3),
+        "expected_save_seconds": round(budget.save_seconds, 3),
+        "needed_seconds": round(budget.needed_seconds, 3),
+        "seconds_left": round(budget.seconds_left, 3),
     }
 
 
@@ -149,15 +166,27 @@ class CheckpointCommitCallback(TrainerCallback):
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM: stop at the next step boundary (all ranks agree), save there unless already committed."""
+    """On SIGTERM: stop at the next step boundary (all ranks agree), save there unless already committed.
+
+    With gradient accumulation, at each micro-batch after the signal: when finishing the step, then saving,
+    would not fit in what is left of save_deadline_seconds, stop at once; the checkpoint is then the last
+    completed step's (CommitTrainer writes the step boundary's RNG state, step_boundary.py)."""
 
     def __init__(self, run: RunState, preemption: Preemption):
         self.run = run
         self.preemption = preemption
+        self._step_started: float | None = None
+        self._micro_batches_done = 0  # in the step in progress
+        self._last_step_seconds: float | None = None  # the last whole step (its micro-batches)
+        self._save_estimate: float | None = None
+        self._budget_logged = False
 
-    def _stop(self, state: TrainerState, control: TrainerControl, where: str) -> None:
+    def _stop(
+        self, state: TrainerState, control: TrainerControl, where: str, budget: NoticeBudget | None = None
+    ) -> None:
         if not self.run.stop_for_preemption:
             self.run.stop_for_preemption = True
+            self.run.stopped_mid_step = where == "micro_batch"
             log(
                 "preemption_stop",
                 level="warning",
@@ -166,10 +195,58 @@ class PreemptionCallback(TrainerCallback):
                 at=where,
                 seconds_since_signal=round(self.preemption.seconds_since_request() or 0.0, 3),
                 needs_save=self.run.last_commit_step != state.global_step,
+                **(_budget_fields(budget) if budget is not None else {}),
             )
         control.should_training_stop = True
         if self.run.last_commit_step != state.global_step:
             control.should_save = True
+
+    def _expected_save_seconds(self, model: Any) -> float:
+        run = self.run
+        if run.last_save_seconds is not None:
+            return run.last_save_seconds
+        if run.last_commit is not None and run.last_commit.save_seconds is not None:
+            return run.last_commit.save_seconds  # the checkpoint this attempt resumed from
+        if self._save_estimate is None:
+            self._save_estimate = estimated_save_seconds(
+                volume.estimate_checkpoint_bytes(run.last_commit, model)
+            )
+        return self._save_estimate
+
+    def _notice_budget(self, args: TrainingArguments, model: Any) -> NoticeBudget | None:
+        seconds_left = self.preemption.seconds_until_deadline()
+        if seconds_left is None or self._step_started is None or self._micro_batches_done == 0:
+            return None
+        accumulation = max(int(args.gradient_accumulation_steps), 1)
+        per_micro_batch = (time.monotonic() - self._step_started) / self._micro_batches_done
+        if self._last_step_seconds is not None:
+            per_micro_batch = max(per_micro_batch, self._last_step_seconds / accumulation)
+        return stop_at_micro_batch(
+            micro_batches_left=accumulation - self._micro_batches_done,
+            seconds_per_micro_batch=per_micro_batch,
+            save_seconds=self._expected_save_seconds(model),
+            seconds_left=seconds_left,
+        )
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._step_started = time.monotonic()
+        self._micro_batches_done = 0
+        return control
+
+    def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._micro_batches_done += 1
+        budget = None
+        stop = False
+        if self.preemption.requested and not self.run.stop_for_preemption:
+            budget = self._notice_budget(args, kwargs.get("model"))
+            stop = budget is not None and budget.stop_now
+            if budget is not None and not stop and not self._budget_logged:
+                self._budget_logged = True
+                log("preemption_finish_step", step=state.global_step + 1, **_budget_fields(budget))
+        # Every rank takes part in every check (collectives run in lockstep); any rank out of time stops all.
+        if dist.any_rank(stop):
+            self._stop(state, control, "micro_batch", budget)
+        return control
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # From here on a signal no longer exits at once: it stops training at a step boundary.
@@ -179,6 +256,8 @@ class PreemptionCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self._step_started is not None:
+            self._last_step_seconds = time.monotonic() - self._step_started
         if dist.any_rank(self.preemption.requested):
             self._stop(state, control, "step_end")
         return control
@@ -401,7 +480,13 @@ class FaultInjectionCallback(TrainerCallback):
         self.faults.before_step(state.global_step + 1, args.per_device_train_batch_size, first)
         return control
 
+    def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not control.should_training_stop:  # stopping at this micro-batch: there is no next one to delay
+            self.faults.after_micro_batch()
+        return control
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.faults.after_micro_batch()  # the step's last micro-batch
         self.faults.after_step()
         return control
 

@@ -12,6 +12,9 @@ FTO_TEST_SAVE_SLEEP_AT_STEP=N
     only sleep in the save of step N (default: every save).
 FTO_TEST_STEP_SLEEP_SECONDS=S
     sleep S seconds at the end of every optimizer step (slows training so a signal lands mid-run).
+FTO_TEST_MICRO_BATCH_SLEEP_SECONDS=S
+    sleep S seconds at the end of every micro-batch (gradient accumulation), so an optimizer step takes
+    gradient_accumulation_steps x S and a signal lands in the middle of one.
 FTO_TEST_FINAL_SLEEP_SECONDS=S
     sleep S seconds after training ended (the checkpoint of the last step committed) and before final/ is
     written, so a SIGKILL lands in that window.
@@ -43,6 +46,7 @@ class Faults:
     save_sleep_seconds: float | None = None
     save_sleep_at_step: int | None = None
     step_sleep_seconds: float | None = None
+    micro_batch_sleep_seconds: float | None = None
     final_sleep_seconds: float | None = None
 
     @classmethod
@@ -53,6 +57,7 @@ class Faults:
             save_sleep_seconds=_env_float("FTO_TEST_SAVE_SLEEP_SECONDS"),
             save_sleep_at_step=_env_int("FTO_TEST_SAVE_SLEEP_AT_STEP"),
             step_sleep_seconds=_env_float("FTO_TEST_STEP_SLEEP_SECONDS"),
+            micro_batch_sleep_seconds=_env_float("FTO_TEST_MICRO_BATCH_SLEEP_SECONDS"),
             final_sleep_seconds=_env_float("FTO_TEST_FINAL_SLEEP_SECONDS"),
         )
         active = {k: v for k, v in faults.__dict__.items() if v is not None}
@@ -78,6 +83,10 @@ class Faults:
     def after_step(self) -> None:
         if self.step_sleep_seconds:
             time.sleep(self.step_sleep_seconds)
+
+    def after_micro_batch(self) -> None:
+        if self.micro_batch_sleep_seconds:
+            time.sleep(self.micro_batch_sleep_seconds)
 
     def in_save(self, step: int) -> None:
         if self.save_sleep_seconds and self.save_sleep_at_step in (None, step):

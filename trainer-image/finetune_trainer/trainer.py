@@ -22,6 +22,7 @@ from finetune_trainer import dist, volume
 from finetune_trainer.callbacks import RunState, StartupCallback
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log, startup
+from finetune_trainer.step_boundary import StepBoundary, rng_at
 
 
 @contextlib.contextmanager
@@ -77,6 +78,9 @@ class CommitTrainer(SFTTrainer):
         self._in_checkpoint = False
         super().__init__(*args, **kwargs)
         self.add_callback(StartupCallback())
+        # Snapshots where each optimizer step begins, for a save in the middle of one (step_boundary.py).
+        self._step_boundary = StepBoundary(self)
+        self.add_callback(self._step_boundary)
         startup.mark("trainer_build")
 
     def _prepare_dataset(self, *args: Any, **kwargs: Any) -> Any:
@@ -160,6 +164,19 @@ class CommitTrainer(SFTTrainer):
             if collator_tokenizer is not None:
                 collator.tokenizer = collator_tokenizer
 
+    # --- a save in the middle of an optimizer step (SIGTERM at a micro-batch): step N's state -----------
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        if self._run_state.stopped_mid_step:
+            self._step_boundary.rewind_counters()  # before the loss is logged and trainer_state written
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # The micro-batches after step N moved the RNGs: write those of the boundary, which resume reloads.
+        mid_step = self._run_state.stopped_mid_step
+        with rng_at(self._step_boundary.rng if mid_step else None):
+            super()._save_rng_state(output_dir)
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         self._faults.in_save(self.state.global_step)  # test hook: a SIGKILL here leaves a torn checkpoint
@@ -177,6 +194,7 @@ class CommitTrainer(SFTTrainer):
     def _load_rng_state(self, checkpoint: str | None) -> None:
         with restoring("RNG state"):
             super()._load_rng_state(checkpoint)
+        self._step_boundary.rng_restored()
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
         # Resumed from the checkpoint of the last step (killed after it was committed, before final/ was

@@ -52,6 +52,49 @@ def test_save_deadline_leaves_room_to_exit() -> None:
     assert trainer_config_from_job(parsed).save_deadline_seconds < grace
 
 
+def with_notice(grace: int, **scheduling: object) -> dict[str, object]:
+    document = job()
+    spec = document["spec"]
+    assert isinstance(spec, dict)
+    spec["checkpoint"] = {"terminationGracePeriodSeconds": grace}
+    spec["scheduling"] = {"spot": True, **scheduling}
+    return document
+
+
+@pytest.mark.parametrize(
+    ("grace", "scheduling", "deadline"),
+    [
+        (120, {}, 115.0),  # no notice given: the grace period alone
+        (120, {"cloud": "gke"}, 10.0),  # GKE spot: ordinary pods get 15 s whatever the pod asks for
+        (120, {"cloud": "aws"}, 115.0),  # EC2: 2 minutes of notice, the grace period is shorter
+        (180, {"cloud": "aws"}, 115.0),
+        (120, {"cloud": "azure"}, 25.0),
+        (120, {"cloud": "gke", "preemptionNoticeSeconds": 60}, 55.0),  # a longer shutdown period on the pool
+        (30, {"preemptionNoticeSeconds": 90}, 25.0),  # the grace period is shorter than the notice
+        (120, {"preemptionNoticeSeconds": 4}, 1.0),  # never below 1 s
+    ],
+)
+def test_save_deadline_is_the_shorter_of_grace_and_notice_less_the_exit_margin(
+    grace: int, scheduling: dict[str, object], deadline: float
+) -> None:
+    parsed = parse_job(with_notice(grace, **scheduling))
+    assert trainer_config_from_job(parsed).save_deadline_seconds == deadline
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "message"),
+    [
+        ({"cloud": "ibm"}, "spec.scheduling.cloud"),
+        ({"preemptionNoticeSeconds": 1}, "spec.scheduling.preemptionNoticeSeconds"),
+        ({"preemption_notice_seconds": 15}, "spec.scheduling"),  # Kubernetes sections take camelCase only
+    ],
+)
+def test_bad_notice_settings_name_the_field(scheduling: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidManifest) as raised:
+        parse_job(with_notice(120, **scheduling))
+    assert any(line.startswith(message) for line in raised.value.errors), raised.value.errors
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("kind: Pod\n", "kind: expected"), ("- a\n", "expected a mapping"), ("a: [\n", "not valid YAML")],

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from finetune_operator.actions import (
     AdoptPod,
     AnnotatePod,
     CreatePod,
+    Decided,
     DeletePod,
     Event,
     PatchStatus,
     Recovered,
+    Step,
     World,
 )
 from finetune_operator.decisions import CLAIM_RECHECK_SECONDS, WATCH_NODE_SECONDS, reconcile
@@ -608,3 +611,77 @@ def test_an_older_attempt_ending_with_73_afterwards_changes_nothing() -> None:
     )
     step = reconcile(world(st=st, pods=[old], shared_volume=True))
     assert kinds(step) == ["ReleasePod", "DeletePod"]
+
+
+# =============================================================================== emergency save in time?
+
+
+def ended_after_sigterm(exit_code: int, message: dict[str, Any] | None) -> Step:
+    ended = pod(exit_code=exit_code, disruption="TerminationByKubelet", deleted=True, message=message)
+    return reconcile(world(st=running_status(lateEmergencySaves=2), pods=[ended]))
+
+
+def test_emergency_save_in_time_is_recorded_without_warning() -> None:
+    message = {
+        "reason": "Preempted",
+        "step": 12,
+        "checkpoint_step": 12,
+        "save_seconds": 0.4,
+        "save_in_time": True,
+        "save_deadline_seconds": 10.0,
+    }
+    step = ended_after_sigterm(75, message)
+    patch = only(step, PatchStatus).patch
+    assert patch["lastEmergencySave"] == {
+        "step": 12,
+        "seconds": 0.4,
+        "deadlineSeconds": 10.0,
+        "inTime": True,
+        "time": "2026-01-01T11:59:59.000Z",  # when the container ended
+    }
+    assert "lateEmergencySaves" not in patch
+    assert not [a for a in step.actions if isinstance(a, Event) and a.reason == "EmergencySaveLate"]
+    # the trainer wrote its message, then the kubelet's SIGKILL came before the process was gone: in time
+    patch = only(ended_after_sigterm(137, message), PatchStatus).patch
+    assert patch["lastEmergencySave"]["inTime"] is True and "lateEmergencySaves" not in patch
+
+
+def test_emergency_save_past_the_deadline_is_counted_with_a_warning() -> None:
+    message = {
+        "reason": "Preempted",
+        "step": 12,
+        "checkpoint": "checkpoint-10",
+        "checkpoint_step": 10,
+        "save_in_time": False,
+        "save_deadline_seconds": 10.0,
+    }
+    step = ended_after_sigterm(75, message)
+    patch = only(step, PatchStatus).patch
+    save = patch["lastEmergencySave"]
+    assert (save["step"], save["seconds"], save["inTime"], save["deadlineSeconds"]) == (
+        None,
+        None,
+        False,
+        10.0,
+    )
+    assert patch["lateEmergencySaves"] == 3
+    late = [a for a in step.actions if isinstance(a, Event) and a.reason == "EmergencySaveLate"]
+    assert len(late) == 1 and late[0].type == "Warning"
+    assert "10 s" in late[0].message and "checkpoint-10" in late[0].message
+    decided = only(step, Decided)
+    assert "not committed within the save deadline" in decided.outcome.message
+
+
+def test_killed_during_the_emergency_save_is_late() -> None:
+    patch = only(ended_after_sigterm(137, None), PatchStatus).patch
+    assert patch["lastEmergencySave"]["inTime"] is False and patch["lateEmergencySaves"] == 3
+
+
+def test_no_emergency_save_without_one_to_make() -> None:
+    # SIGTERM before training began: nothing to save, nothing reported
+    before = ended_after_sigterm(75, {"reason": "Preempted", "message": "SIGTERM before training started"})
+    assert "lastEmergencySave" not in only(before, PatchStatus).patch
+    # a node that went down and came back: no SIGTERM, no save attempted
+    restarted = pod(exit_code=137, reason="ContainerStatusUnknown")
+    step = reconcile(world(st=running_status(), pods=[restarted]))
+    assert "lastEmergencySave" not in only(step, PatchStatus).patch

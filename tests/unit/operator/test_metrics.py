@@ -44,6 +44,7 @@ def test_names_types_and_labels() -> None:
         "finetune_recovery_duration_seconds": "histogram",
         "finetune_checkpoint_size_bytes": "gauge",
         "finetune_restart_streak": "gauge",
+        "finetune_emergency_saves_late": "counter",
     }
     for name, kind in expected.items():
         assert name in fams and fams[name].type == kind, name  # type: ignore[attr-defined]
@@ -65,6 +66,14 @@ def test_values_follow_status() -> None:
     assert sample(m, "finetune_lost_steps_total", finetunejob="a") == 5
     assert sample(m, "finetune_jobs", namespace="ns", phase="Running") == 1
     assert sample(m, "finetune_jobs", namespace="ns", phase="Failed") == 0
+
+
+def test_late_emergency_saves_follow_status() -> None:
+    m = OperatorMetrics()
+    m.observe_job("ns", "a", status(10, 8))
+    assert sample(m, "finetune_emergency_saves_late_total", finetunejob="a") == 0
+    m.observe_job("ns", "a", status(10, 8, lateEmergencySaves=2))
+    assert sample(m, "finetune_emergency_saves_late_total", finetunejob="a") == 2
 
 
 def test_restart_streak_follows_status_while_the_job_is_not_finished() -> None:
