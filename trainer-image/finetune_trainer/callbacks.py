@@ -107,13 +107,14 @@ class CheckpointCommitCallback(TrainerCallback):
 
             def write_and_commit() -> None:
                 write()
-                self.commit(path, step, started, best, background=True)
+                self.commit(path, step, started, best, blocked=blocked)
 
+            blocked = time.monotonic() - started  # training resumes now
             run.saver.submit(step, write_and_commit)
             return control
         dist.barrier()  # every rank has written its rng_state_<rank>.pth
         if run.is_main:
-            self.commit(path, state.global_step, started, best, background=False)
+            self.commit(path, state.global_step, started, best, blocked=None)
         else:
             # Non-main ranks learn the committed step to decide identically whether a stop needs a save.
             run.last_commit = ckpt.CommitRecord(path, state.global_step, "", {}, None)
@@ -129,9 +130,10 @@ class CheckpointCommitCallback(TrainerCallback):
         self.run.wait_for_save()  # the last checkpoint is committed before final/ is written
         return control
 
-    def commit(self, path: Path, step: int, started: float, best: str | None, background: bool) -> None:
+    def commit(self, path: Path, step: int, started: float, best: str | None, blocked: float | None) -> None:
         """Main rank: verify, fsync, marker, retention, then log, status and metrics. In the background
-        thread for a background save (the reporter and the log are thread-safe)."""
+        thread for a background save (the reporter and the log are thread-safe); `blocked` is then the time
+        training waited for it (the copy of the state), None for a synchronous save (it waited for all)."""
         run = self.run
         try:
             record = ckpt.commit_checkpoint(
@@ -170,7 +172,8 @@ class CheckpointCommitCallback(TrainerCallback):
             files=len(record.files),
             retained=run.retained,
             deleted=[p.name for p in deleted],
-            background=background,
+            background=blocked is not None,
+            blocked_seconds=round(time.monotonic() - started if blocked is None else blocked, 4),
         )
         self.reporter.update(_status_for_commit(record, run.retained))
         if self.metrics is not None:
