@@ -4,7 +4,7 @@ Trains the same model (6x384 GPT-2, LoRA r=16 on c_attn,c_proj,c_fc by default: 
 the real trainer CLI, interleaving the modes so they see the same machine load:
   * no checkpoints (the baseline training time)
   * spec.checkpoint.backgroundSave false / true, a checkpoint every step and every 10 steps
-and reports for each: training time and overhead against the baseline (fraction of training time), the
+and reports for each (median over --rounds rounds): training time and overhead against the baseline (fraction of training time), the
 training stall per checkpoint (`blocked_seconds` the trainer logs: how long training waited for the save;
 and the wall-clock gap across a save step minus a median step, as bench_checkpoint.py measures it), the save
 latency (`save_seconds`: copy/write + verify + fsync + commit marker) and a raw fsync'd write of the same
@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--targets", default="c_attn,c_proj,c_fc")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="repeat every mode; medians are reported")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -93,18 +94,22 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fto-bench-bg-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = build(workdir, args.n_layer, args.n_embd, args.n_head, args.lora_r, args.targets.split(","))
-    runs: dict[str, Any] = {}
-    _, events = run_mode(config, workdir, "no-checkpoints", False, args.steps, 10 * args.steps, args.batch)
-    runs["no-checkpoints"] = summarise(events, None)
-    baseline = runs["no-checkpoints"]
+    rounds: list[dict[str, Any]] = []
     newest = None
-    for every in (1, 10):
-        for background in (False, True):  # interleaved: both modes see the same load
-            name = f"{'background' if background else 'synchronous'}-every-{every}"
-            out, events = run_mode(config, workdir, name, background, args.steps, every, args.batch)
-            runs[name] = summarise(events, baseline["step_gap_seconds_median"])
-            runs[name]["overhead_fraction"] = runs[name]["train_seconds"] / baseline["train_seconds"] - 1
-            newest = max(ckpt.committed_checkpoints(out), key=lambda r: r.step)
+    for _ in range(args.rounds):  # every mode in every round, interleaved: all see the same load
+        runs: dict[str, Any] = {}
+        _, events = run_mode(config, workdir, "no-checkpoints", False, args.steps, 10 * args.steps, args.batch)
+        runs["no-checkpoints"] = summarise(events, None)
+        baseline = runs["no-checkpoints"]
+        for every in (1, 10):
+            for background in (False, True):
+                name = f"{'background' if background else 'synchronous'}-every-{every}"
+                out, events = run_mode(config, workdir, name, background, args.steps, every, args.batch)
+                runs[name] = summarise(events, baseline["step_gap_seconds_median"])
+                runs[name]["overhead_fraction"] = runs[name]["train_seconds"] / baseline["train_seconds"] - 1
+                newest = max(ckpt.committed_checkpoints(out), key=lambda r: r.step)
+        rounds.append(runs)
+    runs = {name: _median_over(rounds, name) for name in rounds[0]}
     assert newest is not None
     raw = [raw_write(newest.path, workdir / f"raw-{i}") for i in range(5)]
     import torch
@@ -121,7 +126,9 @@ def main() -> int:
         "steps": args.steps,
         "checkpoint_bytes": newest.bytes,
         "raw_fsync_write_seconds_median": statistics.median(raw),
+        "rounds": args.rounds,
         "runs": runs,
+        "runs_by_round": rounds,
     }
     print(
         f"device {result['device']}, threads {result['threads']}, model {result['model']}, {newest.bytes} B"
@@ -143,6 +150,15 @@ def main() -> int:
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _median_over(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in rounds[0][name].items():
+        values = [r[name][key] for r in rounds if r[name].get(key) is not None]
+        numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        out[key] = statistics.median(numeric) if numeric and len(numeric) == len(values) else value
+    return out
 
 
 def _cell(value: float | None, width: int) -> str:
