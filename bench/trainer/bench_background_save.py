@@ -4,8 +4,8 @@ Trains the same model (6x384 GPT-2, LoRA r=16 on c_attn,c_proj,c_fc by default: 
 the real trainer CLI, interleaving the modes so they see the same machine load:
   * no checkpoints (the baseline training time)
   * spec.checkpoint.backgroundSave false / true, a checkpoint every step and every 10 steps
-and reports for each (median over --rounds rounds): training time and overhead against the baseline (fraction of training time), the
-training stall per checkpoint (`blocked_seconds` the trainer logs: how long training waited for the save;
+and reports for each (median over --rounds rounds): training time and overhead against the baseline
+(fraction of training time), the training stall per checkpoint (`blocked_seconds` the trainer logs: how long training waited for the save;
 and the wall-clock gap across a save step minus a median step, as bench_checkpoint.py measures it), the save
 latency (`save_seconds`: copy/write + verify + fsync + commit marker) and a raw fsync'd write of the same
 bytes.
@@ -98,7 +98,8 @@ def main() -> int:
     newest = None
     for _ in range(args.rounds):  # every mode in every round, interleaved: all see the same load
         runs: dict[str, Any] = {}
-        _, events = run_mode(config, workdir, "no-checkpoints", False, args.steps, 10 * args.steps, args.batch)
+        never = 10 * args.steps
+        _, events = run_mode(config, workdir, "no-checkpoints", False, args.steps, never, args.batch)
         runs["no-checkpoints"] = summarise(events, None)
         baseline = runs["no-checkpoints"]
         for every in (1, 10):
