@@ -5,10 +5,10 @@ the real trainer CLI, interleaving the modes so they see the same machine load:
   * no checkpoints (the baseline training time)
   * spec.checkpoint.backgroundSave false / true, a checkpoint every step and every 10 steps
 and reports for each (median over --rounds rounds): training time and overhead against the baseline
-(fraction of training time), the training stall per checkpoint (`blocked_seconds` the trainer logs: how long training waited for the save;
-and the wall-clock gap across a save step minus a median step, as bench_checkpoint.py measures it), the save
-latency (`save_seconds`: copy/write + verify + fsync + commit marker) and a raw fsync'd write of the same
-bytes.
+(fraction of training time); the training stall per checkpoint (`blocked_seconds` the trainer logs: how long
+training waited for the save; and the wall-clock gap across a save step minus a median step, as
+bench_checkpoint.py measures it); the save latency (`save_seconds`: copy/write + verify + fsync + commit
+marker) and a raw fsync'd write of the same bytes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/trainer/bench_background_save.py \\
         --out bench/trainer/results-cpu-6x384-background.json
