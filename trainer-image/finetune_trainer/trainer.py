@@ -210,9 +210,10 @@ class CommitTrainer(SFTTrainer):
         from transformers.trainer_callback import ExportableState
 
         self.store_flos()
-        if self.state.best_global_step:  # as HF: record the best checkpoint only once it exists
-            best = os.path.join(os.path.dirname(target), f"checkpoint-{self.state.best_global_step}")
-            if os.path.exists(best):
+        best_step = self.state.best_global_step
+        if best_step:  # as HF (after writing the model): the best checkpoint once it exists, this one too
+            best = os.path.join(os.path.dirname(target), f"checkpoint-{best_step}")
+            if best_step == self.state.global_step or os.path.exists(best):
                 self.state.best_model_checkpoint = best
         unwrapped = self._unwrapped_model()
         adapters = []
