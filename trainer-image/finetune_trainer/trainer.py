@@ -362,6 +362,10 @@ class CommitTrainer(SFTTrainer):
         super()._save_optimizer_and_scheduler(output_dir)
         self._faults.in_save(self.state.global_step)  # test hook: a SIGKILL here leaves a torn checkpoint
 
+    def _load_best_model(self) -> None:
+        self._run_state.wait_for_save()  # load_best_model_at_end: the best may be the save still in flight
+        super()._load_best_model()
+
     # --- restore: every read of a checkpoint either works or raises RestoreFailed ------------------------
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
