@@ -444,6 +444,13 @@ class CheckpointSpec(KubeModel):
         "fail (exit 65, nothing deleted, each checkpoint and its problem in the message) or restart "
         "(move the damaged ones to damaged/ on the volume and train from scratch).",
     )
+    background_save: bool = Field(
+        True,
+        description="Write, verify, fsync and commit each checkpoint in a background thread while training "
+        "goes on (the state is copied at the step boundary; the next save, the end of training and SIGTERM "
+        "wait for it). false: every save blocks training. Single-process runs only; with several processes "
+        "saves are always synchronous.",
+    )
 
 
 CacheLocation = Literal["checkpointVolume", "sharedClaim", "none"]

@@ -62,6 +62,9 @@ class TrainerConfig(BaseModel):
     on_no_intact_checkpoint: Literal["fail", "restart"] = Field(
         "fail", description="spec.checkpoint.onNoIntactCheckpoint: exit 65, or set damaged aside and restart."
     )
+    background_save: bool = Field(
+        True, description="spec.checkpoint.backgroundSave: write and commit each checkpoint in a thread."
+    )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -139,6 +142,7 @@ def trainer_config_from_job(
         save_deadline_seconds=save_deadline_seconds(spec),
         metrics_port=metrics_port,
         on_no_intact_checkpoint=spec.checkpoint.on_no_intact_checkpoint,
+        background_save=spec.checkpoint.background_save,
     )
 
 

@@ -19,6 +19,11 @@ def test_two_ranks_sigterm_commit_and_exact_resume(tiny: Path, work: Path) -> No
     config = write_config(work / "config.yaml", tiny, max_steps=STEPS, save_steps=4)
     ref = run(config, work / "ref", "--nproc-per-node", "2", tag="ref")
     assert ref.popen.returncode == 0, ref.tail()
+    # backgroundSave defaults to true, but with several ranks every save is synchronous (documented)
+    loaded = [e for e in ref.events() if e.get("event") == "loaded"]
+    assert len(loaded) == 2 and not any(e["background_save"] for e in loaded), loaded
+    commits = [e for e in ref.events() if e.get("event") == "checkpoint_committed"]
+    assert commits and not any(e["background"] for e in commits)
 
     out = work / "out"
     proc = start(

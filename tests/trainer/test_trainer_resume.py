@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import yaml
 from trainer_harness import (
     MAX_STEPS,
     SAVE_STEPS,
@@ -23,6 +24,15 @@ from trainer_harness import (
 pytestmark = pytest.mark.slow
 
 SLOW_STEPS = base_env(FTO_TEST_STEP_SLEEP_SECONDS="0.08")  # so a signal lands at the step we aim at
+
+
+def synchronous(config: Path, work: Path) -> Path:
+    """`config` with background saves off: the synchronous variant of a save-specific race."""
+    data = yaml.safe_load(config.read_text())
+    data["background_save"] = False
+    path = work / "config-synchronous.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def committed(out: Path) -> list[int]:
@@ -106,12 +116,15 @@ def test_sigkill_then_resume_is_exact(reference: Reference, work: Path, kill_aft
     resume_and_check(reference, out, newest)
 
 
+@pytest.mark.parametrize("saving", ["background", "synchronous"])
 def test_sigkill_mid_save_leaves_uncommitted_checkpoint_that_resume_skips(
-    reference: Reference, work: Path
+    reference: Reference, work: Path, saving: str
 ) -> None:
+    """background: killed while the writer thread is mid-write (training went on meanwhile)."""
     out = work / "out"
     env = base_env(FTO_TEST_SAVE_SLEEP_SECONDS="60", FTO_TEST_SAVE_SLEEP_AT_STEP=str(2 * SAVE_STEPS))
-    proc = start(reference.config, out, env=env, tag="killed")
+    config = reference.config if saving == "background" else synchronous(reference.config, work)
+    proc = start(config, out, env=env, tag="killed")
     proc.wait_event(lambda e: e.get("event") == "fault_injection_save_sleep")
     proc.signal(signal.SIGKILL)
     proc.wait()
@@ -177,7 +190,7 @@ def test_sigterm_at_random_step_commits_exits_75_and_resumes_exactly(
 def test_sigterm_during_a_save_finishes_and_commits_it(reference: Reference, work: Path) -> None:
     out = work / "out"
     env = base_env(FTO_TEST_SAVE_SLEEP_SECONDS="2", FTO_TEST_SAVE_SLEEP_AT_STEP=str(SAVE_STEPS))
-    proc = start(reference.config, out, env=env, tag="term")
+    proc = start(synchronous(reference.config, work), out, env=env, tag="term")
     proc.wait_event(lambda e: e.get("event") == "fault_injection_save_sleep")
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 75, proc.tail()
@@ -185,6 +198,28 @@ def test_sigterm_during_a_save_finishes_and_commits_it(reference: Reference, wor
     assert term["step"] == SAVE_STEPS and term["checkpoint"] == f"checkpoint-{SAVE_STEPS}"
     assert term["save_seconds"] >= 1.5  # the save (with its 2 s injected sleep) was finished, not abandoned
     assert committed(out) == [SAVE_STEPS]
+
+
+def test_sigterm_during_a_background_save_finishes_it_then_saves_where_training_stopped(
+    reference: Reference, work: Path
+) -> None:
+    """Training went on while checkpoint-5 was being written: the stop waits for that save (finished, not
+    abandoned), then commits the step training stopped at; resume from it is exact."""
+    out = work / "out"
+    env = base_env(FTO_TEST_SAVE_SLEEP_SECONDS="2", FTO_TEST_SAVE_SLEEP_AT_STEP=str(SAVE_STEPS))
+    proc = start(reference.config, out, env=env, tag="term")
+    proc.wait_event(lambda e: e.get("event") == "fault_injection_save_sleep")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 75, proc.tail()
+    term = proc.termination()
+    assert term["step"] >= SAVE_STEPS, term
+    assert term["checkpoint"] == f"checkpoint-{term['step']}" and term["checkpoint_step"] == term["step"]
+    commits = {e["step"]: e for e in proc.events() if e.get("event") == "checkpoint_committed"}
+    assert commits[SAVE_STEPS]["background"] is True
+    assert commits[SAVE_STEPS]["save_seconds"] >= 1.5  # finished with its 2 s injected sleep, not abandoned
+    assert term["step"] in commits and max(committed(out)) == term["step"]
+    assert SAVE_STEPS in committed(out) or term["step"] > 2 * SAVE_STEPS  # unless retention removed it
+    resume_and_check(reference, out, term["step"])
 
 
 def test_completed_output_dir_is_idempotent(reference: Reference) -> None:

@@ -19,6 +19,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
+from finetune_trainer.background import BackgroundSaver
 from finetune_trainer.faults import Faults
 from finetune_trainer.fence import AttemptFence
 from finetune_trainer.logs import log, startup
@@ -57,6 +58,13 @@ class RunState:
     commit_failures: list[str] = field(default_factory=list)
     fence: AttemptFence | None = None  # --attempt N: stop before any change once a newer attempt claimed DIR
     identity: dict[str, str] = field(default_factory=dict)  # {run_id, fingerprint} for every commit marker
+    saver: BackgroundSaver | None = None  # background saves on (single process); None: every save blocks
+    pending_write: Callable[[], None] | None = None  # set by the trainer: writes the copied state to disk
+
+    def wait_for_save(self) -> None:
+        """The background save in flight (if any) is committed, or its error is raised here."""
+        if self.saver is not None:
+            self.saver.wait()
 
     def check_fence(self, before: str, agree: Callable[[bool], bool] | None = None) -> None:
         if self.fence is not None:
@@ -107,62 +115,91 @@ class CheckpointCommitCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         run = self.run
         path = run.output_dir / f"checkpoint-{state.global_step}"
+        started = run.save_started_at or time.monotonic()
+        best = state.best_model_checkpoint
+        write, run.pending_write = run.pending_write, None
+        run.save_started_at = None
+        if write is not None and run.saver is not None:  # background: the state is copied, training goes on
+            step = state.global_step
+
+            def write_and_commit() -> None:
+                write()
+                self.commit(path, step, started, best, blocked=blocked)
+
+            blocked = time.monotonic() - started  # training resumes now
+            run.saver.submit(step, write_and_commit)
+            return control
         dist.barrier()  # every rank has written its rng_state_<rank>.pth
         if run.is_main:
-            started = run.save_started_at or time.monotonic()
-            try:
-                record = ckpt.commit_checkpoint(
-                    path,
-                    run.world_size,
-                    started_at=started,
-                    extra_required=run.extra_required,
-                    before_marker=lambda: run.check_fence(f"committing {path.name}"),
-                    identity=run.identity or None,
-                )
-                assert record.save_seconds is not None
-            except (ckpt.CheckpointError, OSError) as error:
-                if isinstance(error, OSError) and volume.is_out_of_space(error, run.output_dir):
-                    free = volume.free_bytes(run.output_dir)
-                    ckpt.remove_checkpoint(path)  # its marker could not be written: never committed
-                    raise volume.VolumeFull(
-                        path.name, run.output_dir, free, None, volume.first_line(error)
-                    ) from error
-                run.commit_failures.append(f"{path.name}: {error}")
-                log("checkpoint_commit_failed", level="error", step=state.global_step, error=str(error))
-            else:
-                keep = [state.best_model_checkpoint] if state.best_model_checkpoint else []
-                run.check_fence("retention")
-                deleted = ckpt.apply_retention(
-                    run.output_dir, run.save_total_limit, keep=keep, on_set_aside=_log_set_aside
-                )
-                run.retained = len(ckpt.committed_checkpoints(run.output_dir))
-                run.last_commit = record
-                run.last_save_seconds = record.save_seconds
-                log(
-                    "checkpoint_committed",
-                    step=record.step,
-                    path=str(record.path),
-                    time=record.committed_at,
-                    save_seconds=round(record.save_seconds, 4),
-                    bytes=record.bytes,
-                    files=len(record.files),
-                    retained=run.retained,
-                    deleted=[p.name for p in deleted],
-                )
-                self.reporter.update(_status_for_commit(record, run.retained))
-                if self.metrics is not None:
-                    self.metrics.save_seconds.observe(record.save_seconds)
-                    self.metrics.last_save_seconds.set(record.save_seconds)
-                    self.metrics.last_save_bytes.set(record.bytes)
-                    self.metrics.last_checkpoint_step.set(record.step)
-                    self.metrics.checkpoints.set(run.retained)
-                    self.metrics.commits.inc()
+            self.commit(path, state.global_step, started, best, blocked=None)
         else:
             # Non-main ranks learn the committed step to decide identically whether a stop needs a save.
             run.last_commit = ckpt.CommitRecord(path, state.global_step, "", {}, None)
         dist.barrier()  # nobody exits (or starts deleting) before the commit is done
-        run.save_started_at = None
         return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.run.saver is not None:
+            self.run.saver.poll()  # a failed background save ends training now, as a synchronous one would
+        return control
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.run.wait_for_save()  # the last checkpoint is committed before final/ is written
+        return control
+
+    def commit(self, path: Path, step: int, started: float, best: str | None, blocked: float | None) -> None:
+        """Main rank: verify, fsync, marker, retention, then log, status and metrics. In the background
+        thread for a background save (the reporter and the log are thread-safe); `blocked` is then the time
+        training waited for it (the copy of the state), None for a synchronous save (it waited for all)."""
+        run = self.run
+        try:
+            record = ckpt.commit_checkpoint(
+                path,
+                run.world_size,
+                started_at=started,
+                extra_required=run.extra_required,
+                before_marker=lambda: run.check_fence(f"committing {path.name}"),
+                identity=run.identity or None,
+            )
+            assert record.save_seconds is not None
+        except (ckpt.CheckpointError, OSError) as error:
+            if isinstance(error, OSError) and volume.is_out_of_space(error, run.output_dir):
+                free = volume.free_bytes(run.output_dir)
+                ckpt.remove_checkpoint(path)  # its marker could not be written: never committed
+                why = volume.first_line(error)
+                raise volume.VolumeFull(path.name, run.output_dir, free, None, why) from error
+            run.commit_failures.append(f"{path.name}: {error}")
+            log("checkpoint_commit_failed", level="error", step=step, error=str(error))
+            return
+        keep = [best] if best else []
+        run.check_fence("retention")
+        deleted = ckpt.apply_retention(
+            run.output_dir, run.save_total_limit, keep=keep, on_set_aside=_log_set_aside
+        )
+        run.retained = len(ckpt.committed_checkpoints(run.output_dir))
+        run.last_commit = record
+        run.last_save_seconds = record.save_seconds
+        log(
+            "checkpoint_committed",
+            step=record.step,
+            path=str(record.path),
+            time=record.committed_at,
+            save_seconds=round(record.save_seconds, 4),
+            bytes=record.bytes,
+            files=len(record.files),
+            retained=run.retained,
+            deleted=[p.name for p in deleted],
+            background=blocked is not None,
+            blocked_seconds=round(time.monotonic() - started if blocked is None else blocked, 4),
+        )
+        self.reporter.update(_status_for_commit(record, run.retained))
+        if self.metrics is not None:
+            self.metrics.save_seconds.observe(record.save_seconds)
+            self.metrics.last_save_seconds.set(record.save_seconds)
+            self.metrics.last_save_bytes.set(record.bytes)
+            self.metrics.last_checkpoint_step.set(record.step)
+            self.metrics.checkpoints.set(run.retained)
+            self.metrics.commits.inc()
 
 
 class PreemptionCallback(TrainerCallback):
@@ -277,6 +314,7 @@ class PreemptionCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # A signal that arrived while this checkpoint was being written: it is committed now, stop here.
         if dist.any_rank(self.preemption.requested):
+            self.run.wait_for_save()  # a background save: committed (or its error raised) before the stop
             if not self.run.stop_for_preemption:
                 self._stop(state, control, "save")
             control.should_training_stop = True
@@ -300,8 +338,10 @@ class VolumeSpaceCallback(TrainerCallback):
         self._reported: str | None = None
         self._checked = False
         self._event_sent = False
+        self._checked_commit: ckpt.CommitRecord | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._checked_commit = self.run.last_commit  # the checkpoint resumed from: checked here, not again
         if self.run.is_main:
             estimate = volume.estimate_checkpoint_bytes(self.run.last_commit, kwargs.get("model"))
             try:
@@ -312,10 +352,19 @@ class VolumeSpaceCallback(TrainerCallback):
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        commit = self.run.last_commit
-        if self.run.is_main and commit is not None and commit.step == state.global_step:
-            self.check(args, state, commit.bytes, self.run.retained)
+        self._check_new_commit(args, state)
         return control
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._check_new_commit(args, state)  # a background save commits between steps
+        return control
+
+    def _check_new_commit(self, args: TrainingArguments, state: TrainerState) -> None:
+        commit = self.run.last_commit
+        if not self.run.is_main or commit is None or commit is self._checked_commit:
+            return
+        self._checked_commit = commit
+        self.check(args, state, commit.bytes, self.run.retained)
 
     def check(self, args: TrainingArguments, state: TrainerState, checkpoint_bytes: int | None, present: int):
         if not checkpoint_bytes:

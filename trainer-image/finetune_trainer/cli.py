@@ -578,6 +578,7 @@ class Run:
         import torch
 
         from finetune_trainer import build
+        from finetune_trainer.background import BackgroundSaver
         from finetune_trainer.callbacks import (
             CheckpointCommitCallback,
             FaultInjectionCallback,
@@ -605,6 +606,7 @@ class Run:
             cuda=use_cuda,
             threads=torch.get_num_threads(),
             world_size=self.world_size,
+            background_save=config.background_save and self.world_size == 1,
         )
         resume = self.resume = self.settle_resume(self.resume)
         startup.mark("resume_restore")  # the restore probe (the Trainer's restore is counted later)
@@ -618,6 +620,8 @@ class Run:
             last_commit=resume,
             fence=self.fence,
             identity=self.identity_fields(),
+            # With several processes every rank writes its RNG file and all agree at barriers: synchronous.
+            saver=BackgroundSaver() if config.background_save and self.world_size == 1 else None,
         )
         self.run_state = run
         callbacks = [
@@ -666,7 +670,13 @@ class Run:
 
         trainer.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
         self.trainer = trainer
-        trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        except BaseException:
+            if run.saver is not None:
+                run.saver.drain()  # a save in flight finishes (its commit keeps work) before the process ends
+            raise
+        run.wait_for_save()  # normally done in on_train_end already
         state = trainer.state
         if run.stop_for_preemption and state.global_step < state.max_steps:
             return self.finish_preempted(run)

@@ -5,7 +5,8 @@ the model, optimizer and scheduler are still those of the last completed step N,
 step N+1 already ran: they moved the RNGs (dropout), added their loss to the running loss, and counted their
 tokens and FLOPs. A checkpoint-N written then must hold what a save at the end of step N would have held, so
 that resume (which skips the trained batches and then reloads the RNG state) is exact. `StepBoundary`
-snapshots that state where step N+1 begins, and `CommitTrainer` writes or restores it for such a save.
+snapshots that state where step N+1 begins; `CommitTrainer._capture_rng_state` writes its RNG state and
+`CommitTrainer._maybe_log_save_evaluate` rewinds the totals for such a save (synchronous or background).
 
 Where the snapshot is taken matters for exactness: it must be the RNG state that resume reloads.
 - Mid-epoch, resume reloads the RNG state after fetching the first step's batches, which is where
@@ -17,9 +18,7 @@ Where the snapshot is taken matters for exactness: it must be the RNG state that
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,32 +39,6 @@ def capture_rng() -> RngSnapshot:
 
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return RngSnapshot(random.getstate(), np.random.get_state(), torch.random.get_rng_state(), cuda)
-
-
-def restore_rng(snapshot: RngSnapshot) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(snapshot.python)
-    np.random.set_state(snapshot.numpy)
-    torch.random.set_rng_state(snapshot.cpu)
-    if snapshot.cuda is not None:
-        torch.cuda.set_rng_state_all(snapshot.cuda)
-
-
-@contextlib.contextmanager
-def rng_at(snapshot: RngSnapshot | None) -> Iterator[None]:
-    """The global RNGs set to `snapshot` inside the block (so the Trainer's own writer saves it), the current
-    state again after it. No-op for None."""
-    if snapshot is None:
-        yield
-        return
-    current = capture_rng()
-    restore_rng(snapshot)
-    try:
-        yield
-    finally:
-        restore_rng(current)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from finetune_trainer import dist, volume
 from finetune_trainer.callbacks import RunState, StartupCallback
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log, startup
-from finetune_trainer.step_boundary import StepBoundary, rng_at
+from finetune_trainer.step_boundary import StepBoundary, capture_rng
 
 
 @contextlib.contextmanager
@@ -76,6 +77,11 @@ class CommitTrainer(SFTTrainer):
         self._run_state = run
         self._faults = faults
         self._in_checkpoint = False
+        self._embedding_decision: bool | None = None
+        self._unwrapped: Any = None
+        self._adapter_parameters: dict[str, dict[str, Any]] = {}  # adapter -> {saved name: parameter}
+        model = kwargs.get("model")
+        self._loaded_vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         super().__init__(*args, **kwargs)
         self.add_callback(StartupCallback())
         # Snapshots where each optimizer step begins, for a save in the middle of one (step_boundary.py).
@@ -96,6 +102,7 @@ class CommitTrainer(SFTTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run = self._run_state
+        run.wait_for_save()  # the previous background save is committed before anything of this one
         run.save_started_at = time.monotonic()
         target = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
         # Before anything of this save touches DIR (a leftover's removal, retention, the files): every rank.
@@ -118,51 +125,236 @@ class CommitTrainer(SFTTrainer):
                     reason="free space short of the last checkpoint's size",
                 )
         free_before = volume.free_bytes(run.output_dir) if run.is_main else 0
+
+        def out_of_space(error: BaseException) -> volume.VolumeFull | None:
+            if run.is_main and volume.is_out_of_space(error, run.output_dir, needed):
+                ckpt.remove_checkpoint(Path(target))  # never committed: its partial files only take space
+                return volume.VolumeFull(
+                    Path(target).name, run.output_dir, free_before, needed, volume.first_line(error)
+                )
+            return None
+
+        if run.saver is not None and self._can_snapshot():
+            run.pending_write = self._snapshot_checkpoint(target, out_of_space)  # CheckpointCommitCallback
+            return
         self._in_checkpoint = True
         try:
             # Skip SFTTrainer._save_checkpoint: it rewrites a README model card in output_dir on every save.
             Trainer._save_checkpoint(self, model, trial)
         except Exception as error:
-            if run.is_main and volume.is_out_of_space(error, run.output_dir, needed):
-                ckpt.remove_checkpoint(Path(target))  # never committed: its partial files only take space
-                raise volume.VolumeFull(
-                    Path(target).name, run.output_dir, free_before, needed, volume.first_line(error)
-                ) from error
+            full = out_of_space(error)
+            if full is not None:
+                raise full from error
             raise
         finally:
             self._in_checkpoint = False
 
-    @contextlib.contextmanager
-    def _lean(self) -> Iterator[None]:
-        """No tokenizer files and no README in checkpoints (they were 56% of a tiny one); final/ gets them."""
-        processing_class = self.processing_class
-        self.processing_class = None
-        unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        had_card = "create_or_update_model_card" in vars(unwrapped)
-        with contextlib.suppress(AttributeError, TypeError):
-            unwrapped.create_or_update_model_card = lambda output_dir: None
-        try:
-            yield
-        finally:
-            self.processing_class = processing_class
-            if not had_card:
-                with contextlib.suppress(AttributeError):
-                    del unwrapped.create_or_update_model_card
+    # --- background saves: copy the state at the step boundary, write it in the saver's thread ---------
+
+    def _can_snapshot(self) -> bool:
+        """What _snapshot_checkpoint writes is what HF writes for one process, a PeftModel and no
+        DeepSpeed/FSDP; anything else is saved synchronously by HF's own code."""
+        from peft import PeftModel
+
+        unwrapped = self._unwrapped_model()
+        return (
+            self.args.world_size <= 1
+            and isinstance(unwrapped, PeftModel)
+            and not self.is_deepspeed_enabled
+            and not self.is_fsdp_enabled
+            and not self.args.save_only_model
+        )
+
+    def _unwrapped_model(self) -> Any:
+        """The model under the accelerator's wrappers, looked up once (accelerate walks the wrappers: ≈ 5 ms
+        a call, twice a save); it is fixed once training runs, which is when saves happen."""
+        if self._unwrapped is None:
+            self._unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return self._unwrapped
+
+    def _capture_rng_state(self) -> dict[str, Any]:
+        """The RNG states a checkpoint stores (what HF's _save_rng_state saves): the one place both save paths
+        (synchronous and background) take them from. Normally captured now; after a SIGTERM stop in the middle
+        of an optimizer step, those of the step boundary (the micro-batches since moved them; resume reloads
+        the boundary's: step_boundary.py)."""
+        import torch
+
+        boundary = self._step_boundary.rng if self._run_state.stopped_mid_step else None
+        rng = boundary or capture_rng()
+        states: dict[str, Any] = {"python": rng.python, "numpy": rng.numpy, "cpu": rng.cpu}
+        if rng.cuda is not None:  # every device's state: the whole list with several ranks, as HF
+            states["cuda"] = rng.cuda if self.args.world_size > 1 else rng.cuda[torch.cuda.current_device()]
+        return states
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        import torch
+
+        os.makedirs(output_dir, exist_ok=True)  # another rank may get here before rank 0 created it
+        rank = self.args.process_index if self.args.world_size > 1 else 0
+        name = ckpt.rng_files(self.args.world_size)[rank]
+        torch.save(self._capture_rng_state(), os.path.join(output_dir, name))
+
+    def _snapshot_checkpoint(
+        self, target: str, out_of_space: Callable[[BaseException], volume.VolumeFull | None]
+    ) -> Callable[[], None]:
+        """Copy everything checkpoint-N holds (adapter weights and optimizer state cloned to CPU, scheduler,
+        RNG, trainer state) now, at the step boundary; return the function that writes it, in the formats
+        and file names HF writes (resume, probe_restore and the commit marker are unchanged)."""
+        import copy
+        import dataclasses
+
+        import safetensors.torch
+        import torch
+        from transformers.trainer_callback import ExportableState
+
+        self.store_flos()
+        best_step = self.state.best_global_step
+        if best_step:  # as HF (after writing the model): the best checkpoint once it exists, this one too
+            best = os.path.join(os.path.dirname(target), f"checkpoint-{best_step}")
+            if best_step == self.state.global_step or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        unwrapped = self._unwrapped_model()
+        adapters = []
+        for name, peft_config in unwrapped.peft_config.items():
+            weights = self._adapter_tensors(unwrapped, name)
+            config = copy.deepcopy(peft_config)
+            if config.base_model_name_or_path is None:
+                base_name = unwrapped.base_model.model.__dict__.get("name_or_path")
+                config.base_model_name_or_path = base_name or None
+            config.inference_mode = True
+            mapping = None
+            if config.task_type is None:
+                base = unwrapped._get_base_model_class(is_prompt_tuning=config.is_prompt_learning)
+                mapping = {"base_model_class": base.__name__, "parent_library": base.__module__}
+            subdir = target if name == "default" else os.path.join(target, name)
+            adapters.append((subdir, _cpu_copy(weights), config, mapping))
+        trainer: Any = self  # optimizer and scheduler exist once training runs
+        optimizer = _cpu_copy(trainer.optimizer.state_dict())
+        scheduler = copy.deepcopy(trainer.lr_scheduler.state_dict())
+        scaler = getattr(self.accelerator, "scaler", None)
+        scaler_state = _cpu_copy(scaler.state_dict()) if scaler is not None else None
+        rng = self._capture_rng_state()
+        for callback in [*self.callback_handler.callbacks, self.control]:
+            if isinstance(callback, ExportableState):  # as HF's _save_checkpoint
+                name = callback.__class__.__name__
+                exported: Any = self.state.stateful_callbacks
+                if isinstance(exported[name], list):
+                    exported[name].append(callback.state())
+                else:
+                    exported[name] = callback.state()
+        # Rendered in the thread: the log history only grows (its entries are never changed), so a copy of
+        # the list and of the small fields is the state as of now.
+        state = copy.copy(self.state)
+        state.log_history = list(self.state.log_history)
+        state.stateful_callbacks = copy.deepcopy(self.state.stateful_callbacks)
+        args, faults, step = self.args, self._faults, self.state.global_step
+
+        def write() -> None:
+            try:
+                os.makedirs(target, exist_ok=True)
+                for subdir, weights, config, mapping in adapters:
+                    os.makedirs(subdir, exist_ok=True)
+                    path = os.path.join(subdir, ckpt.ADAPTER_WEIGHTS)
+                    safetensors.torch.save_file(weights, path, metadata={"format": "pt"})
+                    config.save_pretrained(subdir, auto_mapping_dict=mapping)
+                torch.save(args, os.path.join(target, ckpt.TRAINING_ARGS))
+                torch.save(optimizer, os.path.join(target, ckpt.OPTIMIZER))
+                torch.save(scheduler, os.path.join(target, ckpt.SCHEDULER))
+                if scaler_state is not None:
+                    torch.save(scaler_state, os.path.join(target, "scaler.pt"))
+                faults.in_save(step)  # test hook: a SIGKILL here leaves a torn checkpoint
+                torch.save(rng, os.path.join(target, ckpt.rng_files(1)[0]))
+                text = json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
+                with open(os.path.join(target, ckpt.TRAINER_STATE), "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            except Exception as error:
+                full = out_of_space(error)
+                if full is not None:
+                    raise full from error
+                raise
+
+        return write
+
+    def _adapter_tensors(self, unwrapped: Any, name: str) -> dict[str, Any]:
+        """peft's adapter state dict (the names it saves under). Building it walks every module (≈20 ms a save
+        on a 6-layer model, most of the copy's time); its tensors are the adapter's parameters themselves, so
+        the names are matched to the parameters once and read from them at every save."""
+        from peft.utils import get_peft_model_state_dict
+
+        cached = self._adapter_parameters.get(name)
+        if cached is not None:
+            return cached
+        views = get_peft_model_state_dict(
+            unwrapped, adapter_name=name, save_embedding_layers=self._save_embedding_layers()
+        )
+        by_storage = {(p.data_ptr(), tuple(p.shape)): p for p in unwrapped.parameters()}
+        found = {k: by_storage.get((v.data_ptr(), tuple(v.shape))) for k, v in views.items()}
+        if all(p is not None for p in found.values()):
+            self._adapter_parameters[name] = found
+        return views  # something that is not a parameter (a buffer): built again at every save
+
+    def _save_embedding_layers(self) -> bool:
+        """peft's default ("auto") decides on every save, and for a hub model asks the hub for the base
+        model's config.json (a HEAD per save, then a config load) only to learn whether the vocabulary was
+        resized. Decide without the network: saved when targeted by LoRA (as peft) or resized since load."""
+        if self._embedding_decision is None:
+            from peft.tuners.tuners_utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
+            from peft.utils.other import EMBEDDING_LAYER_NAMES
+            from peft.utils.save_and_load import match_target_against_key
+
+            unwrapped = self._unwrapped_model()
+            targeted = False
+            for config in unwrapped.peft_config.values():  # peft's own test (get_peft_model_state_dict)
+                targets = getattr(config, "target_modules", None)
+                if getattr(config, "trainable_token_indices", None) is not None:
+                    continue
+                if isinstance(targets, str) and targets != INCLUDE_LINEAR_LAYERS_SHORTHAND:
+                    targeted |= any(
+                        match_target_against_key(targets, k)
+                        for k, _ in unwrapped.get_base_model().named_modules()
+                        if any(re.match(rf"(.*\.)?{e}$", k) for e in EMBEDDING_LAYER_NAMES)
+                    )
+                elif targets:
+                    targeted |= any(k in targets for k in EMBEDDING_LAYER_NAMES)
+            vocab = getattr(getattr(unwrapped, "config", None), "vocab_size", None)
+            resized = self._loaded_vocab_size is not None and vocab != self._loaded_vocab_size
+            self._embedding_decision = targeted or resized
+        return self._embedding_decision
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self._in_checkpoint:
+        """HF's _save for a PeftModel, with the embedding-layer decision made once (no hub request per save);
+        in a checkpoint lean: no tokenizer files and no README model card (they were 56% of a tiny one)."""
+        from peft import PeftModel
+
+        unwrapped: Any = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not self.args.should_save or not isinstance(unwrapped, PeftModel):
             super()._save(output_dir, state_dict)
             return
-        collator: Any = self.data_collator
-        collator_tokenizer = getattr(collator, "tokenizer", None)
-        if collator_tokenizer is not None:
-            collator.tokenizer = None
+        import torch
+
+        output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        lean = self._in_checkpoint
+        had_card = "create_or_update_model_card" in vars(unwrapped)
+        if lean:
+            setattr(unwrapped, "create_or_update_model_card", lambda output_dir: None)  # noqa: B010
         try:
-            with self._lean():
-                super()._save(output_dir, state_dict)
+            unwrapped.save_pretrained(
+                output_dir,
+                state_dict=state_dict,
+                is_main_process=True,
+                save_embedding_layers=self._save_embedding_layers(),
+            )
         finally:
-            if collator_tokenizer is not None:
-                collator.tokenizer = collator_tokenizer
+            if lean and not had_card:
+                del unwrapped.create_or_update_model_card
+        if not lean:
+            tokenizer = self.processing_class
+            if tokenizer is None:
+                tokenizer = getattr(self.data_collator, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, ckpt.TRAINING_ARGS))
 
     # --- a save in the middle of an optimizer step (SIGTERM at a micro-batch): step N's state -----------
 
@@ -171,15 +363,13 @@ class CommitTrainer(SFTTrainer):
             self._step_boundary.rewind_counters()  # before the loss is logged and trainer_state written
         super()._maybe_log_save_evaluate(*args, **kwargs)
 
-    def _save_rng_state(self, output_dir: str) -> None:
-        # The micro-batches after step N moved the RNGs: write those of the boundary, which resume reloads.
-        mid_step = self._run_state.stopped_mid_step
-        with rng_at(self._step_boundary.rng if mid_step else None):
-            super()._save_rng_state(output_dir)
-
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         self._faults.in_save(self.state.global_step)  # test hook: a SIGKILL here leaves a torn checkpoint
+
+    def _load_best_model(self) -> None:
+        self._run_state.wait_for_save()  # load_best_model_at_end: the best may be the save still in flight
+        super()._load_best_model()
 
     # --- restore: every read of a checkpoint either works or raises RestoreFailed ------------------------
 
@@ -206,3 +396,21 @@ class CommitTrainer(SFTTrainer):
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A deep copy with every tensor cloned to the CPU: training may change the originals from now on."""
+    import copy
+
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        out = copy.copy(value)  # keeps the dict's type (OrderedDict, defaultdict)
+        for key, item in value.items():
+            out[key] = _cpu_copy(item)
+        return out
+    if type(value) in (list, tuple):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.deepcopy(value)

@@ -169,3 +169,15 @@ def test_snake_case_is_refused_in_kubernetes_sections() -> None:
     with pytest.raises(InvalidManifest) as caught:
         parse_job(document)
     assert caught.value.errors == ["spec.checkpoint.volume_size: Extra inputs are not permitted"]
+
+
+def test_background_save_reaches_the_trainer_config() -> None:
+    parsed = parse_job(job())
+    assert parsed.spec.checkpoint.background_save is True  # the default: saves do not block training
+    assert trainer_config_from_job(parsed).background_save is True
+    document = job()
+    document["spec"]["checkpoint"] = {"backgroundSave": False}  # type: ignore[index]
+    assert trainer_config_from_job(parse_job(document)).background_save is False
+    document["spec"]["checkpoint"] = {"backgroundSave": "no"}  # type: ignore[index]
+    with pytest.raises(InvalidManifest, match=r"spec\.checkpoint\.backgroundSave"):
+        parse_job(document)
