@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-sys.path[:0] = [str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "operator")]
+sys.path[:0] = [str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "api")]
 
 from finetune_trainer import checkpoints as ckpt  # noqa: E402
 from finetune_trainer import tiny  # noqa: E402

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-sys.path[:0] = [str(HERE.parent), str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "operator")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "api")]
 
 from bench_checkpoint import add_model_arguments, build, machine_and_model  # noqa: E402
 
