@@ -45,7 +45,27 @@ fi
 
 step "Tests"
 # --durations: the slowest tests are named at the end, to keep the run under its time goal.
-.venv/bin/python -m pytest --durations=30 "$@"
+if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 && ${FTO_TEST_SERIAL:-0} != 1 ]]; then
+  # Two pytest runs side by side: the cluster tests spend much of their time waiting on the apiserver, the
+  # kubelet and the operator, which the tests without a cluster (unit, trainer processes) fill. They share
+  # nothing but the CPU. The second run's output is printed when both are done. FTO_TEST_SERIAL=1: one run.
+  beside=$(mktemp -t fto-tests-no-cluster.XXXXXX.log)
+  .venv/bin/python -m pytest --durations=15 -p no:cacheprovider -m "not cluster" >"$beside" 2>&1 &
+  beside_pid=$!
+  cluster_rc=0
+  .venv/bin/python -m pytest --durations=20 -m cluster || cluster_rc=$?
+  beside_rc=0
+  wait "$beside_pid" || beside_rc=$?
+  step "Tests without a cluster (run beside the cluster tests): exit $beside_rc"
+  cat "$beside"
+  rm -f "$beside"
+  if ((cluster_rc != 0 || beside_rc != 0)); then
+    echo "tests failed: cluster tests exit $cluster_rc, tests without a cluster exit $beside_rc" >&2
+    exit 1
+  fi
+else
+  .venv/bin/python -m pytest --durations=30 "$@"
+fi
 
 if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 ]]; then
   # Alone and last: it takes the cluster down (checking that nothing is left behind) and up again.
