@@ -40,6 +40,7 @@ from finetune_api.contract import (
     FINAL_DIR,
     TerminationMessage,
 )
+from finetune_api.status import TrainerStatus
 from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
@@ -640,7 +641,9 @@ class Run:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.fence.claim()  # already claimed when DIR existed at start: then only a check
             self.claim_directory(config, resume)
-            reporter.update({"startedFrom": self.identity.started_from if self.identity else None})
+            reporter.update(
+                TrainerStatus.patch(started_from=self.identity.started_from if self.identity else None)
+            )
             self.set_aside_damaged()
             self.fence.check("removing checkpoints newer than the resume point")
             # Resuming from another run: DIR has no committed checkpoint, only torn saves (if any) to clear.
