@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from finetune_api.effective import EffectiveJob, EffectiveSpec, effective_job, effective_memory
 from finetune_api.effective import resolve_effective_spec as resolve
-from finetune_api.models import EffectiveTraining, FineTuneJob, FineTuneJobSpec
+from finetune_api.models import EffectiveTraining, FineTuneJob
 
-
-def spec(**overrides: Any) -> FineTuneJobSpec:
-    doc: dict[str, Any] = {
-        "model": {"name_or_path": "/models/tiny"},
-        "dataset": {"path": "/data/train.jsonl"},
-        "training": {"max_steps": 40, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
-        "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
-    }
-    doc.update(overrides)
-    return FineTuneJobSpec.model_validate(doc)
+from tests.unit.operator.decision_helpers import spec  # max_steps 40, batch 8, cpu 1, memory 1Gi
 
 
 def test_effective_memory_the_larger_of_adapted_and_explicit() -> None:
