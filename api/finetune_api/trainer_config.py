@@ -18,7 +18,6 @@ from finetune_api.models import (
     CLOUD_PREEMPTION_NOTICE_SECONDS,
     KIND,
     DatasetSpec,
-    EffectiveTraining,
     FineTuneJob,
     FineTuneJobSpec,
     LoraSpec,
@@ -115,20 +114,12 @@ def save_deadline_seconds(spec: FineTuneJobSpec) -> float:
 
 
 def trainer_config_from_job(
-    job: FineTuneJob,
-    effective: EffectiveTraining | None = None,
-    metrics_port: int = 0,
-    report_to_job: bool = False,
+    job: FineTuneJob, metrics_port: int = 0, report_to_job: bool = False
 ) -> TrainerConfig:
-    """Render the trainer's config for one attempt; `effective` carries the operator's OOM adaptations."""
+    """Render the trainer's config for one attempt from the job's spec as it stands: the operator passes
+    the effective job (finetune_api.effective: the OOM adaptations applied), a manifest on a laptop its own.
+    This config is the only way the adaptations reach the trainer."""
     spec = job.spec
-    training = spec.training
-    if effective is not None:
-        overrides = {
-            "per_device_train_batch_size": effective.per_device_train_batch_size,
-            "gradient_accumulation_steps": effective.gradient_accumulation_steps,
-        }
-        training = training.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     job_ref = None
     if report_to_job:
         job_ref = JobRef(namespace=job.metadata.namespace or "default", name=job.metadata.name)
@@ -138,7 +129,7 @@ def trainer_config_from_job(
         # the volume is the pod's business (builders mount it at /data); the trainer only reads dataset.path
         dataset=spec.dataset.model_copy(update={"volume": None}),
         lora=spec.lora,
-        training=training,
+        training=spec.training,
         save_deadline_seconds=save_deadline_seconds(spec),
         metrics_port=metrics_port,
         on_no_intact_checkpoint=spec.checkpoint.on_no_intact_checkpoint,

@@ -1,4 +1,5 @@
-"""Pure manifest builders: a FineTuneJob (+ the operator's adaptations) in, Kubernetes objects (dicts) out.
+"""Pure manifest builders: a FineTuneJob in, Kubernetes objects (dicts) out; the trainer's ConfigMap and pod
+take the effective job (finetune_api.effective: the OOM adaptations already applied).
 
 Nothing here talks to the API; executor.py creates what these return. Every object carries the same labels,
 and an owner reference to its FineTuneJob (except a kept checkpoint volume), so deleting the job deletes them.
@@ -19,7 +20,8 @@ from finetune_api.contract import (
     RUNS_DIR,
     TERMINATION_MESSAGE_PATH,
 )
-from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, EffectiveTraining, FineTuneJob
+from finetune_api.effective import EffectiveJob
+from finetune_api.models import API_VERSION, GROUP, KIND, PLURAL, FineTuneJob
 from finetune_api.quantity import parse_quantity
 from finetune_api.trainer_config import trainer_config_from_job
 
@@ -32,7 +34,6 @@ from finetune_operator.names import (
     TRAINER_CONTAINER,
     pod_name,
 )
-from finetune_operator.policy import effective_memory
 
 MANAGED_BY = "finetune-operator"
 #: On the checkpoint PVC: the uid of the FineTuneJob that created it (informational: each run has its own
@@ -178,42 +179,30 @@ def build_role_binding(job: FineTuneJob, uid: str) -> dict[str, Any]:
     }
 
 
-def render_trainer_config(job: FineTuneJob, effective: EffectiveTraining | None) -> str:
-    config = trainer_config_from_job(
-        job, effective=effective, metrics_port=TRAINER_METRICS_PORT, report_to_job=True
-    )
+def render_trainer_config(job: EffectiveJob) -> str:
+    config = trainer_config_from_job(job, metrics_port=TRAINER_METRICS_PORT, report_to_job=True)
     return json.dumps(
         config.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1, sort_keys=True
     )
 
 
-def build_config_map(job: FineTuneJob, uid: str, effective: EffectiveTraining | None) -> dict[str, Any]:
+def build_config_map(job: EffectiveJob, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(job, uid, config_map_name(job), "trainer"),
-        "data": {CONFIG_FILE: render_trainer_config(job, effective)},
+        "data": {CONFIG_FILE: render_trainer_config(job)},
     }
 
 
-def effective_batch(job: FineTuneJob, effective: EffectiveTraining | None) -> tuple[int, int]:
-    training = job.spec.training
-    batch = training.per_device_train_batch_size
-    accumulation = training.gradient_accumulation_steps
-    if effective is not None:
-        batch = effective.per_device_train_batch_size or batch
-        accumulation = effective.gradient_accumulation_steps or accumulation
-    return batch, accumulation
-
-
-def _resources(job: FineTuneJob, effective: EffectiveTraining | None) -> dict[str, Any]:
+def _resources(job: EffectiveJob) -> dict[str, Any]:
     res = job.spec.resources
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
     if res.gpus > 0:
         limits[res.gpu_resource_name] = str(res.gpus)
         requests[res.gpu_resource_name] = str(res.gpus)
-    memory = effective_memory(job.spec, effective)
+    memory = res.memory
     if res.cpu:
         limits["cpu"] = requests["cpu"] = res.cpu
     if memory:
@@ -315,16 +304,12 @@ def _affinity(job: FineTuneJob, avoid_node: str | None = None) -> dict[str, Any]
 
 
 def trainer_args(
-    job: FineTuneJob,
-    uid: str,
-    effective: EffectiveTraining | None,
-    run_directory: str | None = None,
-    attempt: int | None = None,
+    job: FineTuneJob, uid: str, run_directory: str | None = None, attempt: int | None = None
 ) -> list[str]:
     """Every attempt resumes its own run directory (`--resume auto`: an empty one starts fresh); another
     run's checkpoints are used only when the spec names them (`checkpoint.resumeFrom` → `--resume-from`).
-    `attempt` turns on the trainer's attempt fence (`--attempt N`)."""
-    batch, accumulation = effective_batch(job, effective)
+    `attempt` turns on the trainer's attempt fence (`--attempt N`). The training settings (OOM-adapted batch
+    included) travel in the config only."""
     args = [
         "--config",
         f"{CONFIG_MOUNT}/{CONFIG_FILE}",
@@ -337,12 +322,6 @@ def trainer_args(
     ]
     if job.spec.checkpoint.resume_from:
         args += ["--resume-from", f"{CHECKPOINT_MOUNT}/{job.spec.checkpoint.resume_from}"]
-    args += [
-        "--per-device-train-batch-size",
-        str(batch),
-        "--gradient-accumulation-steps",
-        str(accumulation),
-    ]
     if attempt is not None:
         # Fences an older attempt still running on a shared volume (a partitioned node): docs/trainer.md.
         args += ["--attempt", str(attempt)]
@@ -353,11 +332,10 @@ def trainer_args(
 
 
 def build_pod(
-    job: FineTuneJob,
+    job: EffectiveJob,
     uid: str,
     attempt: int,
     *,
-    effective: EffectiveTraining | None = None,
     run_directory: str | None = None,
     last_checkpoint_time: str | None = None,
     last_checkpoint_step: int | None = None,
@@ -385,9 +363,9 @@ def build_pod(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["finetune-trainer"],
-        "args": trainer_args(job, uid, effective, run_directory, attempt),
+        "args": trainer_args(job, uid, run_directory, attempt),
         "env": _env(job, attempt),
-        "resources": _resources(job, effective),
+        "resources": _resources(job),
         "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT, "protocol": "TCP"}],
         "volumeMounts": [
             {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},

@@ -12,10 +12,9 @@ The single-writer rule lives here too: a new attempt is created only when no pod
 
 from __future__ import annotations
 
-from typing import Any
-
 from finetune_api.contract import LEGACY_RUN_DIR, RUNS_DIR
 from finetune_api.models import FineTuneJobStatus, Phase
+from finetune_api.status import EmergencySave, OperatorStatus
 
 from finetune_operator.actions import (
     AdoptPod,
@@ -113,7 +112,7 @@ def _say_why_waiting_for_node(step: Step, pod: PodView, world: World) -> bool:
         return False
     text = node_unreachable_message(pod, node)[:1024]
     if (world.status.reason, world.status.message) != (NODE_UNREACHABLE, text):
-        step.actions.append(PatchStatus({"reason": NODE_UNREACHABLE, "message": text}))
+        step.actions.append(PatchStatus(OperatorStatus.patch(reason=NODE_UNREACHABLE, message=text)))
         step.actions.append(Event("Warning", NODE_UNREACHABLE, text))
     step.requeue(WATCH_NODE_SECONDS)  # a taint or the Node's deletion sends no pod event
     return True
@@ -135,13 +134,13 @@ def _create_next(world: World, step: Step, phase: Phase, reason: str, message: s
     directory = run_directory(world.uid, status)
     existing = {p.name: p for p in world.pods}
     patch = phase_patch(status, phase, reason, message, world.now)
-    patch.update({"attempt": attempt, "podName": name, "pending": None, "nextAttemptTime": None})
+    patch.update(OperatorStatus.patch(attempt=attempt, pod_name=name, pending=None, next_attempt_time=None))
     if status.start_time is None:
-        patch["startTime"] = format_time(world.now)
+        patch.update(OperatorStatus.patch(start_time=format_time(world.now)))
     if status.run_directory != directory:
-        patch["runDirectory"] = directory
+        patch.update(OperatorStatus.patch(run_directory=directory))
     if status.started_from is None:  # the trainer names the exact checkpoint once it has chosen one
-        patch["startedFrom"] = world.spec.checkpoint.resume_from or "fresh"
+        patch.update(OperatorStatus.patch(started_from=world.spec.checkpoint.resume_from or "fresh"))
     if name in existing and (not existing[name].owner_uids or world.uid in existing[name].owner_uids):
         step.actions.append(AdoptPod(name, patch))
         return
@@ -177,7 +176,7 @@ def _wait_for_claim(world: World, step: Step, text: str) -> None:
     if status.phase is None:
         step.actions.append(PatchStatus(phase_patch(status, "Pending", "WaitingForClaim", text, world.now)))
     else:
-        step.actions.append(PatchStatus({"reason": "WaitingForClaim", "message": text}))
+        step.actions.append(PatchStatus(OperatorStatus.patch(reason="WaitingForClaim", message=text)))
     step.actions.append(Event("Normal", "WaitingForClaim", text))
 
 
@@ -188,7 +187,7 @@ def reconcile(world: World) -> Step:
     pods = {p.name: p for p in world.pods}
 
     if status.observed_generation != world.generation:
-        step.actions.append(PatchStatus({"observedGeneration": world.generation}))
+        step.actions.append(PatchStatus(OperatorStatus.patch(observed_generation=world.generation)))
 
     # --- finished jobs: keep the last pod for `kubectl logs`, stop anything still running ----------
     if status.phase in ("Succeeded", "Failed"):
@@ -207,7 +206,7 @@ def reconcile(world: World) -> Step:
             _cleanup_pod(step, old, world)
             return step
         if spec.suspend:
-            step.actions.append(PatchStatus({"pending": None, "nextAttemptTime": None}))
+            step.actions.append(PatchStatus(OperatorStatus.patch(pending=None, next_attempt_time=None)))
             step.actions.append(
                 PatchStatus(phase_patch(status, "Suspended", "Suspended", "suspended (spec.suspend)", now))
             )
@@ -250,7 +249,9 @@ def reconcile(world: World) -> Step:
                 Event("Normal", "Suspending", f"spec.suspend: stopping {current.name} (emergency checkpoint)")
             )
             step.actions.append(
-                PatchStatus({"message": "suspending: waiting for the trainer's emergency checkpoint"})
+                PatchStatus(
+                    OperatorStatus.patch(message="suspending: waiting for the trainer's emergency checkpoint")
+                )
             )
             return step
         # the current pod is stopping or stopped: classified below, and the plan is "stop"
@@ -288,9 +289,9 @@ def reconcile(world: World) -> Step:
     patch = decision_patch(status, outcome, plan, status.pod_name, now)
     save = emergency_save_status(current, outcome, now)
     if save is not None:
-        patch["lastEmergencySave"] = save
-        if not save["inTime"]:
-            patch["lateEmergencySaves"] = status.late_emergency_saves + 1
+        patch.update(OperatorStatus.patch(last_emergency_save=save))
+        if not save.in_time:
+            patch.update(OperatorStatus.patch(late_emergency_saves=status.late_emergency_saves + 1))
             step.actions.append(_late_save_event(save, status.pod_name, outcome.checkpoint_step))
     step.actions.append(PatchStatus(patch))
     step.actions.append(Decided(outcome, plan))
@@ -338,8 +339,8 @@ def _event_for(status: FineTuneJobStatus, outcome: Outcome, plan: Plan) -> Event
     return Event("Normal", "Suspended", f"{pod} stopped: {plan.message}")
 
 
-def _late_save_event(save: dict[str, Any], pod_name: str | None, checkpoint_step: int | None) -> Event:
-    deadline = f" of {save['deadlineSeconds']:g} s" if save.get("deadlineSeconds") else ""
+def _late_save_event(save: EmergencySave, pod_name: str | None, checkpoint_step: int | None) -> Event:
+    deadline = f" of {save.deadline_seconds:g} s" if save.deadline_seconds else ""
     older = f"checkpoint-{checkpoint_step}" if checkpoint_step is not None else "the start"
     return Event(
         "Warning",
@@ -362,7 +363,9 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
     if status.reason == NODE_UNREACHABLE:
         step.actions.append(
             PatchStatus(
-                {"reason": "NodeReady", "message": f"node {pod.node_name} is back; {pod.name} carries on"}
+                OperatorStatus.patch(
+                    reason="NodeReady", message=f"node {pod.node_name} is back; {pod.name} carries on"
+                )
             )
         )
     if pod.running and status.phase in (None, "Pending"):
@@ -383,7 +386,7 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
             )
         )
         if status.streak is not None:  # training again: the restart storm (if any) is over
-            step.actions.append(PatchStatus({"streak": None}))
+            step.actions.append(PatchStatus(OperatorStatus.patch(streak=None)))
         ended = parse_time(status.last_pod_end_time)
         if ended is not None:
             step.actions.append(Recovered(max(0.0, (now - ended).total_seconds())))
@@ -391,7 +394,9 @@ def _while_running(world: World, pod: PodView, step: Step) -> None:
         # the scheduler's words replace "restarting now" while a replacement has no node
         text = f"waiting for a node: {pod.unschedulable_message or 'unschedulable'}"
         if status.message != text[:1024]:
-            step.actions.append(PatchStatus({"message": text[:1024], "reason": "Unschedulable"}))
+            step.actions.append(
+                PatchStatus(OperatorStatus.patch(message=text[:1024], reason="Unschedulable"))
+            )
     if pod.waiting_reason in IMAGE_PULL_WAITING_REASONS | CREATE_WAITING_REASONS:
         _waiting_to_start(world, pod, step)
     ckpt = status.last_checkpoint
@@ -421,7 +426,7 @@ def _waiting_to_start(world: World, pod: PodView, step: Step) -> None:
     )
     text = f"the trainer {what} yet, retrying {bound}: {pod.waiting_message or ''}".strip()
     if (status.reason, status.message) != (pod.waiting_reason, text[:1024]):
-        step.actions.append(PatchStatus({"reason": pod.waiting_reason, "message": text[:1024]}))
+        step.actions.append(PatchStatus(OperatorStatus.patch(reason=pod.waiting_reason, message=text[:1024])))
     waited = image_pull_seconds(pod, world.now)
     if timeout and waited is not None:
         step.requeue(timeout - waited + 0.5)

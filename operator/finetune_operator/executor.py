@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_api.effective import effective_job
 from finetune_api.models import GROUP, KIND, PLURAL, VERSION, FineTuneJob
 from kubernetes.client.rest import ApiException
 
@@ -190,7 +191,8 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     """Create the attempt's objects and pod; False when the pod already existed (ours: adopted)."""
     core, _, rbac = runtime.apis()
     namespace = job.metadata.namespace or "default"
-    effective = world.status.effective
+    # The spec this attempt runs (OOM adaptations applied): its config and its pod both come from it.
+    attempt_job = effective_job(job, world.status.effective)
     pvc = builders.build_pvc(job, uid)
     if pvc is not None:
         _create_or_keep(core.create_namespaced_persistent_volume_claim, namespace, pvc)
@@ -199,7 +201,7 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     )
     _create_or_keep(rbac.create_namespaced_role, namespace, builders.build_role(job, uid))
     _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
-    cm = builders.build_config_map(job, uid, effective)
+    cm = builders.build_config_map(attempt_job, uid)
     try:
         try:
             core.create_namespaced_config_map(namespace, cm)
@@ -212,10 +214,9 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     ckpt = world.status.last_checkpoint
     pending = world.status.pending
     pod = builders.build_pod(
-        job,
+        attempt_job,
         uid,
         action.attempt,
-        effective=effective,
         run_directory=action.run_directory,
         last_checkpoint_time=ckpt.time if ckpt else None,
         last_checkpoint_step=ckpt.step if ckpt else None,

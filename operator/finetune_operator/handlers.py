@@ -27,6 +27,7 @@ from typing import Any
 
 import kopf
 from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
+from finetune_api.status import OperatorStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
@@ -108,18 +109,17 @@ def probe_jobs(memo: kopf.Memo, **_: Any) -> int:
 # ============================================================================================ events
 
 
-def _fingerprint(body: kopf.Body) -> Any:
-    status = body.get("status") or {}
-    phase = status.get("phase")
-    ckpt = status.get("lastCheckpoint") or {}
+def _fingerprint(body: kopf.Body, status: FineTuneJobStatus) -> Any:
+    phase = status.phase
+    pending = status.pending
     return (
         body.get("metadata", {}).get("generation"),
         body.get("metadata", {}).get("deletionTimestamp"),
         phase,
-        json.dumps(status.get("pending"), sort_keys=True),
-        ckpt.get("time"),
-        status.get("step") if phase in (None, "Pending", "Restarting") else None,
-        status.get("podName"),
+        json.dumps(pending.model_dump(by_alias=True) if pending else None, sort_keys=True),
+        status.last_checkpoint.time if status.last_checkpoint else None,
+        status.step if phase in (None, "Pending", "Restarting") else None,
+        status.pod_name,
     )
 
 
@@ -139,8 +139,9 @@ async def job_event(
         runtime.metrics.forget_job(namespace, name)
         runtime.fingerprints.pop(key, None)
         return
-    runtime.metrics.observe_job(namespace, name, dict(body.get("status") or {}))
-    fingerprint = _fingerprint(body)
+    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    runtime.metrics.observe_job(namespace, name, status)
+    fingerprint = _fingerprint(body, status)
     if runtime.fingerprints.get(key) != fingerprint:
         runtime.fingerprints[key] = fingerprint
         wake = runtime.wakes.get(key)
@@ -309,8 +310,8 @@ def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> 
 
 
 def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], text: str) -> None:
-    status = body.get("status") or {}
-    if status.get("phase") == "Failed" and status.get("reason") == "InvalidSpec":
+    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    if status.phase == "Failed" and status.reason == "InvalidSpec":
         return
     custom.patch_namespaced_custom_object_status(
         GROUP,
@@ -320,7 +321,7 @@ def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], 
         name,
         {
             "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-            "status": {"phase": "Failed", "reason": "InvalidSpec", "message": text[:1024]},
+            "status": OperatorStatus.patch(phase="Failed", reason="InvalidSpec", message=text[:1024]),
         },
     )
 

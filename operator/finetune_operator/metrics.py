@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api import metric_catalog as cat
-from finetune_api.models import RESTART_CAUSES
+from finetune_api.models import RESTART_CAUSES, FineTuneJobStatus
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -67,22 +67,25 @@ class OperatorMetrics(Collector):
         self.registry.register(self)
 
     # --- feeding ----------------------------------------------------------------------------------
-    def observe_job(self, namespace: str, name: str, status: dict[str, Any] | None) -> None:
+    def observe_job(
+        self, namespace: str, name: str, status: FineTuneJobStatus | dict[str, Any] | None
+    ) -> None:
         """Record the newest status of a job (called on every watch event of the job)."""
-        status = status or {}
-        ckpt = status.get("lastCheckpoint") or {}
-        save = (ckpt.get("step"), ckpt.get("time")) if ckpt.get("step") is not None else None
-        restarts = status.get("restarts") or {}
+        if not isinstance(status, FineTuneJobStatus):
+            status = FineTuneJobStatus.model_validate(status or {})
+        ckpt = status.last_checkpoint
+        save = (ckpt.step, ckpt.time) if ckpt is not None else None
+        counts = status.restarts.model_dump(by_alias=True)  # keyed by the causes (the wire names)
         snap = _Snapshot(
-            phase=status.get("phase"),
-            step=status.get("step"),
-            checkpoints=status.get("checkpoints"),
-            checkpoint_bytes=ckpt.get("bytes"),
-            lost_steps=int(status.get("lostSteps") or 0),
-            restarts={cause: int(restarts.get(cause) or 0) for cause in RESTART_CAUSES},
-            streak=int((status.get("streak") or {}).get("count") or 0),
+            phase=status.phase,
+            step=status.step,
+            checkpoints=status.checkpoints,
+            checkpoint_bytes=ckpt.bytes if ckpt is not None else None,
+            lost_steps=status.lost_steps,
+            restarts={cause: int(counts[cause]) for cause in RESTART_CAUSES},
+            streak=status.streak.count if status.streak is not None else 0,
             last_save=save,
-            late_emergency_saves=int(status.get("lateEmergencySaves") or 0),
+            late_emergency_saves=status.late_emergency_saves,
         )
         key = (namespace, name)
         with self._lock:
@@ -92,8 +95,8 @@ class OperatorMetrics(Collector):
         # operator (re)start only sets the baseline.
         if previous is not None and save is not None and save != previous.last_save:
             self.saved.labels(namespace, name).inc()
-            seconds = ckpt.get("saveSeconds")
-            if isinstance(seconds, int | float) and seconds >= 0:
+            seconds = ckpt.save_seconds if ckpt is not None else None
+            if seconds is not None and seconds >= 0:
                 self.save_duration.labels(namespace, name).observe(float(seconds))
 
     def observe_recovery(self, namespace: str, name: str, seconds: float) -> None:

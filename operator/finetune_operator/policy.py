@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from finetune_api.effective import resolve_effective_spec
 from finetune_api.models import EffectiveTraining, FineTuneJobSpec, FineTuneJobStatus, RestartCause
 from finetune_api.quantity import format_bytes, parse_quantity
 
@@ -30,21 +31,11 @@ class Plan:
     message: str
     cause: RestartCause | None = None
     delay_seconds: float = 0.0
-    effective: EffectiveTraining | None = None  # new adaptations (None = unchanged)
+    effective: EffectiveTraining | None = None  # new adaptations for status.effective (None = unchanged)
     change: str | None = None  # human: "memory 512Mi → 768Mi"
     lost_steps: int = 0
     streak: int = 1  # ends in a row for this reason without training progress (this one included)
     avoid_node: str | None = None  # the next pod prefers other nodes than this one
-
-
-def effective_memory(spec: FineTuneJobSpec, effective: EffectiveTraining | None) -> str | None:
-    """The memory the next attempt gets: the OOM-adapted value, unless the user's `resources.memory` (which
-    may have been raised since) is larger — an explicit raise is never overridden by an older adaptation."""
-    adapted = effective.memory if effective is not None else None
-    explicit = spec.resources.memory
-    if adapted is None or explicit is None:
-        return adapted or explicit
-    return explicit if parse_quantity(explicit) >= parse_quantity(adapted) else adapted
 
 
 def memory_cap(spec: FineTuneJobSpec) -> int | None:
@@ -108,7 +99,7 @@ def plan_next(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome
 def _plan(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome) -> Plan:
     policy = spec.restart_policy
     restarts = status.restarts
-    effective = status.effective
+    adaptations = status.effective
     lost = 0 if outcome.end == "Completed" else lost_steps(status, outcome)
     streak = streak_after(status, outcome)
 
@@ -180,8 +171,8 @@ def _plan(spec: FineTuneJobSpec, status: FineTuneJobStatus, outcome: Outcome) ->
                 lost_steps=lost,
             )
         if outcome.end == "HostOOM":
-            return _plan_host_oom(spec, effective, outcome, lost)
-        return _plan_cuda_oom(spec, effective, outcome, lost)
+            return _plan_host_oom(spec, adaptations, outcome, lost)
+        return _plan_cuda_oom(spec, adaptations, outcome, lost)
 
     # Error
     if restarts.error >= policy.max_failures:
@@ -213,8 +204,10 @@ def volume_full_advice(spec: FineTuneJobSpec) -> str:
     return f"{grow} or {keep}; the committed checkpoints on the volume are intact"
 
 
-def _plan_host_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome: Outcome, lost: int) -> Plan:
-    current_text = effective_memory(spec, effective)
+def _plan_host_oom(
+    spec: FineTuneJobSpec, adaptations: EffectiveTraining, outcome: Outcome, lost: int
+) -> Plan:
+    current_text = resolve_effective_spec(spec, adaptations).resources.memory
     if current_text is None:
         return Plan(
             "restart",
@@ -245,21 +238,19 @@ def _plan_host_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome:
         outcome.reason,
         f"{outcome.message}; restarting with {change}",
         cause="hostOOM",
-        effective=effective.model_copy(update={"memory": new_text}),
+        effective=adaptations.model_copy(update={"memory": new_text}),
         change=change,
         lost_steps=lost,
     )
 
 
-def _plan_cuda_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome: Outcome, lost: int) -> Plan:
-    batch = (
-        outcome.batch or effective.per_device_train_batch_size or spec.training.per_device_train_batch_size
-    )
-    accumulation = (
-        outcome.accumulation
-        or effective.gradient_accumulation_steps
-        or spec.training.gradient_accumulation_steps
-    )
+def _plan_cuda_oom(
+    spec: FineTuneJobSpec, adaptations: EffectiveTraining, outcome: Outcome, lost: int
+) -> Plan:
+    # What the ended attempt ran with: its own report, else the effective spec it was started from.
+    training = resolve_effective_spec(spec, adaptations).training
+    batch = outcome.batch or training.per_device_train_batch_size
+    accumulation = outcome.accumulation or training.gradient_accumulation_steps
     if batch <= 1:
         return Plan(
             "fail",
@@ -279,7 +270,7 @@ def _plan_cuda_oom(spec: FineTuneJobSpec, effective: EffectiveTraining, outcome:
         outcome.reason,
         f"{outcome.message}; restarting with {change}",
         cause="cudaOOM",
-        effective=effective.model_copy(
+        effective=adaptations.model_copy(
             update={"per_device_train_batch_size": new_batch, "gradient_accumulation_steps": new_accumulation}
         ),
         change=change,

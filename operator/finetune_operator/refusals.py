@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from finetune_api.status import OperatorStatus
+
 from finetune_operator.actions import Event, PatchStatus, Step, World
 from finetune_operator.status_patches import phase_patch
 
@@ -83,7 +85,7 @@ def refused_step(world: World, refusal: Refusal) -> Step:
     what = f"the apiserver refused to create {refusal.kind} {refusal.name}: {refusal.message}"
     if verdict == "fail":
         patch = phase_patch(status, "Failed", reason, what, world.now)
-        patch.update({"pending": None})
+        patch.update(OperatorStatus.patch(pending=None))
         step.actions.append(PatchStatus(patch))
         step.actions.append(Event("Warning", reason, f"job failed: {what}"[:1024]))
         return step
@@ -94,6 +96,6 @@ def refused_step(world: World, refusal: Refusal) -> Step:
     if status.phase is None:
         step.actions.append(PatchStatus(phase_patch(status, "Pending", reason, text, world.now)))
     else:  # Restarting / Suspended (resuming): keep the phase and its pending decision, say why
-        step.actions.append(PatchStatus({"reason": reason, "message": text}))
+        step.actions.append(PatchStatus(OperatorStatus.patch(reason=reason, message=text)))
     step.actions.append(Event("Warning", reason, text))
     return step

@@ -32,17 +32,12 @@ def test_cuda_oom_exits_76_with_batch_then_half_batch_completes(tiny: Path, work
     assert "out of memory" in term["message"]
     assert not list(out.glob("checkpoint-*"))
 
-    # What the operator does next: half the micro-batch, double the accumulation (same effective batch).
-    retry = run(
-        config,
-        out,
-        "--per-device-train-batch-size",
-        "2",
-        "--gradient-accumulation-steps",
-        "2",
-        env=env,
-        tag="retry",
+    # What the operator does next: half the micro-batch, double the accumulation (same effective batch),
+    # in the next attempt's config (the only route for the adaptations).
+    adapted = write_config(
+        work / "adapted.yaml", tiny, **SHORT, per_device_train_batch_size=2, gradient_accumulation_steps=2
     )
+    retry = run(adapted, out, env=env, tag="retry")
     assert retry.popen.returncode == 0, retry.tail()
     assert retry.termination()["reason"] == "Completed"
     assert (out / "final" / "adapter_model.safetensors").is_file()

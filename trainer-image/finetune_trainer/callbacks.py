@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_api.status import CheckpointInfo, TrainerStatus
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer import checkpoints as ckpt
@@ -76,17 +77,17 @@ class RunState:
 
 
 def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, Any]:
-    return {
-        "lastCheckpoint": {
-            "step": record.step,
-            "path": str(record.path),
-            "time": record.committed_at,
-            "saveSeconds": round(record.save_seconds or 0.0, 4),
-            "bytes": record.bytes,
-        },
-        "lastCheckpointStep": record.step,
-        "checkpoints": retained,
-    }
+    return TrainerStatus.patch(
+        last_checkpoint=CheckpointInfo(
+            step=record.step,
+            path=str(record.path),
+            time=record.committed_at,
+            save_seconds=round(record.save_seconds or 0.0, 4),
+            bytes=record.bytes,
+        ),
+        last_checkpoint_step=record.step,
+        checkpoints=retained,
+    )
 
 
 def _budget_fields(budget: NoticeBudget) -> dict[str, Any]:
@@ -400,7 +401,8 @@ class VolumeSpaceCallback(TrainerCallback):
                 needed_bytes=plan.needed_bytes,
                 warning=warning,
             )
-            self.reporter.update({"volumeWarning": warning})  # null clears an earlier attempt's warning
+            # null clears an earlier attempt's warning
+            self.reporter.update(TrainerStatus.patch(volume_warning=warning))
         if warning and not self._event_sent:
             self._event_sent = True
             self.reporter.event("Warning", "VolumeTooSmall", warning)
@@ -441,11 +443,11 @@ class ProgressCallback(TrainerCallback):
                 world_size=self.run.world_size,
             )
             self.reporter.update(
-                {
-                    "step": state.global_step,
-                    "totalSteps": state.max_steps,
-                    "progress": f"{state.global_step}/{state.max_steps}",
-                }
+                TrainerStatus.patch(
+                    step=state.global_step,
+                    total_steps=state.max_steps,
+                    progress=f"{state.global_step}/{state.max_steps}",
+                )
             )
             if self.metrics is not None:
                 self.metrics.total_steps.set(state.max_steps)
@@ -487,14 +489,13 @@ class ProgressCallback(TrainerCallback):
             if self._tokens_per_second is not None:
                 fields["tokens_per_second"] = round(self._tokens_per_second, 1)
         log("train_log" if "loss" in logs or "eval_loss" in logs else "train_summary", **fields)
-        status: dict[str, Any] = {
+        status: dict[str, Any] = {  # TrainerStatus fields
             "step": state.global_step,
-            "totalSteps": state.max_steps,
+            "total_steps": state.max_steps,
             "progress": f"{state.global_step}/{state.max_steps}",
         }
         if state.epoch is not None:
             status["epoch"] = round(float(state.epoch), 4)
-        status.update(self.throughput.status(state.global_step, state.max_steps))
         if "loss" in logs:
             loss = float(logs["loss"])
             # JSON has no NaN: a non-finite loss is reported as null (and once as an Event), so the status
@@ -508,7 +509,9 @@ class ProgressCallback(TrainerCallback):
                 )
             if self.metrics is not None:
                 self.metrics.loss.set(loss)
-        self.reporter.update(status)
+        patch = TrainerStatus.patch(**status)
+        patch.update(self.throughput.status(state.global_step, state.max_steps))
+        self.reporter.update(patch)
         return control
 
 

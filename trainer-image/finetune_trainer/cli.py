@@ -2,7 +2,6 @@
 
     finetune-trainer --config FILE --output-dir DIR [--resume auto|never|PATH]
                      [--run-id ID] [--resume-from PATH]
-                     [--per-device-train-batch-size N] [--gradient-accumulation-steps N]
                      [--termination-message-path P] [--nproc-per-node N] [--attempt N]
 
 DIR belongs to one run (DIR/RUN.json, identity.py): a DIR of another run id or another training spec is
@@ -41,6 +40,7 @@ from finetune_api.contract import (
     FINAL_DIR,
     TerminationMessage,
 )
+from finetune_api.status import TrainerStatus
 from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
@@ -80,8 +80,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --resume auto, while DIR has no committed checkpoint: continue from this committed "
         "checkpoint, or from the newest intact one of this run directory (read only)",
     )
-    parser.add_argument("--per-device-train-batch-size", type=_positive, default=None)
-    parser.add_argument("--gradient-accumulation-steps", type=_positive, default=None)
     parser.add_argument(
         "--termination-message-path",
         default=None,
@@ -116,17 +114,6 @@ def _rank_info() -> tuple[int, int]:
     return rank, world
 
 
-def apply_overrides(config: TrainerConfig, args: argparse.Namespace) -> TrainerConfig:
-    update: dict[str, Any] = {}
-    if args.per_device_train_batch_size is not None:
-        update["per_device_train_batch_size"] = args.per_device_train_batch_size
-    if args.gradient_accumulation_steps is not None:
-        update["gradient_accumulation_steps"] = args.gradient_accumulation_steps
-    if not update:
-        return config
-    return config.model_copy(update={"training": config.training.model_copy(update=update)})
-
-
 class Run:
     """One attempt: the state every exit path needs for its termination message."""
 
@@ -143,7 +130,7 @@ class Run:
         self.newest_commit: ckpt.CommitRecord | None = None
         self.search: ckpt.ResumeSearch | None = None  # --resume auto: the candidates, newest first
         self.resume: ckpt.CommitRecord | None = None  # the checkpoint this build resumes from
-        self.sections: dict[str, Any] = {}  # the training-defining spec as given (before the CLI overrides)
+        self.sections: dict[str, Any] = {}  # the training-defining spec as the config gives it
         self.identity: identity.RunIdentity | None = None  # DIR/RUN.json when it exists
         self.run_id: str = args.run_id or ""
         self.source: Path | None = None  # --resume-from in use: the other run's directory or checkpoint
@@ -372,9 +359,9 @@ class Run:
         set_context(rank=self.rank if self.world_size > 1 else None)
         startup.mark("python")  # from process start: the interpreter and this module's imports
         try:
-            given = load_trainer_config(self.args.config)
-            self.sections = identity.spec_sections(given)  # before the CUDA-OOM overrides: the same run
-            config = apply_overrides(given, self.args)
+            # The config carries the operator's OOM adaptations (batch, accumulation): their only route.
+            config = load_trainer_config(self.args.config)
+            self.sections = identity.spec_sections(config)  # batch x accumulation as one product
             self.config = config
             check_static(config)
             go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
@@ -654,7 +641,9 @@ class Run:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.fence.claim()  # already claimed when DIR existed at start: then only a check
             self.claim_directory(config, resume)
-            reporter.update({"startedFrom": self.identity.started_from if self.identity else None})
+            reporter.update(
+                TrainerStatus.patch(started_from=self.identity.started_from if self.identity else None)
+            )
             self.set_aside_damaged()
             self.fence.check("removing checkpoints newer than the resume point")
             # Resuming from another run: DIR has no committed checkpoint, only torn saves (if any) to clear.

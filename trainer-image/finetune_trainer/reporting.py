@@ -21,6 +21,7 @@ from typing import Any
 
 from finetune_api import metric_catalog as cat
 from finetune_api.models import GROUP, PLURAL, VERSION
+from finetune_api.status import TrainerStatus
 from finetune_api.trainer_config import JobRef
 
 from finetune_trainer.logs import log
@@ -334,20 +335,20 @@ class ThroughputMeter:
         return max(0, total_steps - step) / rate
 
     def status(self, step: int, total_steps: int | None) -> dict[str, Any]:
-        """The job status fields: stepsPerSecond, tokensPerSecond, estimatedRemainingSeconds, remaining."""
+        """The job status patch: stepsPerSecond, tokensPerSecond, estimatedRemainingSeconds, remaining."""
         fields: dict[str, Any] = {}
         rate = self.steps_per_second()
         if rate is None:
             return fields
-        fields["stepsPerSecond"] = float(f"{rate:.4g}")
+        fields["steps_per_second"] = float(f"{rate:.4g}")
         tokens = self.tokens_per_second()
         if tokens is not None:
-            fields["tokensPerSecond"] = round(tokens, 1)
+            fields["tokens_per_second"] = round(tokens, 1)
         remaining = self.remaining_seconds(step, total_steps)
         if remaining is not None:
-            fields["estimatedRemainingSeconds"] = round(remaining)
+            fields["estimated_remaining_seconds"] = round(remaining)
             fields["remaining"] = format_duration(remaining)
-        return fields
+        return TrainerStatus.patch(**fields)
 
 
 def format_duration(seconds: float) -> str:

@@ -13,6 +13,7 @@ from finetune_api import (
     trainer_config_from_job,
 )
 from finetune_api.contract import TerminationMessage
+from finetune_api.effective import effective_job
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,7 +40,7 @@ def test_manifest_and_rendered_config_load_the_same(tmp_path: Path) -> None:
 def test_oom_adaptations_override_the_spec_batch() -> None:
     parsed = parse_job(job(per_device_train_batch_size=8, gradient_accumulation_steps=2))
     effective = EffectiveTraining(per_device_train_batch_size=4, gradient_accumulation_steps=4)
-    config = trainer_config_from_job(parsed, effective, report_to_job=True)
+    config = trainer_config_from_job(effective_job(parsed, effective), report_to_job=True)
     training = config.training
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (4, 4)
     assert config.job is not None and (config.job.namespace, config.job.name) == ("ml", "demo")

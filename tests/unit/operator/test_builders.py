@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from finetune_api.effective import EffectiveJob, effective_job
 from finetune_api.models import EffectiveTraining, FineTuneJob
 from finetune_api.trainer_config import TrainerConfig
 from finetune_operator import builders as b
@@ -13,7 +14,8 @@ from finetune_operator.names import ANNOTATION_LAST_CHECKPOINT, LABEL_ATTEMPT, L
 UID = "1234-uid"
 
 
-def job(**spec: Any) -> FineTuneJob:
+def job(**spec: Any) -> EffectiveJob:
+    """The job as the builders get it: resolved, here with no OOM adaptations."""
     doc: dict[str, Any] = {
         "model": {"name_or_path": "/models/tiny"},
         "dataset": {"path": "/data/train.jsonl"},
@@ -21,7 +23,7 @@ def job(**spec: Any) -> FineTuneJob:
         "resources": {"gpus": 1, "cpu": "2", "memory": "2Gi"},
     }
     doc.update(spec)
-    return FineTuneJob.model_validate(
+    parsed = FineTuneJob.model_validate(
         {
             "apiVersion": "finetune.dev/v1alpha1",
             "kind": "FineTuneJob",
@@ -29,6 +31,7 @@ def job(**spec: Any) -> FineTuneJob:
             "spec": doc,
         }
     )
+    return effective_job(parsed, None)
 
 
 def container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +96,8 @@ def test_role_allows_only_own_status_and_posting_events() -> None:
 
 def test_config_map_renders_trainer_config_with_job_ref_and_effective() -> None:
     cm = b.build_config_map(
-        job(), UID, EffectiveTraining(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+        effective_job(job(), EffectiveTraining(per_device_train_batch_size=2, gradient_accumulation_steps=2)),
+        UID,
     )
     config = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
     assert config.job is not None and (config.job.namespace, config.job.name) == ("ml", "demo")
@@ -138,20 +142,24 @@ def test_pod_command_own_run_directory_and_adapted_batch() -> None:
         "auto",
     ]
     assert "--resume-from" not in c["args"]
-    later = b.build_pod(
+    adapted = effective_job(
         job(),
+        EffectiveTraining(per_device_train_batch_size=2, gradient_accumulation_steps=2, memory="3Gi"),
+    )
+    later = b.build_pod(
+        adapted,
         UID,
         2,
         run_directory="run",  # a job started before run directories keeps its legacy one
-        effective=EffectiveTraining(
-            per_device_train_batch_size=2, gradient_accumulation_steps=2, memory="3Gi"
-        ),
     )
     args = container(later)["args"]
     assert args[args.index("--output-dir") + 1] == "/checkpoints/run"
     assert args[args.index("--resume") + 1] == "auto"
-    assert args[args.index("--per-device-train-batch-size") + 1] == "2"
-    assert args[args.index("--gradient-accumulation-steps") + 1] == "2"
+    # The adapted batch reaches the trainer in its config only (one route), never as flags as well.
+    assert not {"--per-device-train-batch-size", "--gradient-accumulation-steps"} & set(args)
+    training = TrainerConfig.model_validate(json.loads(b.render_trainer_config(adapted))).training
+    assert training.per_device_train_batch_size == 2
+    assert training.gradient_accumulation_steps == 2
     assert container(later)["resources"]["limits"]["memory"] == "3Gi"
 
 
@@ -159,7 +167,7 @@ def test_pod_passes_its_attempt_number_to_the_trainer_fence() -> None:
     for attempt in (1, 7):
         args = container(b.build_pod(job(), UID, attempt))["args"]
         assert args[args.index("--attempt") + 1] == str(attempt)
-    assert "--attempt" not in b.trainer_args(job(), UID, None)  # a manual rendering: the fence is off
+    assert "--attempt" not in b.trainer_args(job(), UID)  # a manual rendering: the fence is off
 
 
 def test_pod_resume_from_is_passed_under_the_claim_mount() -> None:
@@ -325,9 +333,9 @@ def test_next_pod_prefers_another_node_than_the_failed_one() -> None:
 
 def test_users_memory_raise_wins_over_an_older_oom_adaptation() -> None:
     adapted = EffectiveTraining(memory="3Gi")
-    raised = b.build_pod(job(resources={"gpus": 1, "memory": "6Gi"}), UID, 3, effective=adapted)
+    raised = b.build_pod(effective_job(job(resources={"gpus": 1, "memory": "6Gi"}), adapted), UID, 3)
     assert container(raised)["resources"]["limits"]["memory"] == "6Gi"
-    lower = b.build_pod(job(resources={"gpus": 1, "memory": "2Gi"}), UID, 3, effective=adapted)
+    lower = b.build_pod(effective_job(job(resources={"gpus": 1, "memory": "2Gi"}), adapted), UID, 3)
     assert container(lower)["resources"]["limits"]["memory"] == "3Gi"
 
 
@@ -346,7 +354,7 @@ def test_dataset_volume_is_mounted_read_only_at_data() -> None:
     assert mounts["dataset"] == {"name": "dataset", "mountPath": "/data", "readOnly": True, "subPath": "v2"}
     # the trainer reads the path as written: it is the path inside the pod
     config = json.loads(
-        b.render_trainer_config(job(dataset={"path": "/data/x", "volume": {"claimName": "d"}}), None)
+        b.render_trainer_config(job(dataset={"path": "/data/x", "volume": {"claimName": "d"}}))
     )
     assert config["dataset"] == {**config["dataset"], "path": "/data/x"} and "volume" not in config["dataset"]
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_api.models import EffectiveTraining
 from finetune_operator.policy import (
-    effective_memory,
     halve_batch,
     lost_steps,
     memory_cap,
@@ -240,14 +238,6 @@ def test_streak_counts_only_the_same_reason_in_a_row() -> None:
     assert streak_after(status(), out) == 1
     assert streak_after(status(streak={"reason": "UnexpectedAdmissionError", "count": 4}), out) == 5
     assert streak_after(status(streak={"reason": "OutOfcpu", "count": 4}), out) == 1
-
-
-def test_effective_memory_the_larger_of_adapted_and_explicit() -> None:
-    adapted = EffectiveTraining(memory="3Gi")
-    assert effective_memory(spec(resources={"memory": "1Gi"}), adapted) == "3Gi"
-    assert effective_memory(spec(resources={"memory": "4Gi"}), adapted) == "4Gi"  # the user raised it
-    assert effective_memory(spec(resources={"memory": "4Gi"}), None) == "4Gi"
-    assert effective_memory(spec(resources={"memory": None}), adapted) == "3Gi"
 
 
 def test_host_oom_after_the_user_raised_memory_adapts_from_the_raise() -> None:
