@@ -1,18 +1,24 @@
-"""Thin kopf handlers: read the world, ask decisions.reconcile what to do, have executor.py do it, repeat.
+"""Thin kopf handlers: keep the watch cache, wake a job's loop, ask decisions.reconcile what to do, have
+executor.py do it.
 
 One kopf daemon per FineTuneJob runs that loop, so a job's decisions are serialized (no two handlers racing
-on the same job). Pod events and relevant job changes wake the loop at once; otherwise it looks again when
-`reconcile` asked (backoff deadline, pending timeout, node check) or every 30 s. All state that matters is
-in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator continues
-where the previous one stopped.
+on the same job). The loop sleeps until something it depends on changes: a pod event, a relevant job change,
+a change of the node its pod runs on or of its claim (cache.py keeps what the watches say), or the time
+`reconcile` asked for (backoff deadline, pending timeout, node-lost timeout, claim recheck). Each look first
+decides on the cached World, which costs no request; only a look that would act, the first one, one after a
+failure, and the slow safety resync (`resync_seconds`) read the job, its pods, nodes and claim from the API
+and decide again on that (`run_once`), at most `max_concurrent_passes` such passes at once (Runtime.bounded).
+So jobs at rest cost no request, and the work follows the events. All state that
+matters is in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator
+continues where the previous one stopped.
 
-Single writer: every status write of a pass is conditional on the resourceVersion the pass read (a merge
-patch carrying metadata.resourceVersion), and a pass that touches pods before writing status first checks
-that precondition with an empty conditional patch. A 409 means someone else (another operator replica, the
-trainer) changed the job since: the pass stops and the next one re-reads and decides again. So a decision
-computed on a stale read is never recorded and never counted twice (executor.Fence). Leader election
-(leader.py, chart default) keeps a second replica from acting at all. Pods no job loop will release:
-finalizers.py.
+Single writer: every action is decided on a fresh API read, never on the cache; every status write of a
+pass is conditional on the resourceVersion the pass read (a merge patch carrying metadata.resourceVersion),
+and a pass that touches pods before writing status first checks that precondition with an empty
+conditional patch. A 409 means someone else (another operator replica, the trainer) changed the job since:
+the pass stops and the next one re-reads and decides again. So a decision computed on a stale read is never
+recorded and never counted twice (executor.Fence). Leader election (leader.py, chart default) keeps a second
+replica from acting at all. Pods no job loop will release: finalizers.py.
 """
 
 from __future__ import annotations
@@ -21,17 +27,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import random
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
+from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob
 from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, views
-from finetune_operator.actions import World
+from finetune_operator.actions import Step, World
+from finetune_operator.cache import assemble_world, cached_world, claim_needed
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
     release_if_job_going,
@@ -47,7 +57,10 @@ log = logging.getLogger("finetune_operator")
 #: keeps the import of this module from looking unused.
 REGISTRY = kopf.get_default_registry()
 
+#: The look after a requeue of 0 (no particular time), as before the cache.
 IDLE_RECHECK_SECONDS = 30.0
+#: What a pass returns when `reconcile` asked for no timer: sleep until an event (or the safety resync).
+UNTIL_WOKEN = math.inf
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
@@ -138,31 +151,68 @@ async def job_event(
     if event.get("type") == "DELETED":
         runtime.metrics.forget_job(namespace, name)
         runtime.fingerprints.pop(key, None)
+        runtime.cache.observe_job(key, {}, deleted=True)
         return
+    runtime.cache.observe_job(key, dict(event.get("object") or body))
     runtime.metrics.observe_job(namespace, name, dict(body.get("status") or {}))
     fingerprint = _fingerprint(body)
     if runtime.fingerprints.get(key) != fingerprint:
         runtime.fingerprints[key] = fingerprint
-        wake = runtime.wakes.get(key)
-        if wake is not None:
-            wake.set()
+        _wake(runtime, key)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
 async def pod_event(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     runtime = runtime_of(memo)
     namespace = namespace or "default"
     key = (namespace, labels[LABEL_JOB])
-    wake = runtime.wakes.get(key)
-    if wake is not None:
-        wake.set()
+    runtime.cache.observe_pod(key, dict(event.get("object") or body), deleted=event.get("type") == "DELETED")
+    if _wake(runtime, key):
         return
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp") and POD_FINALIZER in (meta.get("finalizers") or []):
         # A pod whose job is gone (deleted with it): nobody will record its end, let it go.
         await asyncio.get_running_loop().run_in_executor(None, release_orphan, runtime, dict(body), namespace)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A node's readiness, out-of-service taint or existence changed: wake the jobs with a pod there (a
+    taint or the Node's deletion sends no pod event). Only the few facts in views.NodeView are kept."""
+    runtime = runtime_of(memo)
+    node = None if event.get("type") == "DELETED" else dict(event.get("object") or {})
+    if runtime.cache.observe_node(name, node):
+        for key in runtime.cache.jobs_on_node(name):
+            _wake(runtime, key)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims")
+async def claim_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A checkpoint claim appeared, changed or went (a job waiting for the previous job's claim to go)."""
+    runtime = runtime_of(memo)
+    namespace = namespace or "default"
+    claim = dict(event.get("object") or {})
+    runtime.cache.observe_claim(namespace, claim, deleted=event.get("type") == "DELETED")
+    for key in runtime.cache.jobs_using_claim(namespace, name):
+        _wake(runtime, key)
+
+
+def _wake(runtime: Runtime, key: tuple[str, str]) -> bool:
+    """Wake the job's loop; False when it has none (the job is gone or not served)."""
+    wake = runtime.wakes.get(key)
+    if wake is None:
+        return False
+    wake.set()
+    return True
 
 
 # ============================================================================================ the loop
@@ -181,28 +231,35 @@ async def job_loop(
     namespace = namespace or "default"
     key = (namespace, name)
     wake = runtime.wakes.setdefault(key, asyncio.Event())
+    stop = asyncio.ensure_future(_until_stopped(stopped.wait()))
     loop = asyncio.get_running_loop()
     failures = 0
+    resync_at = 0.0  # the first look reads the API
     try:
         while not stopped:
             wake.clear()
             try:
-                requeue = await loop.run_in_executor(None, run_once, runtime, namespace, name)
+                quiet = quiet_requeue(runtime, namespace, name) if time.monotonic() < resync_at else None
+                if quiet is not None:
+                    requeue: float | None = quiet  # the cached World needs nothing: no request made
+                else:  # act, resync, or the cache cannot say: read the API and decide on that
+                    requeue = await runtime.bounded(run_once, runtime, namespace, name)
+                    resync_at = time.monotonic() + resync_interval(runtime.config.resync_seconds)
                 failures = 0
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
                 failures += 1
                 requeue = min(60.0, 1.0 * 2**failures)
+                resync_at = 0.0  # and then read the API again
                 logger.warning(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
             if requeue is None:  # the job is gone or being deleted
                 break
-            deadline = time.monotonic() + (IDLE_RECHECK_SECONDS if requeue <= 0 else requeue)
-            while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=min(1.0, left))
+            now = time.monotonic()
+            await _woken(wake, stop, wake_deadline(now, requeue, resync_at) - now)
     finally:
         runtime.wakes.pop(key, None)
+        stop.cancel()
     # Stopped because the job is deleted (namespace deletion, a cascade)? Its pods may already be deleting
     # and their events went to this loop: release them now, or they stay Terminating. (Later pod events
     # take the orphan path in pod_event, as the wake-up is gone.)
@@ -210,8 +267,62 @@ async def job_loop(
         await loop.run_in_executor(None, release_if_job_going, runtime, namespace, name)
 
 
+async def _until_stopped(flag: Awaitable[Any]) -> None:
+    await flag
+
+
+async def _woken(wake: asyncio.Event, stop: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait for the wake-up, the daemon's stop, or the timeout; True if the wake-up came."""
+    if wake.is_set() or timeout <= 0:
+        return wake.is_set()
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait(
+            {waiter, stop},
+            timeout=None if math.isinf(timeout) else timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        waiter.cancel()
+    return wake.is_set()
+
+
+def wake_deadline(now: float, requeue: float, resync_at: float) -> float:
+    """When the loop looks next without an event: the time `reconcile` asked for (a requeue of 0 means no
+    particular time: the old periodic look) or the safety resync, whichever comes first."""
+    if requeue <= 0:
+        requeue = IDLE_RECHECK_SECONDS
+    return min(now + requeue, resync_at)
+
+
+def resync_interval(seconds: float, draw: float | None = None) -> float:
+    """The safety resync, spread ± 20 % so that jobs started together do not all re-read at once."""
+    return seconds * (0.8 + 0.4 * (random.random() if draw is None else draw))
+
+
+def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:
+    """Decide on the cached World. Its requeue when there is nothing to do (no request made); None when the
+    API must be read: the decision would act (actions are decided on a fresh read only), or the cache
+    cannot stand in for a read (cache.cached_world)."""
+    assembled = cached_world(
+        runtime.cache,
+        (namespace, name),
+        now=datetime.now(UTC),
+        node_lost_seconds=runtime.config.node_lost_seconds,
+    )
+    if assembled is None:
+        return None
+    step = decisions.reconcile(assembled.world)
+    return None if step.actions else _requeue(step)
+
+
+def _requeue(step: Step) -> float:
+    return step.requeue_seconds if step.requeue_seconds is not None else UNTIL_WOKEN
+
+
 def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
-    """Reconcile until nothing is left to do; the seconds until the next look (None: the job is gone)."""
+    """Read the API and reconcile until nothing is left to do; the seconds until the next look (UNTIL_WOKEN:
+    none asked; None: the job is gone)."""
     for _ in range(MAX_PASSES):
         world = read_world(runtime, namespace, name)
         if world is None:
@@ -219,7 +330,7 @@ def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
         job, uid, state, resource_version = world
         step = decisions.reconcile(state)
         if not step.actions:
-            return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
+            return _requeue(step)
         try:
             wait = execute(runtime, job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
@@ -231,7 +342,8 @@ def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
 
 
 def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:
-    """The job, its uid, the World to decide on and the job's resourceVersion (None: the job is going)."""
+    """The job, its uid, the World to decide on and the job's resourceVersion, read from the API (None: the
+    job is going)."""
     core, custom, _ = runtime.apis()
     try:
         body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -245,14 +357,12 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         # record how the pods end, so they must not wait for us (foreground deletion waits for them).
         release_job_pods(core, namespace, name, meta.get("uid"))
         return None
-    uid = meta["uid"]
     try:
         job = parse_job({**body, "status": None}, f"{namespace}/{name}")
     except InvalidManifest as error:
         _fail_invalid(custom, namespace, name, body, str(error))
         return None
     job.metadata.namespace = namespace
-    status = FineTuneJobStatus.model_validate(body.get("status") or {})
     pods_raw = response_json(
         core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
     )
@@ -267,10 +377,9 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
                     raise
                 node = None
             nodes[pod.node_name] = views.node_view(pod.node_name, node)
-    node_trouble = any(n.exists and n.ready != "True" for n in nodes.values())
     claim: dict[str, Any] | None = None
     # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
-    if status.phase not in ("Succeeded", "Failed") or node_trouble:
+    if claim_needed((body.get("status") or {}).get("phase"), nodes):
         try:
             claim = response_json(
                 core.read_namespaced_persistent_volume_claim(
@@ -280,32 +389,17 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         except ApiException as error:
             if error.status != 404:
                 raise
-    shared_volume = node_trouble and checkpoint_volume_shared(job, claim)
-    world = World(
-        name=name,
-        uid=uid,
-        generation=int(meta.get("generation") or 0),
-        spec=job.spec,
-        status=status,
-        pods=pods,
-        nodes=nodes,
+    read = assemble_world(
+        name,
+        body,
+        job,
+        pods,
+        nodes,
+        claim,
         now=datetime.now(UTC),
-        claim=views.claim_view(builders.pvc_name(job), claim),
         node_lost_seconds=runtime.config.node_lost_seconds,
-        shared_volume=shared_volume,
     )
-    return job, uid, world, str(meta.get("resourceVersion") or "")
-
-
-def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> bool:
-    """Whether the checkpoint claim may be mounted read-write on several nodes (ReadWriteMany requested, or
-    offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes).
-    `claim`: the claim as read (None: not there yet, the spec's access mode decides)."""
-    if claim is None:
-        return views.volume_shared([job.spec.checkpoint.access_mode])
-    requested = (claim.get("spec") or {}).get("accessModes") or []
-    offered = (claim.get("status") or {}).get("accessModes") or []
-    return views.volume_shared([*requested, *offered] or [job.spec.checkpoint.access_mode])
+    return read.job, read.uid, read.world, read.resource_version
 
 
 def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], text: str) -> None:

@@ -1,5 +1,5 @@
-"""The state of one operator process: its settings, API clients, metrics and per-job wake-ups (and
-`response_json`, how a raw client response is read).
+"""The state of one operator process: its settings, API clients, metrics, per-job wake-ups, the watch
+cache, and the bound on concurrent API passes (and `response_json`, how a raw client response is read).
 
 main.py creates one `Runtime` and hands it to kopf as the operator's memo (`memo.runtime`). kopf gives each
 handler that memo (for a job's handlers a shallow copy, so they all share this one Runtime); the handlers
@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client, config
 
 from finetune_operator import builders
+from finetune_operator.cache import WatchCache
 from finetune_operator.metrics import OperatorMetrics
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,6 +35,12 @@ class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)
     #: How often to look for trainer pods left on our finalizer by a job that is gone (0 = never).
     orphan_sweep_seconds: float = 60.0
+    #: A job with nothing to wait for still re-reads itself from the API this often (± 20 %): a safety net
+    #: should a watch have missed something (a relist does not report what was deleted meanwhile).
+    resync_seconds: float = 600.0
+    #: At most this many reconcile passes talk to the API at once (a burst of pod ends is processed this
+    #: many at a time; one slow call holds one slot, not the others).
+    max_concurrent_passes: int = 16
 
 
 @dataclass
@@ -40,7 +51,19 @@ class Runtime:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
+    cache: WatchCache = field(default_factory=WatchCache)
     api: client.ApiClient | None = None
+    _passes: asyncio.Semaphore | None = None
+    _executor: ThreadPoolExecutor | None = None
+
+    async def bounded(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking API pass in a thread, at most `max_concurrent_passes` at once (the rest wait)."""
+        if self._passes is None or self._executor is None:
+            bound = max(1, self.config.max_concurrent_passes)
+            self._passes = asyncio.Semaphore(bound)
+            self._executor = ThreadPoolExecutor(max_workers=bound, thread_name_prefix="reconcile")
+        async with self._passes:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def apis(self) -> tuple[Any, Any, Any]:  # the client's stubs reject plain-dict bodies
         if self.api is None:

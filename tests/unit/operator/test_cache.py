@@ -1,0 +1,350 @@
+"""cache.py and the loop's use of it: the World assembled from what the watches said is the World read from
+the API; a job at rest is looked at without a request; a pass that would act, or one the cache cannot answer,
+goes to the API; node changes wake exactly the jobs with a pod there; wake-up timing; the bound on
+concurrent API passes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import math
+import threading
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from finetune_operator import decisions, handlers, views
+from finetune_operator.cache import WatchCache, cached_world
+from finetune_operator.runtime import OperatorConfig, Runtime
+
+from tests.unit.operator.test_handlers import NAME, NS, FakeCluster
+
+KEY = (NS, NAME)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ready_node(name: str, ready: str = "True", **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, **extra},
+        "status": {
+            "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+        },
+    }
+
+
+class CountingApi:
+    """The fake cluster, counting every client call (the point: none while a job is at rest)."""
+
+    def __init__(self, fake: FakeCluster) -> None:
+        self.fake, self.calls = fake, 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.fake, name)
+        if not callable(target):
+            return target
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            self.calls += 1
+            return target(*args, **kw)
+
+        return counted
+
+
+@pytest.fixture
+def fake() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def api(fake: FakeCluster) -> CountingApi:
+    return CountingApi(fake)
+
+
+@pytest.fixture
+def runtime(api: CountingApi, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    state = Runtime()
+    monkeypatch.setattr(state, "apis", lambda: (api, api, api))
+    return state
+
+
+def running(fake: FakeCluster, pod: str, node: str) -> None:
+    fake.pods[pod]["spec"]["nodeName"] = node
+    fake.pods[pod]["status"] = {
+        "phase": "Running",
+        "containerStatuses": [
+            {"name": "trainer", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
+        ],
+    }
+
+
+def watch_everything(runtime: Runtime, fake: FakeCluster, nodes: dict[str, dict[str, Any]]) -> None:
+    """What the kopf event handlers would have put into the cache by now."""
+    runtime.cache.observe_job(KEY, copy.deepcopy(fake.job))
+    runtime.cache.pods.pop(KEY, None)
+    for pod in fake.pods.values():
+        runtime.cache.observe_pod(KEY, copy.deepcopy(pod))
+    for name, node in nodes.items():
+        runtime.cache.observe_node(name, node)
+    for key, claim in fake.other.items():
+        if key.startswith("PersistentVolumeClaim/"):
+            runtime.cache.observe_claim(NS, copy.deepcopy(claim))
+
+
+def serve_nodes(fake: FakeCluster, monkeypatch: pytest.MonkeyPatch, nodes: dict[str, dict[str, Any]]) -> None:
+    monkeypatch.setattr(fake, "read_node", lambda name, **_: SimpleNamespace(data=json.dumps(nodes[name])))
+
+
+@pytest.mark.parametrize("ready", ["True", "Unknown"])
+def test_the_cached_world_is_the_world_read_from_the_api(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, ready: str
+) -> None:
+    nodes = {"n1": ready_node("n1", ready=ready), "other": ready_node("other")}
+    serve_nodes(fake, monkeypatch, nodes)
+    handlers.run_once(runtime, NS, NAME)  # attempt 1 created, with its claim
+    running(fake, "job-1", "n1")
+    fake.other["PersistentVolumeClaim/job-checkpoints"]["status"] = {"accessModes": ["ReadWriteMany"]}
+    read = handlers.read_world(runtime, NS, NAME)
+    assert read is not None
+    watch_everything(runtime, fake, nodes)
+    cached = cached_world(runtime.cache, KEY, now=read[2].now, node_lost_seconds=120.0)
+    assert cached is not None
+    assert cached.world == read[2]
+    assert (cached.uid, cached.resource_version) == (read[1], read[3])
+    assert cached.world.nodes == {"n1": runtime.cache.nodes["n1"]} and cached.world.pods[0].running
+    assert cached.world.claim is not None and cached.world.claim.exists
+    assert cached.world.shared_volume == (ready != "True")  # RWX offered by the volume, node in trouble
+
+
+def test_a_job_at_rest_is_looked_at_without_a_request(
+    fake: FakeCluster, api: CountingApi, runtime: Runtime
+) -> None:
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    handlers.run_once(runtime, NS, NAME)  # phase Running recorded
+    assert fake.status["phase"] == "Running"
+    watch_everything(runtime, fake, {"n1": ready_node("n1")})
+    before = api.calls
+    for _ in range(3):  # decisions' own safety net for the node: a look in 30 s, from the cache too
+        assert handlers.quiet_requeue(runtime, NS, NAME) == decisions.WATCH_NODE_SECONDS
+    assert api.calls == before
+
+
+def test_a_pass_that_would_act_goes_to_the_api(fake: FakeCluster, runtime: Runtime) -> None:
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    fake.end_pod("job-1", 75, evicted=True)
+    watch_everything(runtime, fake, {"n1": ready_node("n1")})
+    assert handlers.quiet_requeue(runtime, NS, NAME) is None  # the end would be recorded: read first
+    handlers.run_once(runtime, NS, NAME)
+    assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
+
+
+def test_the_cache_stands_in_only_where_it_knows(fake: FakeCluster, runtime: Runtime) -> None:
+    cache = WatchCache()
+    look = lambda: cached_world(cache, KEY, now=NOW, node_lost_seconds=120.0)  # noqa: E731
+    assert look() is None  # the job not seen yet
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    cache.observe_job(KEY, copy.deepcopy(fake.job))
+    cache.observe_pod(KEY, copy.deepcopy(fake.pods["job-1"]))
+    assert look() is None  # the pod's node not seen yet
+    cache.observe_node("n1", ready_node("n1"))
+    assert look() is not None
+    deleting = copy.deepcopy(fake.job)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    cache.observe_job(KEY, deleting)
+    assert look() is None  # releasing the pods of a deleting job is the API path's
+    invalid = copy.deepcopy(fake.job)
+    invalid["spec"]["training"]["max_steps"] = "many"
+    cache.observe_job(KEY, invalid)
+    assert look() is None  # shown on the job by the API path
+    cache.observe_job(KEY, {}, deleted=True)
+    assert look() is None and KEY not in cache.pods
+
+
+def test_claim_events_keep_what_decisions_read_and_wake_the_job_using_it(fake: FakeCluster) -> None:
+    runtime = Runtime()
+    memo = {"runtime": runtime}
+    runtime.wakes[KEY] = asyncio.Event()
+    runtime.wakes[(NS, "other")] = asyncio.Event()
+    runtime.cache.observe_job(KEY, copy.deepcopy(fake.job))
+    shared = copy.deepcopy(fake.job)
+    shared["spec"]["checkpoint"] = {"existingClaimName": "team-claim"}
+    runtime.cache.observe_job((NS, "other"), shared)
+    old = {
+        "metadata": {
+            "name": "job-checkpoints",
+            "namespace": NS,
+            "deletionTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [{"kind": "FineTuneJob", "uid": "previous", "name": NAME}],
+            "annotations": {"big": "x" * 1000},
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"]},
+    }
+
+    async def event(kind: str, claim: dict[str, Any]) -> None:
+        name = claim["metadata"]["name"]
+        await handlers.claim_event(event={"type": kind, "object": claim}, namespace=NS, name=name, memo=memo)
+
+    asyncio.run(event("MODIFIED", old))
+    assert runtime.wakes[KEY].is_set() and not runtime.wakes[(NS, "other")].is_set()
+    kept = runtime.cache.claims[(NS, "job-checkpoints")]
+    assert "annotations" not in kept["metadata"]
+    assert views.claim_view("job-checkpoints", kept) == views.claim_view("job-checkpoints", old)
+    runtime.wakes[KEY].clear()
+    asyncio.run(event("DELETED", old))
+    assert runtime.wakes[KEY].is_set() and (NS, "job-checkpoints") not in runtime.cache.claims
+    asyncio.run(event("ADDED", {"metadata": {"name": "team-claim"}}))
+    assert runtime.wakes[(NS, "other")].is_set()
+
+
+def test_pod_events_keep_the_pods_of_each_job() -> None:
+    cache = WatchCache()
+    pod = {"metadata": {"name": "job-1"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    cache.observe_pod(KEY, pod)
+    cache.observe_pod((NS, "other"), {**pod, "metadata": {"name": "other-1"}})
+    assert [p.name for p in cache.pods[KEY].values()] == ["job-1"]
+    assert sorted(cache.jobs_on_node("n1")) == [(NS, "job"), (NS, "other")]
+    cache.observe_pod(KEY, pod, deleted=True)
+    assert KEY not in cache.pods and cache.jobs_on_node("n1") == [(NS, "other")]
+
+
+def test_only_node_changes_that_decisions_see_wake_jobs() -> None:
+    cache = WatchCache()
+    assert cache.observe_node("n1", ready_node("n1"))  # first sight
+    heartbeat = ready_node("n1", resourceVersion="2")
+    heartbeat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:05:00Z"
+    assert not cache.observe_node("n1", heartbeat)  # kubelet status report, nothing changed
+    assert cache.observe_node("n1", ready_node("n1", ready="Unknown"))
+    tainted = ready_node("n1", ready="Unknown")
+    tainted["spec"] = {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}
+    assert cache.observe_node("n1", tainted)
+    assert cache.observe_node("n1", None) and "n1" not in cache.nodes
+    assert not cache.observe_node("n1", None)
+
+
+def test_node_event_wakes_the_jobs_on_that_node() -> None:
+    runtime = Runtime()
+    memo = {"runtime": runtime}
+    for job, node in (("a", "n1"), ("b", "n2")):
+        runtime.wakes[(NS, job)] = asyncio.Event()
+        runtime.cache.observe_pod((NS, job), {"metadata": {"name": f"{job}-1"}, "spec": {"nodeName": node}})
+
+    async def event(kind: str, node: dict[str, Any]) -> None:
+        await handlers.node_event(event={"type": kind, "object": node}, name="n1", memo=memo)
+
+    asyncio.run(event("ADDED", ready_node("n1")))
+    assert runtime.wakes[(NS, "a")].is_set() and not runtime.wakes[(NS, "b")].is_set()
+    runtime.wakes[(NS, "a")].clear()
+    asyncio.run(event("MODIFIED", ready_node("n1", resourceVersion="9")))
+    assert not runtime.wakes[(NS, "a")].is_set()  # a status report that changes nothing we look at
+    asyncio.run(event("DELETED", ready_node("n1")))
+    assert runtime.wakes[(NS, "a")].is_set()
+
+
+def test_wake_deadline() -> None:
+    # the time reconcile asked for, unless the resync comes first; no time asked: the resync
+    assert handlers.wake_deadline(100.0, 5.0, 700.0) == 105.0
+    assert handlers.wake_deadline(100.0, 900.0, 700.0) == 700.0
+    assert handlers.wake_deadline(100.0, handlers.UNTIL_WOKEN, 700.0) == 700.0
+    assert handlers.wake_deadline(100.0, 0.0, 700.0) == 100.0 + handlers.IDLE_RECHECK_SECONDS
+    assert handlers.wake_deadline(100.0, handlers.UNTIL_WOKEN, math.inf) == math.inf
+    assert handlers.resync_interval(600.0, 0.0) == pytest.approx(480.0)
+    assert handlers.resync_interval(600.0, 1.0) == pytest.approx(720.0)
+
+
+def test_api_passes_run_within_the_bound_and_a_slow_one_holds_only_its_slot() -> None:
+    runtime = Runtime(config=OperatorConfig(max_concurrent_passes=4))
+    lock = threading.Lock()
+    active = peak = 0
+    finished: list[str] = []
+
+    def api_pass(name: str, seconds: float) -> str:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(seconds)
+        with lock:
+            active -= 1
+            finished.append(name)
+        return name
+
+    async def burst() -> list[str]:
+        slow = asyncio.ensure_future(runtime.bounded(api_pass, "slow", 1.0))
+        await asyncio.sleep(0.01)  # the slow call holds its slot first
+        fast = [runtime.bounded(api_pass, f"pod-{i}", 0.02) for i in range(40)]
+        return list(await asyncio.gather(slow, *fast))
+
+    started = time.monotonic()
+    results = asyncio.run(burst())
+    took = time.monotonic() - started
+    assert results[0] == "slow" and len(results) == 41
+    assert peak == 4  # never more than the bound at once, and the bound is used
+    assert finished[-1] == "slow"  # 40 passes went through the other 3 slots meanwhile
+    assert took < 1.5  # ≈ max(1.0, 40 * 0.02 / 3): the slow call did not serialize the rest
+
+
+class Stopper:
+    """Stands in for kopf's DaemonStopped flag: false until `stop()`, `wait()` awaitable."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self) -> Any:
+        return self.event.wait()
+
+    def stop(self) -> None:
+        self.event.set()
+
+
+def test_the_loop_sleeps_until_woken_and_reads_the_api_only_to_act(
+    fake: FakeCluster, api: CountingApi, runtime: Runtime
+) -> None:
+    """The daemon itself: first look from the API, then quiet until an event; an event that changes nothing
+    costs no request; an event that needs action reads the API and acts."""
+
+    async def scenario() -> tuple[int, int, int]:
+        stopper = Stopper()
+        memo = {"runtime": runtime}
+        logger = __import__("logging").getLogger("test")
+        loop_task = asyncio.ensure_future(
+            handlers.job_loop(namespace=NS, name=NAME, stopped=stopper, logger=logger, memo=memo)
+        )
+        for _ in range(200):  # attempt 1 created by the first (API) pass
+            await asyncio.sleep(0.01)
+            if fake.created:
+                break
+        await asyncio.sleep(0.2)
+        running(fake, "job-1", "n1")
+        watch_everything(runtime, fake, {"n1": ready_node("n1")})
+        runtime.wakes[KEY].set()
+        await asyncio.sleep(0.2)  # phase Running recorded (a read and a write) ...
+        assert fake.status["phase"] == "Running"
+        watch_everything(runtime, fake, {"n1": ready_node("n1")})  # ... and the watch delivered it
+        at_rest = api.calls
+        for _ in range(5):  # events that change nothing the decisions act on
+            runtime.wakes[KEY].set()
+            await asyncio.sleep(0.05)
+        after_quiet_events = api.calls
+        fake.end_pod("job-1", 75, evicted=True)
+        watch_everything(runtime, fake, {})
+        runtime.wakes[KEY].set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(fake.created) == 2:
+                break
+        stopper.stop()
+        await asyncio.wait_for(loop_task, 5)
+        return at_rest, after_quiet_events, len(fake.created)
+
+    at_rest, after_quiet_events, created = asyncio.run(scenario())
+    assert after_quiet_events == at_rest
+    assert created == 2 and fake.status["restarts"]["preemption"] == 1
