@@ -254,6 +254,9 @@ async def job_loop(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
             if requeue is None:  # the job is gone or being deleted
+                # Forget it (a deletion the watch missed would otherwise stay; a re-created job of that
+                # name comes back with its next event, and until then the API is read).
+                runtime.cache.observe_job(key, {}, deleted=True)
                 break
             now = time.monotonic()
             await _woken(wake, stop, wake_deadline(now, requeue, resync_at) - now)

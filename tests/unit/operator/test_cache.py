@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from finetune_operator import decisions, handlers, views
+from finetune_operator import decisions, finalizers, handlers, views
 from finetune_operator.cache import WatchCache, cached_world
 from finetune_operator.runtime import OperatorConfig, Runtime
 
@@ -348,3 +348,27 @@ def test_the_loop_sleeps_until_woken_and_reads_the_api_only_to_act(
     at_rest, after_quiet_events, created = asyncio.run(scenario())
     assert after_quiet_events == at_rest
     assert created == 2 and fake.status["restarts"]["preemption"] == 1
+
+
+def test_the_orphan_sweep_reads_only_the_jobs_of_pods_that_may_be_orphans(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handlers.run_once(runtime, NS, NAME)
+    reads: list[str] = []
+    get = fake.get_namespaced_custom_object
+
+    def counted_get(*args: Any) -> dict[str, Any]:
+        reads.append(args[-1])
+        return get(*args)
+
+    monkeypatch.setattr(fake, "get_namespaced_custom_object", counted_get)
+    assert finalizers.release_orphans(runtime, [NS]) == [] and reads == [NAME]  # cache empty: read
+    watch_everything(runtime, fake, {})
+    reads.clear()
+    assert finalizers.release_orphans(runtime, [NS]) == [] and reads == []  # its job looks after it
+    fake.delete_namespaced_pod("job-1", NS)  # deleting: is its end recorded? only the job can say
+    assert finalizers.release_orphans(runtime, [NS]) == [] and reads == [NAME]
+    reads.clear()
+    fake.pods["job-1"]["metadata"].pop("deletionTimestamp")
+    fake.pods["job-1"]["metadata"]["ownerReferences"] = [{"uid": "an-earlier-job-of-that-name"}]
+    assert finalizers.release_orphans(runtime, [NS]) == [f"{NS}/job-1"] and reads == [NAME]
