@@ -43,8 +43,9 @@ class WatchCache:
         if deleted:
             self.jobs.pop(key, None)
             self.pods.pop(key, None)
-        else:
-            self.jobs[key] = body
+        else:  # managedFields: often half the body, never read
+            meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+            self.jobs[key] = {**body, "metadata": meta}
 
     def observe_pod(self, key: JobKey, pod: dict[str, Any], deleted: bool = False) -> None:
         """`key`: the namespace and the pod's job label."""

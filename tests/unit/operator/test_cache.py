@@ -163,6 +163,10 @@ def test_the_cache_stands_in_only_where_it_knows(fake: FakeCluster, runtime: Run
     assert look() is None  # shown on the job by the API path
     cache.observe_job(KEY, {}, deleted=True)
     assert look() is None and KEY not in cache.pods
+    managed = copy.deepcopy(fake.job)
+    managed["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    cache.observe_job(KEY, managed)
+    assert "managedFields" not in cache.jobs[KEY]["metadata"] and look() is not None
 
 
 def test_claim_events_keep_what_decisions_read_and_wake_the_job_using_it(fake: FakeCluster) -> None:
