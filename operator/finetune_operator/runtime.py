@@ -71,7 +71,13 @@ class Runtime:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            self.api = client.ApiClient()
+            settings = client.Configuration.get_default_copy()
+            # One connection per concurrent pass, plus the sweeps: a smaller pool opens (and drops) a fresh
+            # connection per call beyond it in a burst.
+            wanted = self.config.max_concurrent_passes + 8
+            if (settings.connection_pool_maxsize or 0) < wanted:
+                settings.connection_pool_maxsize = wanted
+            self.api = client.ApiClient(settings)
         return (
             client.CoreV1Api(self.api),
             client.CustomObjectsApi(self.api),
