@@ -189,3 +189,48 @@ def cached_world(
     if claim_needed((body.get("status") or {}).get("phase"), nodes):
         claim = cache.claims.get((namespace, builders.pvc_name(job)))
     return assemble_world(name, body, job, pods, nodes, claim, now=now, node_lost_seconds=node_lost_seconds)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Which objects are there: in the cache, or in a relist."""
+
+    jobs: frozenset[JobKey] = frozenset()
+    pods: frozenset[tuple[JobKey, str]] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    claims: frozenset[tuple[str, str]] = frozenset()
+
+
+def cached_keys(cache: WatchCache) -> Keys:
+    return Keys(
+        jobs=frozenset(cache.jobs),
+        pods=frozenset((key, name) for key, pods in cache.pods.items() for name in pods),
+        nodes=frozenset(cache.nodes),
+        claims=frozenset(cache.claims),
+    )
+
+
+def drop_ghosts(cache: WatchCache, before: Keys, listed: Keys) -> set[JobKey]:
+    """The safety resync. kopf re-lists after a watch error and so catches up with every object that
+    exists, but it does not report what was deleted meanwhile: such a ghost stays in the cache. Drop what
+    was cached `before` the relist was sent and is not in it (anything added since is left alone); returns
+    the jobs concerned, which then read the API. Dropping a live object by mistake is harmless: a missing
+    object only ever makes a look read the API."""
+    woken: set[JobKey] = set()
+    for key in before.jobs - listed.jobs:
+        if key in cache.jobs:
+            cache.observe_job(key, {}, deleted=True)
+            woken.add(key)
+    for key, name in before.pods - listed.pods:
+        if name in cache.pods.get(key, {}):
+            cache.observe_pod(key, {"metadata": {"name": name}}, deleted=True)
+            woken.add(key)
+    for node in before.nodes - listed.nodes:
+        if node in cache.nodes:
+            woken.update(cache.jobs_on_node(node))
+            cache.observe_node(node, None)
+    for namespace, claim in before.claims - listed.claims:
+        if (namespace, claim) in cache.claims:
+            cache.observe_claim(namespace, {"metadata": {"name": claim}}, deleted=True)
+            woken.update(cache.jobs_using_claim(namespace, claim))
+    return woken

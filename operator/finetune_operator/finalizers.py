@@ -78,7 +78,7 @@ def release_if_job_going(runtime: Runtime, namespace: str, name: str) -> None:
         _drop_kopf_finalizer(custom, job)
 
 
-def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
+def namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
     """The namespaces served: exact names, glob patterns matched against the cluster's; None = all."""
     if not namespaces:
         return None
@@ -94,7 +94,7 @@ def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
 
 def _scoped_pods(core: Any, namespaces: list[str]) -> list[dict[str, Any]]:
     """Trainer pods (those with the job label) in the namespaces served."""
-    scope = _namespaces_in_scope(core, namespaces)
+    scope = namespaces_in_scope(core, namespaces)
     if scope is None:
         found = response_json(
             core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _preload_content=False)
@@ -175,7 +175,7 @@ def release_all_finalizers(runtime: Runtime, namespaces: list[str]) -> tuple[lis
             release_pod(core, meta["namespace"], meta["name"])
             pods.append(f"{meta['namespace']}/{meta['name']}")
     jobs = []
-    scope = _namespaces_in_scope(core, namespaces)
+    scope = namespaces_in_scope(core, namespaces)
     if scope is None:
         listed = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
     else:

@@ -5,10 +5,11 @@ One kopf daemon per FineTuneJob runs that loop, so a job's decisions are seriali
 on the same job). The loop sleeps until something it depends on changes: a pod event, a relevant job change,
 a change of the node its pod runs on or of its claim (cache.py keeps what the watches say), or the time
 `reconcile` asked for (backoff deadline, pending timeout, node-lost timeout, claim recheck). Each look first
-decides on the cached World, which costs no request; only a look that would act, the first one, one after a
-failure, and the slow safety resync (`resync_seconds`) read the job, its pods, nodes and claim from the API
-and decide again on that (`run_once`), at most `max_concurrent_passes` such passes at once (Runtime.bounded).
-So jobs at rest cost no request, and the work follows the events. All state that
+decides on the cached World, which costs no request; only a look that would act, the first one, and one
+after a failure read the job, its pods, nodes and claim from the API and decide again on that (`run_once`), at
+most `max_concurrent_passes` such passes at once (Runtime.bounded). So jobs at rest cost no request, and the
+work follows the events. A safety resync every `resync_seconds` relists everything once and drops from the
+cache what a watch missed the deletion of (a few LISTs, whatever the number of jobs). All state that
 matters is in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator
 continues where the previous one stopped.
 
@@ -28,8 +29,6 @@ import contextlib
 import json
 import logging
 import math
-import random
-import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -41,9 +40,17 @@ from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, views
 from finetune_operator.actions import Step, World
-from finetune_operator.cache import assemble_world, cached_world, claim_needed
+from finetune_operator.cache import (
+    Keys,
+    assemble_world,
+    cached_keys,
+    cached_world,
+    claim_needed,
+    drop_ghosts,
+)
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
+    namespaces_in_scope,
     release_if_job_going,
     release_job_pods,
     release_orphan,
@@ -84,16 +91,92 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.startup()
 async def start_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
-    memo["orphan_sweep"] = asyncio.get_running_loop().create_task(_orphan_sweep_loop(runtime_of(memo)))
+    """The background rounds: the orphan sweep and the cache's safety resync."""
+    loop, runtime = asyncio.get_running_loop(), runtime_of(memo)
+    memo["orphan_sweep"] = loop.create_task(_orphan_sweep_loop(runtime))
+    memo["resync"] = loop.create_task(_resync_loop(runtime))
 
 
 @kopf.on.cleanup()
 async def stop_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("orphan_sweep")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("orphan_sweep", "resync"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _resync_loop(runtime: Runtime) -> None:
+    """Every `resync_seconds`: relist, drop from the cache what a watch missed the deletion of, and have
+    the jobs concerned read the API (cache.drop_ghosts). A few LISTs a round, whatever the number of jobs."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(runtime.config.resync_seconds)
+        try:
+            before = cached_keys(runtime.cache)
+            listed = await loop.run_in_executor(None, list_keys, runtime, runtime.config.namespaces)
+            resync(runtime, before, listed)
+        except Exception as error:  # the next round tries again
+            log.warning("cache resync failed: %s: %s", error.__class__.__name__, error)
+
+
+def resync(runtime: Runtime, before: Keys, listed: Keys) -> list[tuple[str, str]]:
+    """Apply a relist to the cache; the jobs whose loop will read the API next."""
+    woken = []
+    for key in sorted(drop_ghosts(runtime.cache, before, listed)):
+        if _wake(runtime, key):
+            runtime.reread.add(key)
+            woken.append(key)
+    if woken:
+        log.info(
+            "cache resync: %d job(s) read again", len(woken), extra={"jobs": ",".join(map("/".join, woken))}
+        )
+    return woken
+
+
+def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
+    """What exists now in the served namespaces: jobs, trainer pods (by the job label), nodes, claims."""
+    core, custom, _ = runtime.apis()
+    scope = namespaces_in_scope(core, namespaces)
+    jobs: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    claims: list[dict[str, Any]] = []
+    if scope is None:
+        jobs = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        pods = response_json(
+            core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _preload_content=False)
+        )["items"]
+        claims = response_json(core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))[
+            "items"
+        ]
+    else:
+        for namespace in scope:
+            jobs += custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            pods += response_json(
+                core.list_namespaced_pod(namespace, label_selector=LABEL_JOB, _preload_content=False)
+            )["items"]
+            claims += response_json(
+                core.list_namespaced_persistent_volume_claim(namespace, _preload_content=False)
+            )["items"]
+    nodes = response_json(core.list_node(_preload_content=False))["items"]
+
+    def ns_name(item: dict[str, Any]) -> tuple[str, str]:
+        meta = item.get("metadata") or {}
+        return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+    return Keys(
+        jobs=frozenset(ns_name(j) for j in jobs),
+        pods=frozenset(
+            (
+                (ns_name(p)[0], str(((p.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
+                ns_name(p)[1],
+            )
+            for p in pods
+        ),
+        nodes=frozenset(str((n.get("metadata") or {}).get("name")) for n in nodes),
+        claims=frozenset(ns_name(c) for c in claims),
+    )
 
 
 async def _orphan_sweep_loop(runtime: Runtime) -> None:
@@ -234,32 +317,33 @@ async def job_loop(
     stop = asyncio.ensure_future(_until_stopped(stopped.wait()))
     loop = asyncio.get_running_loop()
     failures = 0
-    resync_at = 0.0  # the first look reads the API
+    fresh = True  # the first look reads the API
     try:
         while not stopped:
             wake.clear()
+            if key in runtime.reread:  # the resync dropped something of this job from the cache
+                runtime.reread.discard(key)
+                fresh = True
             try:
-                quiet = quiet_requeue(runtime, namespace, name) if time.monotonic() < resync_at else None
+                quiet = None if fresh else quiet_requeue(runtime, namespace, name)
                 if quiet is not None:
                     requeue: float | None = quiet  # the cached World needs nothing: no request made
-                else:  # act, resync, or the cache cannot say: read the API and decide on that
+                else:  # act, or the cache cannot say: read the API and decide on that
                     requeue = await runtime.bounded(run_once, runtime, namespace, name)
-                    resync_at = time.monotonic() + resync_interval(runtime.config.resync_seconds)
-                failures = 0
+                failures, fresh = 0, False
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
                 failures += 1
                 requeue = min(60.0, 1.0 * 2**failures)
-                resync_at = 0.0  # and then read the API again
+                fresh = True  # and then read the API again
                 logger.warning(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
             if requeue is None:  # the job is gone or being deleted
-                # Forget it (a deletion the watch missed would otherwise stay; a re-created job of that
-                # name comes back with its next event, and until then the API is read).
+                # Forget it (a re-created job of that name comes back with its next event; until then a
+                # look reads the API).
                 runtime.cache.observe_job(key, {}, deleted=True)
                 break
-            now = time.monotonic()
-            await _woken(wake, stop, wake_deadline(now, requeue, resync_at) - now)
+            await _woken(wake, stop, sleep_seconds(requeue))
     finally:
         runtime.wakes.pop(key, None)
         stop.cancel()
@@ -290,17 +374,10 @@ async def _woken(wake: asyncio.Event, stop: asyncio.Future[Any], timeout: float)
     return wake.is_set()
 
 
-def wake_deadline(now: float, requeue: float, resync_at: float) -> float:
-    """When the loop looks next without an event: the time `reconcile` asked for (a requeue of 0 means no
-    particular time: the old periodic look) or the safety resync, whichever comes first."""
-    if requeue <= 0:
-        requeue = IDLE_RECHECK_SECONDS
-    return min(now + requeue, resync_at)
-
-
-def resync_interval(seconds: float, draw: float | None = None) -> float:
-    """The safety resync, spread ± 20 % so that jobs started together do not all re-read at once."""
-    return seconds * (0.8 + 0.4 * (random.random() if draw is None else draw))
+def sleep_seconds(requeue: float) -> float:
+    """How long the loop sleeps unless woken: the time `reconcile` asked for (UNTIL_WOKEN: none), a requeue
+    of 0 meaning no particular time (the old periodic look)."""
+    return IDLE_RECHECK_SECONDS if requeue <= 0 else requeue
 
 
 def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:

@@ -112,9 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resync-seconds",
         type=float,
-        default=float(env("FTO_RESYNC_SECONDS", "600")),
-        help="a job with nothing to wait for re-reads itself from the API this often (+-20%%); otherwise "
-        "it is looked at from the watch cache when an event or its own timer wakes it",
+        default=float(env("FTO_RESYNC_SECONDS", "300")),
+        help="this often, relist jobs, trainer pods, nodes and claims and drop from the watch cache what a "
+        "watch missed the deletion of (the jobs concerned then read the API)",
     )
     parser.add_argument(
         "--max-concurrent-reconciles",

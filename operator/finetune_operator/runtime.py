@@ -35,9 +35,9 @@ class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)
     #: How often to look for trainer pods left on our finalizer by a job that is gone (0 = never).
     orphan_sweep_seconds: float = 60.0
-    #: A job with nothing to wait for still re-reads itself from the API this often (± 20 %): a safety net
-    #: should a watch have missed something (a relist does not report what was deleted meanwhile).
-    resync_seconds: float = 600.0
+    #: This often, one relist of the jobs, trainer pods, nodes and claims drops from the watch cache what a
+    #: watch missed the deletion of (kopf's relist after a watch error does not report those).
+    resync_seconds: float = 300.0
     #: At most this many reconcile passes talk to the API at once (a burst of pod ends is processed this
     #: many at a time; one slow call holds one slot, not the others).
     max_concurrent_passes: int = 16
@@ -52,6 +52,7 @@ class Runtime:
     wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
     cache: WatchCache = field(default_factory=WatchCache)
+    reread: set[tuple[str, str]] = field(default_factory=set)  # jobs whose next look must read the API
     api: client.ApiClient | None = None
     _passes: asyncio.Semaphore | None = None
     _executor: ThreadPoolExecutor | None = None

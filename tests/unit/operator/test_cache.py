@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import math
 import threading
@@ -250,15 +251,57 @@ def test_node_event_wakes_the_jobs_on_that_node() -> None:
     assert runtime.wakes[(NS, "a")].is_set()
 
 
-def test_wake_deadline() -> None:
-    # the time reconcile asked for, unless the resync comes first; no time asked: the resync
-    assert handlers.wake_deadline(100.0, 5.0, 700.0) == 105.0
-    assert handlers.wake_deadline(100.0, 900.0, 700.0) == 700.0
-    assert handlers.wake_deadline(100.0, handlers.UNTIL_WOKEN, 700.0) == 700.0
-    assert handlers.wake_deadline(100.0, 0.0, 700.0) == 100.0 + handlers.IDLE_RECHECK_SECONDS
-    assert handlers.wake_deadline(100.0, handlers.UNTIL_WOKEN, math.inf) == math.inf
-    assert handlers.resync_interval(600.0, 0.0) == pytest.approx(480.0)
-    assert handlers.resync_interval(600.0, 1.0) == pytest.approx(720.0)
+def test_sleep_until_the_time_asked_for_or_an_event() -> None:
+    assert handlers.sleep_seconds(5.0) == 5.0
+    assert handlers.sleep_seconds(handlers.UNTIL_WOKEN) == math.inf  # no timer: only an event wakes it
+    assert handlers.sleep_seconds(0.0) == handlers.IDLE_RECHECK_SECONDS
+
+
+class ListingCluster(FakeCluster):
+    """The fake cluster, plus the LISTs of the resync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes = ["n1"]
+
+    def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return {"items": [copy.deepcopy(self.job)]}
+
+    def list_namespaced_persistent_volume_claim(self, namespace: str, **_: Any) -> Any:
+        claims = [v for k, v in self.other.items() if k.startswith("PersistentVolumeClaim/")]
+        return SimpleNamespace(data=json.dumps({"items": claims}))
+
+    def list_node(self, **_: Any) -> Any:
+        return SimpleNamespace(data=json.dumps({"items": [{"metadata": {"name": n}} for n in self.nodes]}))
+
+
+def test_the_resync_drops_what_a_watch_missed_and_has_those_jobs_read_the_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = ListingCluster()
+    runtime = Runtime(config=OperatorConfig(namespaces=[NS]))
+    monkeypatch.setattr(runtime, "apis", lambda: (fake, fake, fake))
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    watch_everything(runtime, fake, {"n1": ready_node("n1"), "gone-node": ready_node("gone-node")})
+    ghost_pod = copy.deepcopy(fake.pods["job-1"])
+    ghost_pod["metadata"]["name"] = "job-0"  # deleted while the pod watch was down: no DELETED event
+    runtime.cache.observe_pod(KEY, ghost_pod)
+    runtime.cache.observe_job((NS, "deleted-meanwhile"), copy.deepcopy(fake.job))
+    for key in (KEY, (NS, "deleted-meanwhile"), (NS, "idle")):
+        runtime.wakes[key] = asyncio.Event()
+    before = handlers.cached_keys(runtime.cache)
+    listed = handlers.list_keys(runtime, [NS])
+    assert listed.pods == {(KEY, "job-1")} and listed.jobs == {KEY} and listed.nodes == {"n1"}
+    assert listed.claims == {(NS, "job-checkpoints")}
+    runtime.cache.observe_pod(KEY, {**ghost_pod, "metadata": {"name": "job-2"}})  # added after the list
+    woken = handlers.resync(runtime, before, listed)
+    assert woken == [(NS, "deleted-meanwhile"), KEY]
+    assert runtime.reread == {(NS, "deleted-meanwhile"), KEY} and not runtime.wakes[(NS, "idle")].is_set()
+    assert sorted(runtime.cache.pods[KEY]) == ["job-1", "job-2"]  # the ghost gone, the newcomer kept
+    assert (NS, "deleted-meanwhile") not in runtime.cache.jobs and set(runtime.cache.nodes) == {"n1"}
+    now_listed = dataclasses.replace(listed, pods=listed.pods | {(KEY, "job-2")})
+    assert handlers.resync(runtime, handlers.cached_keys(runtime.cache), now_listed) == []  # nothing else
 
 
 def test_api_passes_run_within_the_bound_and_a_slow_one_holds_only_its_slot() -> None:
