@@ -336,20 +336,13 @@ def test_api_passes_run_within_the_bound_and_a_slow_one_holds_only_its_slot() ->
     assert took < 1.5  # ≈ max(1.0, 40 * 0.02 / 3): the slow call did not serialize the rest
 
 
-class Stopper:
-    """Stands in for kopf's DaemonStopped flag: false until `stop()`, `wait()` awaitable."""
+def kopf_stop_flag() -> tuple[Any, Any]:
+    """kopf's own daemon stop flag (what it passes as `stopped`) and the setter kopf keeps."""
+    from kopf._cogs.aiokits import aioenums
+    from kopf._core.intents import stoppers
 
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-    def wait(self) -> Any:
-        return self.event.wait()
-
-    def stop(self) -> None:
-        self.event.set()
+    setter = stoppers.DaemonStopper()
+    return aioenums.AsyncFlagWaiter(setter), setter
 
 
 def test_the_loop_sleeps_until_woken_and_reads_the_api_only_to_act(
@@ -359,11 +352,11 @@ def test_the_loop_sleeps_until_woken_and_reads_the_api_only_to_act(
     costs no request; an event that needs action reads the API and acts."""
 
     async def scenario() -> tuple[int, int, int]:
-        stopper = Stopper()
+        stopped, setter = kopf_stop_flag()
         memo = {"runtime": runtime}
         logger = __import__("logging").getLogger("test")
         loop_task = asyncio.ensure_future(
-            handlers.job_loop(namespace=NS, name=NAME, stopped=stopper, logger=logger, memo=memo)
+            handlers.job_loop(namespace=NS, name=NAME, stopped=stopped, logger=logger, memo=memo)
         )
         for _ in range(200):  # attempt 1 created by the first (API) pass
             await asyncio.sleep(0.01)
@@ -388,8 +381,8 @@ def test_the_loop_sleeps_until_woken_and_reads_the_api_only_to_act(
             await asyncio.sleep(0.01)
             if len(fake.created) == 2:
                 break
-        stopper.stop()
-        await asyncio.wait_for(loop_task, 5)
+        setter.set()  # kopf stops the daemon: the loop ends at once, not after a poll
+        await asyncio.wait_for(loop_task, 1)
         return at_rest, after_quiet_events, len(fake.created)
 
     at_rest, after_quiet_events, created = asyncio.run(scenario())
