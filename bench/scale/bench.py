@@ -7,13 +7,14 @@ real cluster.
 The operator measured is the one on PYTHONPATH (run it once with this worktree's `operator/`, once with
 another checkout's, to compare). Steps, in a fresh namespace:
 
-1. apply N jobs with no operator running, wait `--settle` s, and count the apiserver's requests over
-   `--window` s: `apiserver_request_total` from the apiserver's own /metrics (`kubectl get --raw /metrics`),
-   before and after, as requests/s in total and per resource. This is the cluster's own background.
-2. start `finetune-operator --namespace <ns>`; time until every job is acknowledged (`--kind suspended`:
-   phase Suspended; `--kind pending`: its first pod exists, unschedulable by a nodeSelector nothing matches).
+1. with no operator running, count the apiserver's requests over `--window` s: `apiserver_request_total`
+   from the apiserver's own /metrics (`kubectl get --raw /metrics`), before and after, as requests/s in total
+   and per resource. This is the cluster's own background (nothing else reads FineTuneJobs).
+2. start `finetune-operator --namespace <ns>`, wait `--settle` s, apply N jobs (16 at a time) and time until
+   every job is acknowledged (`--kind suspended`: phase Suspended; `--kind pending`: its first pod exists,
+   unschedulable by a nodeSelector nothing matches).
 3. wait `--settle` s, then count again over `--window` s: the difference to 1. is what the operator costs at
-   rest; over the same window the operator's CPU (utime + stime from /proc) and its RSS.
+   rest with N jobs; over the same window the operator's CPU (utime + stime from /proc) and its RSS.
 4. `--burst` (`--kind pending` only): delete every trainer pod at once; one watch records when each pod is
    seen deleting (its end) and when its replacement (`<job>-<attempt + 1>`) appears: p50/p99/max.
 5. delete the namespace (the operator still running, so it releases its finalizers), stop the operator.
@@ -216,8 +217,14 @@ def burst(kube: Kube, namespace: str, recorder: PodRecorder) -> dict[str, Any]:
 
     wait_for(all_replaced, 300, interval=0.5, what=f"replacements of {len(pods)} pods")
     with recorder.lock:
-        delays = [recorder.added[replacement_of(p)] - recorder.deleting[p] for p in pods]
-    return {"pods": len(pods), "end_to_created": summarize(delays), "samples": [round(d, 3) for d in delays]}
+        seen = [p for p in pods if p in recorder.deleting]  # the watch saw it deleting (not only gone)
+        delays = [recorder.added[replacement_of(p)] - recorder.deleting[p] for p in seen]
+    return {
+        "pods": len(pods),
+        "unseen_deletions": len(pods) - len(seen),
+        "end_to_created": summarize(delays),
+        "samples": [round(d, 3) for d in delays],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,6 +235,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"jobs": args.jobs, "kind": args.kind, "namespace": namespace}
     operator: subprocess.Popen[bytes] | None = None
     try:
+        result["without_operator"] = count_window(kube, args.window)
+        print("without operator:", json.dumps(result["without_operator"]), flush=True)
+        operator = start_operator(cluster, namespace, args.operator_arg)
+        time.sleep(args.settle)  # started, watching
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(
                 pool.map(
@@ -237,11 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     range(args.jobs),
                 )
             )
-        time.sleep(args.settle)
-        result["without_operator"] = count_window(kube, args.window)
-        print("without operator:", json.dumps(result["without_operator"]), flush=True)
-        started = time.monotonic()
-        operator = start_operator(cluster, namespace, args.operator_arg)
+        result["apply_seconds"] = round(time.monotonic() - started, 2)
         wait_for(
             lambda: all(acknowledged(args.kind, j) for j in list_jobs(kube, namespace)),
             args.ack_timeout,
@@ -249,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             what=f"{args.jobs} jobs acknowledged",
         )
         result["all_acknowledged_seconds"] = round(time.monotonic() - started, 2)
-        print("all acknowledged after", result["all_acknowledged_seconds"], "s", flush=True)
+        print("applied → all acknowledged:", result["all_acknowledged_seconds"], "s", flush=True)
         time.sleep(args.settle)
         stat = Path(f"/proc/{operator.pid}/stat")
         cpu_before, cpu_started = process_cpu_seconds(stat.read_text()), time.monotonic()
