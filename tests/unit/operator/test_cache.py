@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -412,3 +413,119 @@ def test_the_orphan_sweep_reads_only_the_jobs_of_pods_that_may_be_orphans(
     fake.pods["job-1"]["metadata"].pop("deletionTimestamp")
     fake.pods["job-1"]["metadata"]["ownerReferences"] = [{"uid": "an-earlier-job-of-that-name"}]
     assert finalizers.release_orphans(runtime, [NS]) == [f"{NS}/job-1"] and reads == [NAME]
+
+
+class Fleet:
+    """Many jobs, each its own FakeCluster, behind one API whose every call takes `delay` seconds (`slow`'s
+    calls `slow_delay`); counts how many calls are in flight at once."""
+
+    SUFFIXES = ("-trainer-config", "-checkpoints", "-trainer")
+
+    def __init__(self, names: list[str], delay: float, slow: str, slow_delay: float) -> None:
+        self.fakes: dict[str, FakeCluster] = {}
+        for name in names:
+            fake = FakeCluster()
+            fake.job["metadata"].update(name=name, uid=f"uid-{name}")
+            self.fakes[name] = fake
+        self.delay, self.slow, self.slow_delay = delay, slow, slow_delay
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def job_of(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
+        if method.endswith("custom_object") or method.endswith("custom_object_status"):
+            return str(args[4])
+        if method == "list_namespaced_pod":
+            return str(kw["label_selector"].split("=", 1)[1])
+        if method in ("create_namespaced_event",):
+            return str(args[1]["involvedObject"]["name"])
+        name = str(args[1]["metadata"]["name"] if method.startswith("create") else args[0])
+        for suffix in self.SUFFIXES:
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name.rsplit("-", 1)[0]  # a pod <job>-<attempt>
+
+    def __getattr__(self, method: str) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            if method == "read_node":
+                return SimpleNamespace(data=json.dumps(ready_node(args[0])))
+            job = self.job_of(method, args, kw)
+            with self.lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+            try:
+                time.sleep(self.slow_delay if job == self.slow else self.delay)
+                return getattr(self.fakes[job], method)(*args, **kw)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        return call
+
+
+def test_a_burst_of_pod_ends_is_handled_concurrently_within_the_bound() -> None:
+    """40 jobs' pods end at once (a drained pool); every API call takes 5 ms, one job's take 0.15 s. The
+    loops act in parallel up to the bound, never beyond it, and the slow job holds up nobody."""
+    names = [f"j{i:02d}" for i in range(40)]
+    fleet = Fleet(names, delay=0.005, slow="", slow_delay=0.15)
+    runtime = Runtime(config=OperatorConfig(max_concurrent_passes=8))
+    runtime.apis = lambda: (fleet, fleet, fleet)  # type: ignore[method-assign]
+
+    def observe_all() -> None:
+        for name, fake in fleet.fakes.items():
+            key = (NS, name)
+            runtime.cache.observe_job(key, copy.deepcopy(fake.job))
+            runtime.cache.pods.pop(key, None)
+            for pod in fake.pods.values():
+                runtime.cache.observe_pod(key, copy.deepcopy(pod))
+        runtime.cache.observe_node("n1", ready_node("n1"))
+
+    async def until(done: Callable[[], bool], timeout: float) -> float:
+        started = time.monotonic()
+        while not done():
+            assert time.monotonic() - started < timeout, "timed out"
+            await asyncio.sleep(0.01)
+        return time.monotonic() - started
+
+    async def scenario() -> tuple[float, float]:
+        flags = [kopf_stop_flag() for _ in names]
+        logger = __import__("logging").getLogger("test")
+        memo = {"runtime": runtime}
+        loops = [
+            asyncio.ensure_future(
+                handlers.job_loop(namespace=NS, name=name, stopped=flag, logger=logger, memo=memo)
+            )
+            for name, (flag, _) in zip(names, flags, strict=True)
+        ]
+        await until(lambda: all(f.created for f in fleet.fakes.values()), 30)
+        for fake in fleet.fakes.values():
+            pod = next(iter(fake.pods))
+            running(fake, pod, "n1")
+            fake.job["status"]["phase"] = "Running"
+        observe_all()
+        await asyncio.sleep(0.5)  # at rest
+        fleet.slow = "j00"  # from now on one job's calls are slow
+        for fake in fleet.fakes.values():
+            fake.end_pod(next(iter(fake.pods)), 75, evicted=True)  # all at once
+        observe_all()
+        for name in names:
+            runtime.wakes[(NS, name)].set()
+        others = await until(lambda: all(len(fleet.fakes[n].created) == 2 for n in names[1:]), 30)
+        slow_still_busy = len(fleet.fakes["j00"].created) < 2
+        fleet.slow_delay = fleet.delay  # let it finish
+        await until(lambda: len(fleet.fakes["j00"].created) == 2, 30)
+        for _, setter in flags:
+            setter.set()
+        await asyncio.wait_for(asyncio.gather(*loops), 5)
+        return others, slow_still_busy
+
+    others, slow_still_busy = asyncio.run(scenario())
+    print(f"39 replacements in {others:.2f} s, peak {fleet.peak} calls at once")
+    assert fleet.peak <= 8  # never more calls at once than passes allowed
+    assert fleet.peak >= 6  # and the bound is used: the burst is not worked off one by one
+    # 39 replacements, each about 25 calls of 5 ms: about 5 s one after another, 0.6 s eight at a time. The
+    # slow job's pass (about 25 calls of 0.15 s) runs meanwhile in its own slot and ends last.
+    assert others < 2.5, others
+    assert slow_still_busy
+    for name in names:
+        status = fleet.fakes[name].status
+        assert status["restarts"]["preemption"] == 1 and status["attempt"] == 2, name
