@@ -38,11 +38,15 @@ class WatchCache:
     pods: dict[JobKey, dict[str, views.PodView]] = field(default_factory=dict)  # by the job label
     nodes: dict[str, views.NodeView] = field(default_factory=dict)
     claims: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (namespace, claim name)
+    #: Each job's spec parsed once per (uid, generation): parsing is most of a cached look's CPU, and the
+    #: spec changes only with the generation.
+    parsed: dict[JobKey, tuple[tuple[str, int], FineTuneJob]] = field(default_factory=dict)
 
     def observe_job(self, key: JobKey, body: dict[str, Any], deleted: bool = False) -> None:
         if deleted:
             self.jobs.pop(key, None)
             self.pods.pop(key, None)
+            self.parsed.pop(key, None)
         else:  # managedFields: often half the body, never read
             meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
             self.jobs[key] = {**body, "metadata": meta}
@@ -170,13 +174,20 @@ def cached_world(
     deleted, an invalid spec, a pod on a node the cache has not seen)."""
     namespace, name = key
     body = cache.jobs.get(key)
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+    meta = (body or {}).get("metadata") or {}
+    if body is None or meta.get("deletionTimestamp"):
         return None
-    try:
-        job = parse_job({**body, "status": None}, f"{namespace}/{name}")
-    except InvalidManifest:
-        return None  # the fresh pass shows it on the job
-    job.metadata.namespace = namespace
+    stamp = (str(meta.get("uid")), int(meta.get("generation") or 0))
+    parsed = cache.parsed.get(key)
+    if parsed is not None and parsed[0] == stamp:
+        job = parsed[1]
+    else:
+        try:
+            job = parse_job({**body, "status": None}, f"{namespace}/{name}")
+        except InvalidManifest:
+            return None  # the fresh pass shows it on the job
+        job.metadata.namespace = namespace
+        cache.parsed[key] = (stamp, job)
     pods = tuple(sorted((cache.pods.get(key) or {}).values(), key=lambda p: p.name))
     nodes: dict[str, views.NodeView] = {}
     for pod in pods:

@@ -161,6 +161,7 @@ def test_the_cache_stands_in_only_where_it_knows(fake: FakeCluster, runtime: Run
     assert look() is None  # releasing the pods of a deleting job is the API path's
     invalid = copy.deepcopy(fake.job)
     invalid["spec"]["training"]["max_steps"] = "many"
+    invalid["metadata"]["generation"] += 1  # as the apiserver does on every spec change
     cache.observe_job(KEY, invalid)
     assert look() is None  # shown on the job by the API path
     cache.observe_job(KEY, {}, deleted=True)
