@@ -289,6 +289,18 @@ async def claim_event(
         _wake(runtime, key)
 
 
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace being deleted: kopf stops watching it, so its jobs' loops would hear nothing more (no job
+    or pod event). Wake them to read the API: a deleting job releases its pods and its kopf finalizer."""
+    runtime = runtime_of(memo)
+    meta = (event.get("object") or {}).get("metadata") or {}
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+        for key in [k for k in runtime.wakes if k[0] == name]:
+            runtime.reread.add(key)
+            _wake(runtime, key)
+
+
 def _wake(runtime: Runtime, key: tuple[str, str]) -> bool:
     """Wake the job's loop; False when it has none (the job is gone or not served)."""
     wake = runtime.wakes.get(key)

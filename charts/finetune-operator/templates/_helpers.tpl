@@ -172,12 +172,11 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if .Values.operator.watchNamespaces }}
-# Namespace-scoped (operator.watchNamespaces): kopf lists/watches namespaces to match its patterns.
+# Namespaces: a namespace being deleted wakes its jobs' loops (kopf stops watching a terminating namespace,
+# so no job or pod event would); in a namespaced install kopf also matches its patterns against them.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-{{- end }}
 {{- end }}
 
 {{/* The uninstall hook's rules where the jobs live: release the finalizers of trainer pods and jobs. */}}

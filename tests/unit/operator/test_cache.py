@@ -530,3 +530,22 @@ def test_a_burst_of_pod_ends_is_handled_concurrently_within_the_bound() -> None:
     for name in names:
         status = fleet.fakes[name].status
         assert status["restarts"]["preemption"] == 1 and status["attempt"] == 2, name
+
+
+def test_a_namespace_being_deleted_has_its_jobs_read_the_api() -> None:
+    """kopf stops watching a terminating namespace: no job or pod event comes, so the namespace's own event
+    must wake its jobs (on the cluster: test_deleting_the_namespace_of_a_running_job_completes_promptly)."""
+    runtime = Runtime()
+    memo = {"runtime": runtime}
+    for key in ((NS, "a"), (NS, "b"), ("other", "a")):
+        runtime.wakes[key] = asyncio.Event()
+
+    async def event(kind: str, meta: dict[str, Any]) -> None:
+        body = {"metadata": {"name": NS, **meta}}
+        await handlers.namespace_event(event={"type": kind, "object": body}, name=NS, memo=memo)
+
+    asyncio.run(event("MODIFIED", {"labels": {"x": "y"}}))
+    assert not any(w.is_set() for w in runtime.wakes.values()) and not runtime.reread
+    asyncio.run(event("MODIFIED", {"deletionTimestamp": "2026-01-01T00:00:00Z"}))
+    assert runtime.reread == {(NS, "a"), (NS, "b")}
+    assert [k for k, w in runtime.wakes.items() if w.is_set()] == [(NS, "a"), (NS, "b")]
