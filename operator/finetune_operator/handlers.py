@@ -68,6 +68,8 @@ REGISTRY = kopf.get_default_registry()
 IDLE_RECHECK_SECONDS = 30.0
 #: What a pass returns when `reconcile` asked for no timer: sleep until an event (or the safety resync).
 UNTIL_WOKEN = math.inf
+#: How often a job in a namespace being deleted reads the API (kopf no longer watches that namespace).
+TERMINATING_RECHECK_SECONDS = 5.0
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
@@ -292,12 +294,16 @@ async def claim_event(
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A namespace being deleted: kopf stops watching it, so its jobs' loops would hear nothing more (no job
-    or pod event). Wake them to read the API: a deleting job releases its pods and its kopf finalizer."""
+    or pod event; the namespace controller deletes the job some time later). Until the namespace is gone
+    its loops read the API every TERMINATING_RECHECK_SECONDS: a deleting job releases its pods and kopf's
+    finalizer."""
     runtime = runtime_of(memo)
     meta = (event.get("object") or {}).get("metadata") or {}
-    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+    if event.get("type") == "DELETED":
+        runtime.terminating.discard(name)
+    elif meta.get("deletionTimestamp") and name not in runtime.terminating:
+        runtime.terminating.add(name)  # from now on its loops read the API every few seconds
         for key in [k for k in runtime.wakes if k[0] == name]:
-            runtime.reread.add(key)
             _wake(runtime, key)
 
 
@@ -336,6 +342,8 @@ async def job_loop(
             if key in runtime.reread:  # the resync dropped something of this job from the cache
                 runtime.reread.discard(key)
                 fresh = True
+            terminating = namespace in runtime.terminating  # no watch events come from there any more
+            fresh = fresh or terminating
             try:
                 quiet = None if fresh else quiet_requeue(runtime, namespace, name)
                 if quiet is not None:
@@ -355,7 +363,8 @@ async def job_loop(
                 # look reads the API).
                 runtime.cache.observe_job(key, {}, deleted=True)
                 break
-            await _woken(wake, stop, sleep_seconds(requeue))
+            seconds = sleep_seconds(requeue)
+            await _woken(wake, stop, min(seconds, TERMINATING_RECHECK_SECONDS) if terminating else seconds)
     finally:
         runtime.wakes.pop(key, None)
         stop.cancel()

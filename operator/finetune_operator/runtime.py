@@ -53,6 +53,7 @@ class Runtime:
     fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
     cache: WatchCache = field(default_factory=WatchCache)
     reread: set[tuple[str, str]] = field(default_factory=set)  # jobs whose next look must read the API
+    terminating: set[str] = field(default_factory=set)  # namespaces being deleted (kopf stopped watching)
     api: client.ApiClient | None = None
     _passes: asyncio.Semaphore | None = None
     _executor: ThreadPoolExecutor | None = None

@@ -545,7 +545,9 @@ def test_a_namespace_being_deleted_has_its_jobs_read_the_api() -> None:
         await handlers.namespace_event(event={"type": kind, "object": body}, name=NS, memo=memo)
 
     asyncio.run(event("MODIFIED", {"labels": {"x": "y"}}))
-    assert not any(w.is_set() for w in runtime.wakes.values()) and not runtime.reread
+    assert not any(w.is_set() for w in runtime.wakes.values()) and not runtime.terminating
     asyncio.run(event("MODIFIED", {"deletionTimestamp": "2026-01-01T00:00:00Z"}))
-    assert runtime.reread == {(NS, "a"), (NS, "b")}
+    assert runtime.terminating == {NS}  # its loops now read the API every few seconds
     assert [k for k, w in runtime.wakes.items() if w.is_set()] == [(NS, "a"), (NS, "b")]
+    asyncio.run(event("DELETED", {"deletionTimestamp": "2026-01-01T00:00:00Z"}))
+    assert not runtime.terminating
