@@ -30,7 +30,7 @@ import yaml
 HERE = Path(__file__).resolve()
 sys.path[:0] = [str(HERE.parent)]
 
-from bench_checkpoint import build, raw_write, run_trainer  # noqa: E402
+from bench_checkpoint import add_model_arguments, build, machine_and_model, raw_write, run_trainer  # noqa: E402
 from finetune_trainer import checkpoints as ckpt  # noqa: E402
 
 
@@ -79,11 +79,7 @@ def summarise(events: list[dict[str, Any]], baseline_gap: float | None) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-layer", type=int, default=6)
-    parser.add_argument("--n-embd", type=int, default=384)
-    parser.add_argument("--n-head", type=int, default=6)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--targets", default="c_attn,c_proj,c_fc")
+    add_model_arguments(parser, n_layer=6, n_embd=384, n_head=6, lora_r=16, targets="c_attn,c_proj,c_fc")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="repeat every mode; medians are reported")
@@ -113,17 +109,8 @@ def main() -> int:
     runs = {name: _median_over(rounds, name) for name in rounds[0]}
     assert newest is not None
     raw = [raw_write(newest.path, workdir / f"raw-{i}") for i in range(5)]
-    import torch
-
     result = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(),
-        "model": {
-            "n_layer": args.n_layer,
-            "n_embd": args.n_embd,
-            "lora_r": args.lora_r,
-            "targets": args.targets,
-        },
+        **machine_and_model(args),
         "steps": args.steps,
         "checkpoint_bytes": newest.bytes,
         "raw_fsync_write_seconds_median": statistics.median(raw),

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-sys.path[:0] = [str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "operator")]
+sys.path[:0] = [str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "api")]
 
 from finetune_trainer import checkpoints as ckpt  # noqa: E402
 from finetune_trainer import tiny  # noqa: E402
@@ -155,13 +155,42 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t0
 
 
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    lora_r: int,
+    targets: str,
+) -> None:
+    """The model and LoRA shape flags every trainer benchmark takes (each with its own defaults)."""
+    parser.add_argument("--n-layer", type=int, default=n_layer)
+    parser.add_argument("--n-embd", type=int, default=n_embd)
+    parser.add_argument("--n-head", type=int, default=n_head)
+    parser.add_argument("--lora-r", type=int, default=lora_r)
+    parser.add_argument("--targets", default=targets, help="comma-separated LoRA target modules")
+
+
+def machine_and_model(args: argparse.Namespace) -> dict[str, Any]:
+    """What a result was measured on: device, torch threads, model and LoRA shape."""
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "model": {
+            "n_layer": args.n_layer,
+            "n_embd": args.n_embd,
+            "lora_r": args.lora_r,
+            "targets": args.targets,
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-layer", type=int, default=2)
-    parser.add_argument("--n-embd", type=int, default=64)
-    parser.add_argument("--n-head", type=int, default=2)
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--targets", default="c_attn", help="comma-separated LoRA target modules")
+    add_model_arguments(parser, n_layer=2, n_embd=64, n_head=2, lora_r=8, targets="c_attn")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--save-steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
@@ -195,18 +224,8 @@ def main() -> int:
         commit_v1.append(commit_only(newest.path, workdir / f"v1-{i}/checkpoint-{newest.step}", False))
     verify = [_timed(lambda: ckpt.read_commit(newest.path, verify_checksums=True)) for _ in range(3)]
     per_gib = checksum_seconds_per_gib(workdir, args.checksum_mib)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     result = {
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "model": {
-            "n_layer": args.n_layer,
-            "n_embd": args.n_embd,
-            "lora_r": args.lora_r,
-            "targets": args.targets,
-        },
+        **machine_and_model(args),
         "steps": args.steps,
         "save_steps": args.save_steps,
         "step_seconds_median": statistics.median(step_times),
@@ -221,7 +240,7 @@ def main() -> int:
         "checkpoint_bytes": newest.bytes,
         "files": dict(sorted(newest.files.items(), key=lambda kv: -kv[1])),
     }
-    print(f"device {device}, threads {result['threads']}, model {result['model']}")
+    print(f"device {result['device']}, threads {result['threads']}, model {result['model']}")
     print(f"{'metric':56} {'value':>12}")
     rows = [
         ("median step time (s)", result["step_seconds_median"]),

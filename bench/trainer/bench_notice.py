@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-sys.path[:0] = [str(HERE.parent), str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "operator")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[2] / "trainer-image"), str(HERE.parents[2] / "api")]
 
-from bench_checkpoint import build  # noqa: E402
+from bench_checkpoint import add_model_arguments, build, machine_and_model  # noqa: E402
 
 
 def events_of(log: Path) -> list[dict[str, Any]]:
@@ -112,11 +112,7 @@ def run_once(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-layer", type=int, default=12)
-    parser.add_argument("--n-embd", type=int, default=768)
-    parser.add_argument("--n-head", type=int, default=12)
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--targets", default="c_attn", help="comma-separated LoRA target modules")
+    add_model_arguments(parser, n_layer=12, n_embd=768, n_head=12, lora_r=16, targets="c_attn")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--accumulation", type=int, default=8)
     parser.add_argument("--signal-after", type=int, default=2, help="SIGTERM once this step is logged")
@@ -136,17 +132,10 @@ def main() -> int:
         "step_end": run_once(config, workdir, "step-end", args.long_deadline, args),
         "micro_batch": run_once(config, workdir, "micro-batch", args.short_deadline, args),
     }
-    import torch
-
+    described = machine_and_model(args)
+    described["model"]["parameters"] = params
     result = {
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "model": {
-            "n_layer": args.n_layer,
-            "n_embd": args.n_embd,
-            "parameters": params,
-            "lora_r": args.lora_r,
-        },
+        **described,
         "per_device_train_batch_size": args.batch,
         "gradient_accumulation_steps": args.accumulation,
         "signal": f"right after step {args.signal_after} is logged (first micro-batch of the next step)",

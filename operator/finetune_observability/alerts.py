@@ -84,6 +84,9 @@ PARAMS: dict[str, Param] = {
     ),
 }
 
+#: How long FineTuneJobEmergencySaveLate stays firing after a late emergency save.
+LATE_SAVE_WINDOW = "1h"
+
 #: Fixed windows of the latency rule (short: now; long: the day before, for the baseline).
 LATENCY_SHORT = "1h"
 LATENCY_LONG = "1d"
@@ -183,6 +186,22 @@ and on ({BY})
         f"{LATENCY_LONG} before. Saves block training, and a slow save risks the grace period on preemption.",
         "Look at the volume (storage class, IOPS limits, a full or noisy node disk) and at the checkpoint "
         "size panel (a larger checkpoint is slower); compare the grace period with the p99 save time.",
+    ),
+    Rule(
+        "FineTuneJobEmergencySaveLate",
+        # The operator exports this counter for every job from status.lateEmergencySaves (0 from the start),
+        # so increase() sees the first late save too.
+        f"sum by ({BY}) (increase(finetune_emergency_saves_late_total[{LATE_SAVE_WINDOW}])) > 0",
+        "0m",
+        "warning",
+        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }}: an emergency checkpoint missed its "
+        f"save deadline in the last {LATE_SAVE_WINDOW}.",
+        "After a SIGTERM (preemption, drain, deletion) the trainer did not commit its emergency checkpoint "
+        "before the save deadline: the job resumed from an older checkpoint and redid the steps since.",
+        "`kubectl describe ftj` (status.lastEmergencySave: deadlineSeconds; the EmergencySaveLate Event), "
+        "then compare the save time (checkpoint save panel) with the deadline: give the nodes' real notice "
+        "(spec.scheduling.cloud or preemptionNoticeSeconds) and a longer grace period where the cloud allows "
+        "it, keep background saves on, or save more often so less is lost.",
     ),
     Rule(
         "FineTuneJobFailed",

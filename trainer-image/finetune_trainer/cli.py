@@ -598,6 +598,8 @@ class Run:
         if config.dataset.format == "messages" and not getattr(tokenizer, "chat_template", None):
             raise ConfigError("dataset.format: 'messages' needs a tokenizer with a chat template")
         args = build.sft_config(config, self.output_dir, use_cuda, self.world_size)
+        # With several processes every rank writes its RNG file and all agree at barriers: synchronous.
+        background = config.background_save and self.world_size == 1
         log(
             "loaded",
             seconds=round(time.monotonic() - t0, 3),
@@ -606,7 +608,7 @@ class Run:
             cuda=use_cuda,
             threads=torch.get_num_threads(),
             world_size=self.world_size,
-            background_save=config.background_save and self.world_size == 1,
+            background_save=background,
         )
         resume = self.resume = self.settle_resume(self.resume)
         startup.mark("resume_restore")  # the restore probe (the Trainer's restore is counted later)
@@ -620,8 +622,7 @@ class Run:
             last_commit=resume,
             fence=self.fence,
             identity=self.identity_fields(),
-            # With several processes every rank writes its RNG file and all agree at barriers: synchronous.
-            saver=BackgroundSaver() if config.background_save and self.world_size == 1 else None,
+            saver=BackgroundSaver() if background else None,
         )
         self.run_state = run
         callbacks = [

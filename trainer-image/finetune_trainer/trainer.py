@@ -326,7 +326,7 @@ class CommitTrainer(SFTTrainer):
         in a checkpoint lean: no tokenizer files and no README model card (they were 56% of a tiny one)."""
         from peft import PeftModel
 
-        unwrapped: Any = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        unwrapped = self._unwrapped_model()
         if not self.args.should_save or not isinstance(unwrapped, PeftModel):
             super()._save(output_dir, state_dict)
             return
