@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,23 @@ def request_counts(metrics_text: str) -> dict[str, float]:
             key = f"{resource}/{sub}" if resource and sub else (resource or sub or "-")
             counts[key] = counts.get(key, 0.0) + sample.value
     return counts
+
+
+def request_seconds(metrics_text: str) -> tuple[float, float]:
+    """The apiserver's own time spent on requests, summed, and their number (apiserver_request_duration_
+    seconds _sum and _count; watches and exec/port-forward left out: they last as long as they are open)."""
+    total = count = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("verb") in ("WATCH", "WATCHLIST", "CONNECT"):
+                continue
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+    return total, count
 
 
 def request_rates(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
@@ -130,6 +148,52 @@ def replacement_of(pod: str) -> str:
     return f"{job}-{int(attempt) + 1}"
 
 
+#: The operator's log lines (FTO_TRACE=1) that mark a step on the way from a pod's end to its replacement,
+#: in order: (segment name, predicate on (message, old pod, new pod)).
+TRACE_MARKS: list[tuple[str, Callable[[str, str, str], bool]]] = [
+    ("operator_saw_end", lambda m, old, new: m.startswith("pod event") and f" {old} deleting" in m),
+    ("woken", lambda m, old, new: m.startswith("look wants the API")),
+    ("pass_started", lambda m, old, new: m == "API pass starts"),
+    ("decided", lambda m, old, new: m.startswith("decision:")),
+    ("released", lambda m, old, new: m.startswith("ReleasePod")),
+    ("operator_saw_gone", lambda m, old, new: m == f"pod event DELETED {old} deleting"),
+]
+
+
+def trace_breakdown(
+    log_lines: list[str], ends: dict[str, float], seen: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Where the seconds go between a pod's end and its replacement, from the operator's log (JSON lines,
+    FTO_TRACE=1) and the bench's own watch (`ends`: old pod → wall time it was seen deleting; `seen`: new
+    pod → wall time it was seen created). For each old pod the first line of each mark after its end;
+    returns, per step, the seconds since the step before (p50/p99/max over the pods)."""
+    by_job: dict[str, list[tuple[float, str]]] = {}
+    for line in log_lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        job = str(entry.get("finetunejob", "")).rsplit("/", 1)[-1]
+        if job:
+            when = datetime.fromisoformat(entry["time"]).timestamp()
+            by_job.setdefault(job, []).append((when, str(entry.get("message", ""))))
+    segments: dict[str, list[float]] = {}
+    for old, ended in ends.items():
+        new = replacement_of(old)
+        job = old.rsplit("-", 1)[0]
+        previous, name_before = ended, "end"
+        lines = sorted(by_job.get(job, []))
+        for mark, matches in TRACE_MARKS:
+            at = next((t for t, m in lines if t >= previous - 0.05 and matches(m, old, new)), None)
+            if at is None:
+                continue
+            segments.setdefault(f"{name_before}->{mark}", []).append(max(0.0, at - previous))
+            previous, name_before = at, mark
+        if new in seen:
+            segments.setdefault(f"{name_before}->bench_saw_new", []).append(max(0.0, seen[new] - previous))
+    return {name: summarize(values) for name, values in segments.items()}
+
+
 # ============================================================================================ the cluster
 
 
@@ -154,6 +218,8 @@ class PodRecorder:
         self.lock = threading.Lock()
         self.added: dict[str, float] = {}
         self.deleting: dict[str, float] = {}
+        self.added_wall: dict[str, float] = {}  # the same, as wall-clock time (to line up with the log)
+        self.deleting_wall: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -164,12 +230,14 @@ class PodRecorder:
                 for event in watch.Watch().stream(
                     self.kube.core.list_namespaced_pod, self.namespace, timeout_seconds=30
                 ):
-                    now = time.monotonic()
+                    now, wall = time.monotonic(), time.time()
                     pod = event["object"]
                     with self.lock:
                         self.added.setdefault(pod.metadata.name, now)
+                        self.added_wall.setdefault(pod.metadata.name, wall)
                         if pod.metadata.deletion_timestamp is not None:
                             self.deleting.setdefault(pod.metadata.name, now)
+                            self.deleting_wall.setdefault(pod.metadata.name, wall)
                     if self.stop.is_set():
                         return
             except ApiException:
@@ -206,8 +274,12 @@ def start_operator(cluster: Cluster, namespace: str, extra: list[str]) -> subpro
     )
 
 
-def burst(kube: Kube, namespace: str, recorder: PodRecorder) -> dict[str, Any]:
+def burst(kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int) -> dict[str, Any]:
     pods = [str(p.metadata.name) for p in kube.core.list_namespaced_pod(namespace).items]
+    load_before = os.getloadavg()[0]
+    stat = Path(f"/proc/{operator_pid}/stat")
+    metrics_before = kube.kubectl("get", "--raw", "/metrics", timeout=60).stdout
+    cpu_before, started = process_cpu_seconds(stat.read_text()), time.monotonic()
     with ThreadPoolExecutor(max_workers=32) as pool:
         list(pool.map(lambda name: kube.core.delete_namespaced_pod(name, namespace), pods))
 
@@ -216,13 +288,31 @@ def burst(kube: Kube, namespace: str, recorder: PodRecorder) -> dict[str, Any]:
             return all(replacement_of(p) in recorder.added for p in pods)
 
     wait_for(all_replaced, 300, interval=0.5, what=f"replacements of {len(pods)} pods")
+    seconds = time.monotonic() - started
+    cpu = process_cpu_seconds(stat.read_text()) - cpu_before
+    metrics_after = kube.kubectl("get", "--raw", "/metrics", timeout=60).stdout
+    sum_before, n_before = request_seconds(metrics_before)
+    sum_after, n_after = request_seconds(metrics_after)
     with recorder.lock:
         seen = [p for p in pods if p in recorder.deleting]  # the watch saw it deleting (not only gone)
         delays = [recorder.added[replacement_of(p)] - recorder.deleting[p] for p in seen]
+        ends = {p: recorder.deleting_wall[p] for p in seen}
+        created = dict(recorder.added_wall)
+    log = Path(f"/tmp/{namespace}-operator.log")
     return {
         "pods": len(pods),
         "unseen_deletions": len(pods) - len(seen),
         "end_to_created": summarize(delays),
+        # the machine's 1-minute load average before the deletions and after the last replacement (2 cores,
+        # shared): the apiserver's latency follows it
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # from the deletions to the last replacement: the operator's CPU (of one core), and every request
+        # the apiserver served meanwhile (all clients) with its own mean time per request
+        "seconds": round(seconds, 2),
+        "operator_cpu_percent": round(100 * cpu / seconds, 1),
+        "apiserver_requests": int(n_after - n_before),
+        "apiserver_mean_request_ms": round(1000 * (sum_after - sum_before) / max(1.0, n_after - n_before), 1),
+        "breakdown": trace_breakdown(log.read_text().splitlines(), ends, created) if log.exists() else {},
         "samples": [round(d, 3) for d in delays],
     }
 
@@ -273,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             recorder = PodRecorder(kube, namespace)
             time.sleep(1.0)  # the watch has listed
             try:
-                result["burst"] = burst(kube, namespace, recorder)
+                result["burst"] = burst(kube, namespace, recorder, operator.pid)
             finally:
                 recorder.stop.set()
             print("burst:", json.dumps({k: v for k, v in result["burst"].items() if k != "samples"}))

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +61,8 @@ from finetune_operator.names import KOPF_FINALIZER, LABEL_JOB, POD_FINALIZER
 from finetune_operator.runtime import Runtime, response_json, runtime_of
 
 log = logging.getLogger("finetune_operator")
+#: Time stamps along the path event → wake-up → API pass → actions (DEBUG; bench/scale reads them).
+trace = logging.getLogger("finetune_operator.trace")
 #: The handlers below register here on import (kopf's default registry); main.py runs kopf with it, which also
 #: keeps the import of this module from looking unused.
 REGISTRY = kopf.get_default_registry()
@@ -259,6 +262,14 @@ async def pod_event(
     namespace = namespace or "default"
     key = (namespace, labels[LABEL_JOB])
     runtime.cache.observe_pod(key, dict(event.get("object") or body), deleted=event.get("type") == "DELETED")
+    if trace.isEnabledFor(logging.DEBUG):
+        trace.debug(
+            "pod event %s %s%s",
+            event.get("type"),
+            body.get("metadata", {}).get("name"),
+            " deleting" if body.get("metadata", {}).get("deletionTimestamp") else "",
+            extra={"finetunejob": "/".join(key)},
+        )
     if _wake(runtime, key):
         return
     meta = body.get("metadata", {})
@@ -312,6 +323,8 @@ def _wake(runtime: Runtime, key: tuple[str, str]) -> bool:
     wake = runtime.wakes.get(key)
     if wake is None:
         return False
+    if not wake.is_set():
+        runtime.woken_at.setdefault(key, time.monotonic())
     wake.set()
     return True
 
@@ -344,11 +357,18 @@ async def job_loop(
                 fresh = True
             terminating = namespace in runtime.terminating  # no watch events come from there any more
             fresh = fresh or terminating
+            woken_at = runtime.woken_at.pop(key, None)
             try:
                 quiet = None if fresh else quiet_requeue(runtime, namespace, name)
                 if quiet is not None:
                     requeue: float | None = quiet  # the cached World needs nothing: no request made
                 else:  # act, or the cache cannot say: read the API and decide on that
+                    if woken_at is not None and trace.isEnabledFor(logging.DEBUG):
+                        trace.debug(
+                            "look wants the API, %.3f s after the wake-up",
+                            time.monotonic() - woken_at,
+                            extra={"finetunejob": f"{namespace}/{name}"},
+                        )
                     requeue = await runtime.bounded(run_once, runtime, namespace, name)
                 failures, fresh = 0, False
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
@@ -424,19 +444,41 @@ def _requeue(step: Step) -> float:
 def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
     """Read the API and reconcile until nothing is left to do; the seconds until the next look (UNTIL_WOKEN:
     none asked; None: the job is gone)."""
+    tracing = trace.isEnabledFor(logging.DEBUG)
+    if tracing:
+        trace.debug("API pass starts", extra={"finetunejob": f"{namespace}/{name}"})
     for _ in range(MAX_PASSES):
+        started = time.monotonic()
         world = read_world(runtime, namespace, name)
         if world is None:
             return None
         job, uid, state, resource_version = world
         step = decisions.reconcile(state)
+        if tracing:
+            read = time.monotonic()
+            actions = ",".join(type(a).__name__ for a in step.actions) or "-"
         if not step.actions:
+            if tracing:
+                trace.debug(
+                    "pass: read %.3f s, nothing to do",
+                    read - started,
+                    extra={"finetunejob": f"{namespace}/{name}"},
+                )
             return _requeue(step)
         try:
             wait = execute(runtime, job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
             continue
+        finally:
+            if tracing:
+                trace.debug(
+                    "pass: read %.3f s, acted %.3f s: %s",
+                    read - started,
+                    time.monotonic() - read,
+                    actions,
+                    extra={"finetunejob": f"{namespace}/{name}"},
+                )
         if wait is not None:  # the apiserver refused the next attempt: shown on the job, look again later
             return wait
     return 1.0

@@ -65,6 +65,8 @@ def setup_logging(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # kopf logs every handler run at INFO; keep its chatter at WARNING unless debugging.
+    if os.environ.get("FTO_TRACE") in ("1", "true"):  # time stamps along a pass (bench/scale), no kopf
+        logging.getLogger("finetune_operator.trace").setLevel(logging.DEBUG)
     if level.upper() != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from finetune_operator.cache import WatchCache
 from finetune_operator.metrics import OperatorMetrics
 
 T = TypeVar("T")
+_trace = logging.getLogger("finetune_operator.trace")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Runtime:
     wakes: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     fingerprints: dict[tuple[str, str], Any] = field(default_factory=dict)
     cache: WatchCache = field(default_factory=WatchCache)
+    woken_at: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic, for the trace
     reread: set[tuple[str, str]] = field(default_factory=set)  # jobs whose next look must read the API
     terminating: set[str] = field(default_factory=set)  # namespaces being deleted (kopf stopped watching)
     api: client.ApiClient | None = None
@@ -64,7 +68,10 @@ class Runtime:
             bound = max(1, self.config.max_concurrent_passes)
             self._passes = asyncio.Semaphore(bound)
             self._executor = ThreadPoolExecutor(max_workers=bound, thread_name_prefix="reconcile")
+        queued = time.monotonic()
         async with self._passes:
+            if _trace.isEnabledFor(logging.DEBUG) and time.monotonic() - queued > 0.01:
+                _trace.debug("waited %.3f s for a pass slot", time.monotonic() - queued)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def apis(self) -> tuple[Any, Any, Any]:  # the client's stubs reject plain-dict bodies

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 from finetune_api.trainer_config import parse_job
 
 from bench.scale.bench import (
@@ -12,7 +15,9 @@ from bench.scale.bench import (
     replacement_of,
     request_counts,
     request_rates,
+    request_seconds,
     rss_megabytes,
+    trace_breakdown,
 )
 
 
@@ -32,6 +37,12 @@ METRICS = "\n".join(
         "# HELP apiserver_request_duration_seconds x",
         "# TYPE apiserver_request_duration_seconds histogram",
         'apiserver_request_duration_seconds_bucket{verb="GET",le="0.1"} 99',
+        'apiserver_request_duration_seconds_sum{verb="GET"} 1.5',
+        'apiserver_request_duration_seconds_count{verb="GET"} 99',
+        'apiserver_request_duration_seconds_sum{verb="WATCH"} 3600',
+        'apiserver_request_duration_seconds_count{verb="WATCH"} 4',
+        'apiserver_request_duration_seconds_sum{verb="PATCH"} 0.5',
+        'apiserver_request_duration_seconds_count{verb="PATCH"} 1',
         "",
     ]
 )
@@ -43,6 +54,10 @@ def test_request_counters_per_resource_and_rates() -> None:
     later = {**counts, "pods": 45.0, "nodes": 6.0}
     rates = request_rates(counts, later, 60.0)
     assert rates == {"total": 0.6, "by_resource": {"nodes": 0.1, "pods": 0.5}}
+
+
+def test_the_apiservers_own_request_time_leaves_out_watches() -> None:
+    assert request_seconds(METRICS) == (2.0, 100.0)
 
 
 def test_process_figures_from_proc() -> None:
@@ -64,3 +79,38 @@ def test_the_jobs_applied_are_valid_and_never_train() -> None:
     assert not acknowledged("pending", {"status": {"phase": "Pending"}})
     assert acknowledged("pending", {"status": {"attempt": 1}})
     assert replacement_of("job00001-3") == "job00001-4"
+
+
+def test_trace_breakdown_lines_up_the_log_with_the_bench_watch() -> None:
+    def line(at: str, message: str, job: str = "job00001") -> str:
+        return json.dumps(
+            {"time": f"2026-11-30T10:00:{at}+00:00", "message": message, "finetunejob": f"ns/{job}"}
+        )
+
+    log = [
+        "not json",
+        line("00.500", "pod event MODIFIED job00001-1 deleting"),
+        line("00.600", "look wants the API, 0.010 s after the wake-up"),
+        line("01.600", "API pass starts"),
+        line("02.000", "decision: DeletedWhilePending (Preempted) → restart"),
+        line("02.300", "ReleasePod 0.100 s"),
+        line("02.400", "pod event DELETED job00001-1 deleting"),
+        line("03.000", "event AttemptCreated: created pod job00001-2 (attempt 2, run directory x)"),
+        line("00.700", "pod event MODIFIED job00002-1 deleting", job="job00002"),  # not in the burst
+    ]
+    start = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC).timestamp()
+    breakdown = trace_breakdown(log, {"job00001-1": start + 0.2}, {"job00001-2": start + 3.25})
+    assert {name: stats["p50"] for name, stats in breakdown.items()} == {
+        "end->operator_saw_end": 0.3,
+        "operator_saw_end->woken": 0.1,
+        "woken->pass_started": 1.0,
+        "pass_started->decided": 0.4,
+        "decided->released": 0.3,
+        "released->operator_saw_gone": 0.1,
+        "operator_saw_gone->bench_saw_new": 0.85,
+    }
+    # a step the log does not show is skipped: the next one counts from the last one found
+    without_release = [entry for entry in log if "ReleasePod" not in entry]
+    breakdown = trace_breakdown(without_release, {"job00001-1": start + 0.2}, {})
+    assert breakdown["decided->operator_saw_gone"]["p50"] == 0.4
+    assert "operator_saw_gone->bench_saw_new" not in breakdown
