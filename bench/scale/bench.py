@@ -19,6 +19,9 @@ another checkout's, to compare). Steps, in a fresh namespace:
    seen deleting (its end) and when its replacement (`<job>-<attempt + 1>`) appears: p50/p99/max.
 5. delete the namespace (the operator still running, so it releases its finalizers), stop the operator.
 
+FTO_TRACE=1 in the environment (passed on to the operator): the burst also reports where the seconds go
+(`trace_breakdown`, from the operator's time-stamped log lines). Results and their analysis: README.md.
+
 Not built yet: `--kind running` (a stand-in trainer that only sleeps and reports steps, so that N jobs can
 run on one node).
 """
