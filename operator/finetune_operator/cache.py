@@ -210,6 +210,8 @@ class Keys:
     pods: frozenset[tuple[JobKey, str]] = frozenset()
     nodes: frozenset[str] = frozenset()
     claims: frozenset[tuple[str, str]] = frozenset()
+    #: What the decisions look at of each node: as cached when the relist went out, or as listed.
+    node_views: tuple[tuple[str, views.NodeView], ...] = ()
 
 
 def cached_keys(cache: WatchCache) -> Keys:
@@ -218,7 +220,25 @@ def cached_keys(cache: WatchCache) -> Keys:
         pods=frozenset((key, name) for key, pods in cache.pods.items() for name in pods),
         nodes=frozenset(cache.nodes),
         claims=frozenset(cache.claims),
+        node_views=tuple(cache.nodes.items()),
     )
+
+
+def refresh_nodes(cache: WatchCache, before: Keys, listed: Keys) -> set[JobKey]:
+    """The slow safety net for nodes: a node whose kept facts (ready, since when, the out-of-service taint)
+    differ in the relist from the cache, with no node event since the relist went out (a newer event wins),
+    takes the listed facts; returns the jobs with a pod there. A watch that missed a node's change (kopf
+    re-lists after an error, but a missed event between is possible) is caught within one resync."""
+    cached_then = dict(before.node_views)
+    woken: set[JobKey] = set()
+    for name, view in listed.node_views:
+        now = cache.nodes.get(name)
+        # `is`: every node event stores a new view, even one with the same facts
+        if now is None or now is not cached_then.get(name) or now == view:
+            continue  # unknown (the watch will tell), an event since the relist went out, or the same
+        cache.nodes[name] = view
+        woken.update(cache.jobs_on_node(name))
+    return woken
 
 
 def drop_ghosts(cache: WatchCache, before: Keys, listed: Keys) -> set[JobKey]:

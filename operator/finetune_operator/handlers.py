@@ -48,6 +48,7 @@ from finetune_operator.cache import (
     cached_world,
     claim_needed,
     drop_ghosts,
+    refresh_nodes,
 )
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
@@ -129,7 +130,8 @@ async def _resync_loop(runtime: Runtime) -> None:
 def resync(runtime: Runtime, before: Keys, listed: Keys) -> list[tuple[str, str]]:
     """Apply a relist to the cache; the jobs whose loop will read the API next."""
     woken = []
-    for key in sorted(drop_ghosts(runtime.cache, before, listed)):
+    concerned = drop_ghosts(runtime.cache, before, listed) | refresh_nodes(runtime.cache, before, listed)
+    for key in sorted(concerned):
         if _wake(runtime, key):
             runtime.reread.add(key)
             woken.append(key)
@@ -181,6 +183,11 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
         ),
         nodes=frozenset(str((n.get("metadata") or {}).get("name")) for n in nodes),
         claims=frozenset(ns_name(c) for c in claims),
+        node_views=tuple(
+            (name, views.node_view(name, n))
+            for n in nodes
+            for name in [str((n.get("metadata") or {}).get("name"))]
+        ),
     )
 
 

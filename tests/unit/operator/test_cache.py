@@ -265,6 +265,7 @@ class ListingCluster(FakeCluster):
     def __init__(self) -> None:
         super().__init__()
         self.nodes = ["n1"]
+        self.node_bodies: dict[str, dict[str, Any]] = {}
 
     def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
         return {"items": [copy.deepcopy(self.job)]}
@@ -274,7 +275,8 @@ class ListingCluster(FakeCluster):
         return SimpleNamespace(data=json.dumps({"items": claims}))
 
     def list_node(self, **_: Any) -> Any:
-        return SimpleNamespace(data=json.dumps({"items": [{"metadata": {"name": n}} for n in self.nodes]}))
+        items = [self.node_bodies.get(n) or ready_node(n) for n in self.nodes]
+        return SimpleNamespace(data=json.dumps({"items": items}))
 
 
 def test_the_resync_drops_what_a_watch_missed_and_has_those_jobs_read_the_api(
@@ -304,6 +306,32 @@ def test_the_resync_drops_what_a_watch_missed_and_has_those_jobs_read_the_api(
     assert (NS, "deleted-meanwhile") not in runtime.cache.jobs and set(runtime.cache.nodes) == {"n1"}
     now_listed = dataclasses.replace(listed, pods=listed.pods | {(KEY, "job-2")})
     assert handlers.resync(runtime, handlers.cached_keys(runtime.cache), now_listed) == []  # nothing else
+
+
+def test_the_resync_catches_a_node_change_the_watch_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = ListingCluster()
+    fake.nodes = ["n1", "n2"]
+    runtime = Runtime(config=OperatorConfig(namespaces=[NS]))
+    monkeypatch.setattr(runtime, "apis", lambda: (fake, fake, fake))
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    watch_everything(runtime, fake, {"n1": ready_node("n1"), "n2": ready_node("n2")})
+    runtime.wakes[KEY] = asyncio.Event()
+    # n1 went NotReady and n2 got the out-of-service taint, and the node watch said nothing
+    fake.node_bodies["n1"] = ready_node("n1", ready="False")
+    fake.node_bodies["n2"] = {**ready_node("n2"), "spec": {"taints": [{"key": views.OUT_OF_SERVICE_TAINT}]}}
+    before = handlers.cached_keys(runtime.cache)
+    listed = handlers.list_keys(runtime, [NS])
+    # meanwhile an event brought n2 back to what the cache had: newer than the list, it stays
+    runtime.cache.observe_node("n2", {**ready_node("n2"), "metadata": {"name": "n2", "labels": {"x": "y"}}})
+    assert handlers.resync(runtime, before, listed) == [KEY]  # the job with a pod on n1
+    assert (
+        runtime.cache.nodes["n1"].ready == "False" and runtime.wakes[KEY].is_set() and KEY in runtime.reread
+    )
+    assert not runtime.cache.nodes["n2"].out_of_service
+    # the same relist again: nothing new
+    runtime.reread.clear()
+    assert handlers.resync(runtime, handlers.cached_keys(runtime.cache), listed) == []
 
 
 def test_api_passes_run_within_the_bound_and_a_slow_one_holds_only_its_slot() -> None:
