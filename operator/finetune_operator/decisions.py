@@ -307,6 +307,19 @@ def reconcile(world: World) -> Step:
                 f"{wait}" + (", preferring another node" if plan.avoid_node else ""),
             )
         )
+    if (
+        current is not None
+        and plan.action == "restart"
+        and current.deleting
+        and (current.ended or not current.node_name)
+    ):
+        # Its end is recorded by the write above (conditional, first): let it go in the same pass instead
+        # of a pass of its own, as the next pass would (`_cleanup_pod`); a burst of preemptions is mostly
+        # API round trips.
+        if current.tracked:
+            step.actions.append(ReleasePod(current.name))
+        if current.ended and (current.deletion_grace_seconds or 0) > 0:
+            step.actions.append(DeletePod(current.name, grace_seconds=0, force=True))
     if current is not None and plan.action in ("fail", "succeed", "stop"):
         if current.tracked:
             step.actions.append(ReleasePod(current.name))

@@ -6,6 +6,7 @@ annotate, post Events, and write status, every status write conditional on the r
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from finetune_operator.names import POD_FINALIZER, format_time
 from finetune_operator.runtime import Runtime
 
 log = logging.getLogger("finetune_operator")
+_trace = logging.getLogger("finetune_operator.trace")
 
 
 class StaleRead(Exception):
@@ -95,79 +97,108 @@ def execute(
     core, custom, _ = runtime.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
     fence = Fence(custom, namespace, name, resource_version)
+    tracing = _trace.isEnabledFor(logging.DEBUG)
     for action in actions:
-        if isinstance(action, _POD_ACTIONS):
-            fence.check()
-        if isinstance(action, PatchStatus):
-            fence.patch_status(action.patch)
-        elif isinstance(action, CreatePod):
-            try:
-                created = _create_attempt(runtime, job, uid, world, action)
-            except CreateRefusedError as refused:
-                step = refusals.refused_step(world, refused.refusal)
-                if not step.actions and step.requeue_seconds is None:
-                    raise refused.error from None  # transient: the loop's backoff retries
-                log.warning(
-                    "create refused: %s",
-                    refused,
-                    extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
+        started = time.monotonic()
+        try:
+            stop, wait = _carry_out(runtime, job, uid, world, action, fence, core, custom)
+        finally:
+            if tracing:
+                _trace.debug(
+                    "%s %.3f s",
+                    type(action).__name__,
+                    time.monotonic() - started,
+                    extra={"finetunejob": f"{namespace}/{name}"},
                 )
-                execute(runtime, job, uid, world, step.actions, fence.resource_version)
-                return step.requeue_seconds
-            if created:  # before the status write: should that lose a race, the next pass adopts silently
-                _event(
-                    core,
-                    runtime.config.instance,
-                    job,
-                    uid,
-                    "Normal",
-                    action.event_reason,
-                    action.event_message,
-                )
-            fence.patch_status(action.status_patch)
-            log.info(
-                "created pod",
-                extra={
-                    "finetunejob": f"{namespace}/{name}",
-                    "attempt": action.attempt,
-                    "run_directory": action.run_directory,
-                },
-            )
-        elif isinstance(action, AdoptPod):
-            fence.patch_status(action.status_patch)
-            log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
-        elif isinstance(action, DeletePod):
-            _delete_pod(core, namespace, action)
-        elif isinstance(action, ReleasePod):
-            release_pod(core, namespace, action.name)
-        elif isinstance(action, Event):
-            _event(core, runtime.config.instance, job, uid, action.type, action.reason, action.message)
-        elif isinstance(action, AnnotatePod):
-            try:
-                core.patch_namespaced_pod(
-                    action.name, namespace, {"metadata": {"annotations": action.annotations}}
-                )
-            except ApiException as error:
-                if error.status != 404:
-                    raise
-        elif isinstance(action, Decided):
-            log.info(
-                "decision: %s (%s) → %s",
-                action.outcome.reason,
-                action.outcome.end,
-                action.plan.action,
-                extra={
-                    "finetunejob": f"{namespace}/{name}",
-                    "cause": action.plan.cause,
-                    "change": action.plan.change,
-                    "lost_steps": action.plan.lost_steps,
-                    "delay_seconds": action.plan.delay_seconds,
-                },
-            )
-        elif isinstance(action, Recovered):
-            runtime.metrics.observe_recovery(namespace, name, action.seconds)
-            log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
+        if stop:
+            return wait
     return None
+
+
+def _carry_out(
+    runtime: Runtime,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    action: Action,
+    fence: Fence,
+    core: Any,
+    custom: Any,
+) -> tuple[bool, float | None]:
+    """One action; (True, seconds): stop the pass here and look again after that (None: when woken)."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    if isinstance(action, _POD_ACTIONS):
+        fence.check()
+    if isinstance(action, PatchStatus):
+        fence.patch_status(action.patch)
+    elif isinstance(action, CreatePod):
+        try:
+            created = _create_attempt(runtime, job, uid, world, action)
+        except CreateRefusedError as refused:
+            step = refusals.refused_step(world, refused.refusal)
+            if not step.actions and step.requeue_seconds is None:
+                raise refused.error from None  # transient: the loop's backoff retries
+            log.warning(
+                "create refused: %s",
+                refused,
+                extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
+            )
+            execute(runtime, job, uid, world, step.actions, fence.resource_version)
+            return True, step.requeue_seconds
+        if created:  # before the status write: should that lose a race, the next pass adopts silently
+            _event(
+                core,
+                runtime.config.instance,
+                job,
+                uid,
+                "Normal",
+                action.event_reason,
+                action.event_message,
+            )
+        fence.patch_status(action.status_patch)
+        log.info(
+            "created pod",
+            extra={
+                "finetunejob": f"{namespace}/{name}",
+                "attempt": action.attempt,
+                "run_directory": action.run_directory,
+            },
+        )
+    elif isinstance(action, AdoptPod):
+        fence.patch_status(action.status_patch)
+        log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
+    elif isinstance(action, DeletePod):
+        _delete_pod(core, namespace, action)
+    elif isinstance(action, ReleasePod):
+        release_pod(core, namespace, action.name)
+    elif isinstance(action, Event):
+        _event(core, runtime.config.instance, job, uid, action.type, action.reason, action.message)
+    elif isinstance(action, AnnotatePod):
+        try:
+            core.patch_namespaced_pod(
+                action.name, namespace, {"metadata": {"annotations": action.annotations}}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    elif isinstance(action, Decided):
+        log.info(
+            "decision: %s (%s) → %s",
+            action.outcome.reason,
+            action.outcome.end,
+            action.plan.action,
+            extra={
+                "finetunejob": f"{namespace}/{name}",
+                "cause": action.plan.cause,
+                "change": action.plan.change,
+                "lost_steps": action.plan.lost_steps,
+                "delay_seconds": action.plan.delay_seconds,
+            },
+        )
+    elif isinstance(action, Recovered):
+        runtime.metrics.observe_recovery(namespace, name, action.seconds)
+        log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
+    return False, None
 
 
 def _refused(kind: str, body: dict[str, Any], error: ApiException) -> CreateRefusedError | None:
@@ -194,7 +225,9 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     # The spec this attempt runs (OOM adaptations applied): its config and its pod both come from it.
     attempt_job = effective_job(job, world.status.effective)
     pvc = builders.build_pvc(job, uid)
-    if pvc is not None:
+    # The pass read the claim (claim_blocker let this attempt through): there, it is this job's; a
+    # replacement pod saves the create that would get a 409.
+    if pvc is not None and not (world.claim is not None and world.claim.exists):
         _create_or_keep(core.create_namespaced_persistent_volume_claim, namespace, pvc)
     _create_or_keep(
         core.create_namespaced_service_account, namespace, builders.build_service_account(job, uid)
@@ -203,12 +236,20 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
     cm = builders.build_config_map(attempt_job, uid)
     try:
-        try:
-            core.create_namespaced_config_map(namespace, cm)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
+        if action.attempt > 1:  # a replacement: the first attempt made it (one request, not a 409 and two)
+            try:
+                core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                core.create_namespaced_config_map(namespace, cm)
+        else:
+            try:
+                core.create_namespaced_config_map(namespace, cm)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
     except ApiException as error:
         raise _refused("ConfigMap", cm, error) or error from None
     ckpt = world.status.last_checkpoint

@@ -78,7 +78,7 @@ def release_if_job_going(runtime: Runtime, namespace: str, name: str) -> None:
         _drop_kopf_finalizer(custom, job)
 
 
-def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
+def namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
     """The namespaces served: exact names, glob patterns matched against the cluster's; None = all."""
     if not namespaces:
         return None
@@ -94,7 +94,7 @@ def _namespaces_in_scope(core: Any, namespaces: list[str]) -> list[str] | None:
 
 def _scoped_pods(core: Any, namespaces: list[str]) -> list[dict[str, Any]]:
     """Trainer pods (those with the job label) in the namespaces served."""
-    scope = _namespaces_in_scope(core, namespaces)
+    scope = namespaces_in_scope(core, namespaces)
     if scope is None:
         found = response_json(
             core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _preload_content=False)
@@ -109,6 +109,20 @@ def _scoped_pods(core: Any, namespaces: list[str]) -> list[dict[str, Any]]:
     return items
 
 
+def job_looks_after(runtime: Runtime, namespace: str, pod: dict[str, Any]) -> bool:
+    """The watch cache shows this pod's job alive, owning it, and the pod not deleting: its loop releases
+    it, so the sweep need not read the job (with a thousand running jobs that read was most of the
+    operator's requests at rest). Anything else is confirmed with a read (`orphaned`). A job deleted while
+    the watch was down stays in the cache until its loop's next read finds it gone (handlers.job_loop)."""
+    meta = pod["metadata"]
+    if meta.get("deletionTimestamp"):
+        return False
+    job = runtime.cache.jobs.get((namespace, (meta.get("labels") or {}).get(LABEL_JOB, "")))
+    job_meta = (job or {}).get("metadata") or {}
+    owners = {o.get("uid") for o in meta.get("ownerReferences") or []}
+    return bool(job_meta) and not job_meta.get("deletionTimestamp") and job_meta.get("uid") in owners
+
+
 def release_orphans(runtime: Runtime, namespaces: list[str]) -> list[str]:
     """Release tracked trainer pods that no job loop will release (see `orphaned`); returns their names."""
     core, custom, _ = runtime.apis()
@@ -119,6 +133,8 @@ def release_orphans(runtime: Runtime, namespaces: list[str]) -> list[str]:
         if POD_FINALIZER not in (meta.get("finalizers") or []):
             continue
         namespace = meta["namespace"]
+        if job_looks_after(runtime, namespace, pod):
+            continue
         if orphaned(custom, namespace, pod, jobs_by_ns.setdefault(namespace, {})):
             release_pod(core, namespace, meta["name"])
             released.append(f"{namespace}/{meta['name']}")
@@ -159,7 +175,7 @@ def release_all_finalizers(runtime: Runtime, namespaces: list[str]) -> tuple[lis
             release_pod(core, meta["namespace"], meta["name"])
             pods.append(f"{meta['namespace']}/{meta['name']}")
     jobs = []
-    scope = _namespaces_in_scope(core, namespaces)
+    scope = namespaces_in_scope(core, namespaces)
     if scope is None:
         listed = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
     else:

@@ -1,18 +1,25 @@
-"""Thin kopf handlers: read the world, ask decisions.reconcile what to do, have executor.py do it, repeat.
+"""Thin kopf handlers: keep the watch cache, wake a job's loop, ask decisions.reconcile what to do, have
+executor.py do it.
 
 One kopf daemon per FineTuneJob runs that loop, so a job's decisions are serialized (no two handlers racing
-on the same job). Pod events and relevant job changes wake the loop at once; otherwise it looks again when
-`reconcile` asked (backoff deadline, pending timeout, node check) or every 30 s. All state that matters is
-in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator continues
-where the previous one stopped.
+on the same job). The loop sleeps until something it depends on changes: a pod event, a relevant job change,
+a change of the node its pod runs on or of its claim (cache.py keeps what the watches say), or the time
+`reconcile` asked for (backoff deadline, pending timeout, node-lost timeout, claim recheck). Each look first
+decides on the cached World, which costs no request; only a look that would act, the first one, and one
+after a failure read the job, its pods, nodes and claim from the API and decide again on that (`run_once`), at
+most `max_concurrent_passes` such passes at once (Runtime.bounded). So jobs at rest cost no request, and the
+work follows the events. A safety resync every `resync_seconds` relists everything once and drops from the
+cache what a watch missed the deletion of (a few LISTs, whatever the number of jobs). All state that
+matters is in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator
+continues where the previous one stopped.
 
-Single writer: every status write of a pass is conditional on the resourceVersion the pass read (a merge
-patch carrying metadata.resourceVersion), and a pass that touches pods before writing status first checks
-that precondition with an empty conditional patch. A 409 means someone else (another operator replica, the
-trainer) changed the job since: the pass stops and the next one re-reads and decides again. So a decision
-computed on a stale read is never recorded and never counted twice (executor.Fence). Leader election
-(leader.py, chart default) keeps a second replica from acting at all. Pods no job loop will release:
-finalizers.py.
+Single writer: every action is decided on a fresh API read, never on the cache; every status write of a
+pass is conditional on the resourceVersion the pass read (a merge patch carrying metadata.resourceVersion),
+and a pass that touches pods before writing status first checks that precondition with an empty
+conditional patch. A 409 means someone else (another operator replica, the trainer) changed the job since:
+the pass stops and the next one re-reads and decides again. So a decision computed on a stale read is never
+recorded and never counted twice (executor.Fence). Leader election (leader.py, chart default) keeps a second
+replica from acting at all. Pods no job loop will release: finalizers.py.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +41,19 @@ from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, views
-from finetune_operator.actions import World
+from finetune_operator.actions import Step, World
+from finetune_operator.cache import (
+    Keys,
+    assemble_world,
+    cached_keys,
+    cached_world,
+    claim_needed,
+    drop_ghosts,
+    refresh_nodes,
+)
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
+    namespaces_in_scope,
     release_if_job_going,
     release_job_pods,
     release_orphan,
@@ -44,11 +63,18 @@ from finetune_operator.names import KOPF_FINALIZER, LABEL_JOB, POD_FINALIZER
 from finetune_operator.runtime import Runtime, response_json, runtime_of
 
 log = logging.getLogger("finetune_operator")
+#: Time stamps along the path event → wake-up → API pass → actions (DEBUG; bench/scale reads them).
+trace = logging.getLogger("finetune_operator.trace")
 #: The handlers below register here on import (kopf's default registry); main.py runs kopf with it, which also
 #: keeps the import of this module from looking unused.
 REGISTRY = kopf.get_default_registry()
 
+#: The look after a requeue of 0 (no particular time), as before the cache.
 IDLE_RECHECK_SECONDS = 30.0
+#: What a pass returns when `reconcile` asked for no timer: sleep until an event (or the safety resync).
+UNTIL_WOKEN = math.inf
+#: How often a job in a namespace being deleted reads the API (kopf no longer watches that namespace).
+TERMINATING_RECHECK_SECONDS = 5.0
 MAX_PASSES = 20  # reconcile passes per wake-up before yielding (a safety net against ping-pong)
 
 
@@ -72,16 +98,98 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.startup()
 async def start_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
-    memo["orphan_sweep"] = asyncio.get_running_loop().create_task(_orphan_sweep_loop(runtime_of(memo)))
+    """The background rounds: the orphan sweep and the cache's safety resync."""
+    loop, runtime = asyncio.get_running_loop(), runtime_of(memo)
+    memo["orphan_sweep"] = loop.create_task(_orphan_sweep_loop(runtime))
+    memo["resync"] = loop.create_task(_resync_loop(runtime))
 
 
 @kopf.on.cleanup()
 async def stop_orphan_sweep(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("orphan_sweep")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("orphan_sweep", "resync"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _resync_loop(runtime: Runtime) -> None:
+    """Every `resync_seconds`: relist, drop from the cache what a watch missed the deletion of, and have
+    the jobs concerned read the API (cache.drop_ghosts). A few LISTs a round, whatever the number of jobs."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(runtime.config.resync_seconds)
+        try:
+            before = cached_keys(runtime.cache)
+            listed = await loop.run_in_executor(None, list_keys, runtime, runtime.config.namespaces)
+            resync(runtime, before, listed)
+        except Exception as error:  # the next round tries again
+            log.warning("cache resync failed: %s: %s", error.__class__.__name__, error)
+
+
+def resync(runtime: Runtime, before: Keys, listed: Keys) -> list[tuple[str, str]]:
+    """Apply a relist to the cache; the jobs whose loop will read the API next."""
+    woken = []
+    concerned = drop_ghosts(runtime.cache, before, listed) | refresh_nodes(runtime.cache, before, listed)
+    for key in sorted(concerned):
+        if _wake(runtime, key):
+            runtime.reread.add(key)
+            woken.append(key)
+    if woken:
+        log.info(
+            "cache resync: %d job(s) read again", len(woken), extra={"jobs": ",".join(map("/".join, woken))}
+        )
+    return woken
+
+
+def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
+    """What exists now in the served namespaces: jobs, trainer pods (by the job label), nodes, claims."""
+    core, custom, _ = runtime.apis()
+    scope = namespaces_in_scope(core, namespaces)
+    jobs: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
+    claims: list[dict[str, Any]] = []
+    if scope is None:
+        jobs = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        pods = response_json(
+            core.list_pod_for_all_namespaces(label_selector=LABEL_JOB, _preload_content=False)
+        )["items"]
+        claims = response_json(core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))[
+            "items"
+        ]
+    else:
+        for namespace in scope:
+            jobs += custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            pods += response_json(
+                core.list_namespaced_pod(namespace, label_selector=LABEL_JOB, _preload_content=False)
+            )["items"]
+            claims += response_json(
+                core.list_namespaced_persistent_volume_claim(namespace, _preload_content=False)
+            )["items"]
+    nodes = response_json(core.list_node(_preload_content=False))["items"]
+
+    def ns_name(item: dict[str, Any]) -> tuple[str, str]:
+        meta = item.get("metadata") or {}
+        return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+    return Keys(
+        jobs=frozenset(ns_name(j) for j in jobs),
+        pods=frozenset(
+            (
+                (ns_name(p)[0], str(((p.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
+                ns_name(p)[1],
+            )
+            for p in pods
+        ),
+        nodes=frozenset(str((n.get("metadata") or {}).get("name")) for n in nodes),
+        claims=frozenset(ns_name(c) for c in claims),
+        node_views=tuple(
+            (name, views.node_view(name, n))
+            for n in nodes
+            for name in [str((n.get("metadata") or {}).get("name"))]
+        ),
+    )
 
 
 async def _orphan_sweep_loop(runtime: Runtime) -> None:
@@ -138,32 +246,95 @@ async def job_event(
     if event.get("type") == "DELETED":
         runtime.metrics.forget_job(namespace, name)
         runtime.fingerprints.pop(key, None)
+        runtime.cache.observe_job(key, {}, deleted=True)
         return
+    runtime.cache.observe_job(key, dict(event.get("object") or body))
     status = FineTuneJobStatus.model_validate(body.get("status") or {})
     runtime.metrics.observe_job(namespace, name, status)
     fingerprint = _fingerprint(body, status)
     if runtime.fingerprints.get(key) != fingerprint:
         runtime.fingerprints[key] = fingerprint
-        wake = runtime.wakes.get(key)
-        if wake is not None:
-            wake.set()
+        _wake(runtime, key)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
 async def pod_event(
-    body: kopf.Body, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     runtime = runtime_of(memo)
     namespace = namespace or "default"
     key = (namespace, labels[LABEL_JOB])
-    wake = runtime.wakes.get(key)
-    if wake is not None:
-        wake.set()
+    runtime.cache.observe_pod(key, dict(event.get("object") or body), deleted=event.get("type") == "DELETED")
+    if trace.isEnabledFor(logging.DEBUG):
+        trace.debug(
+            "pod event %s %s%s",
+            event.get("type"),
+            body.get("metadata", {}).get("name"),
+            " deleting" if body.get("metadata", {}).get("deletionTimestamp") else "",
+            extra={"finetunejob": "/".join(key)},
+        )
+    if _wake(runtime, key):
         return
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp") and POD_FINALIZER in (meta.get("finalizers") or []):
         # A pod whose job is gone (deleted with it): nobody will record its end, let it go.
         await asyncio.get_running_loop().run_in_executor(None, release_orphan, runtime, dict(body), namespace)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A node's readiness, out-of-service taint or existence changed: wake the jobs with a pod there (a
+    taint or the Node's deletion sends no pod event). Only the few facts in views.NodeView are kept."""
+    runtime = runtime_of(memo)
+    node = None if event.get("type") == "DELETED" else dict(event.get("object") or {})
+    if runtime.cache.observe_node(name, node):
+        for key in runtime.cache.jobs_on_node(name):
+            _wake(runtime, key)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims")
+async def claim_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """A checkpoint claim appeared, changed or went (a job waiting for the previous job's claim to go)."""
+    runtime = runtime_of(memo)
+    namespace = namespace or "default"
+    claim = dict(event.get("object") or {})
+    runtime.cache.observe_claim(namespace, claim, deleted=event.get("type") == "DELETED")
+    for key in runtime.cache.jobs_using_claim(namespace, name):
+        _wake(runtime, key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace being deleted: kopf stops watching it, so its jobs' loops would hear nothing more (no job
+    or pod event; the namespace controller deletes the job some time later). Until the namespace is gone
+    its loops read the API every TERMINATING_RECHECK_SECONDS: a deleting job releases its pods and kopf's
+    finalizer."""
+    runtime = runtime_of(memo)
+    meta = (event.get("object") or {}).get("metadata") or {}
+    if event.get("type") == "DELETED":
+        runtime.terminating.discard(name)
+    elif meta.get("deletionTimestamp") and name not in runtime.terminating:
+        runtime.terminating.add(name)  # from now on its loops read the API every few seconds
+        for key in [k for k in runtime.wakes if k[0] == name]:
+            _wake(runtime, key)
+
+
+def _wake(runtime: Runtime, key: tuple[str, str]) -> bool:
+    """Wake the job's loop; False when it has none (the job is gone or not served)."""
+    wake = runtime.wakes.get(key)
+    if wake is None:
+        return False
+    if not wake.is_set():
+        runtime.woken_at.setdefault(key, time.monotonic())
+    wake.set()
+    return True
 
 
 # ============================================================================================ the loop
@@ -182,28 +353,49 @@ async def job_loop(
     namespace = namespace or "default"
     key = (namespace, name)
     wake = runtime.wakes.setdefault(key, asyncio.Event())
+    stop = asyncio.ensure_future(_until_stopped(stopped.wait()))
     loop = asyncio.get_running_loop()
     failures = 0
+    fresh = True  # the first look reads the API
     try:
         while not stopped:
             wake.clear()
+            if key in runtime.reread:  # the resync dropped something of this job from the cache
+                runtime.reread.discard(key)
+                fresh = True
+            terminating = namespace in runtime.terminating  # no watch events come from there any more
+            fresh = fresh or terminating
+            woken_at = runtime.woken_at.pop(key, None)
             try:
-                requeue = await loop.run_in_executor(None, run_once, runtime, namespace, name)
-                failures = 0
+                quiet = None if fresh else quiet_requeue(runtime, namespace, name)
+                if quiet is not None:
+                    requeue: float | None = quiet  # the cached World needs nothing: no request made
+                else:  # act, or the cache cannot say: read the API and decide on that
+                    if woken_at is not None and trace.isEnabledFor(logging.DEBUG):
+                        trace.debug(
+                            "look wants the API, %.3f s after the wake-up",
+                            time.monotonic() - woken_at,
+                            extra={"finetunejob": f"{namespace}/{name}"},
+                        )
+                    requeue = await runtime.bounded(run_once, runtime, namespace, name)
+                failures, fresh = 0, False
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
                 failures += 1
                 requeue = min(60.0, 1.0 * 2**failures)
+                fresh = True  # and then read the API again
                 logger.warning(
                     f"reconcile failed ({error.__class__.__name__}: {error}); again in {requeue:g} s"
                 )
             if requeue is None:  # the job is gone or being deleted
+                # Forget it (a re-created job of that name comes back with its next event; until then a
+                # look reads the API).
+                runtime.cache.observe_job(key, {}, deleted=True)
                 break
-            deadline = time.monotonic() + (IDLE_RECHECK_SECONDS if requeue <= 0 else requeue)
-            while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=min(1.0, left))
+            seconds = sleep_seconds(requeue)
+            await _woken(wake, stop, min(seconds, TERMINATING_RECHECK_SECONDS) if terminating else seconds)
     finally:
         runtime.wakes.pop(key, None)
+        stop.cancel()
     # Stopped because the job is deleted (namespace deletion, a cascade)? Its pods may already be deleting
     # and their events went to this loop: release them now, or they stay Terminating. (Later pod events
     # take the orphan path in pod_event, as the wake-up is gone.)
@@ -211,28 +403,98 @@ async def job_loop(
         await loop.run_in_executor(None, release_if_job_going, runtime, namespace, name)
 
 
+async def _until_stopped(flag: Awaitable[Any]) -> None:
+    await flag
+
+
+async def _woken(wake: asyncio.Event, stop: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait for the wake-up, the daemon's stop, or the timeout; True if the wake-up came."""
+    if wake.is_set() or timeout <= 0:
+        return wake.is_set()
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait(
+            {waiter, stop},
+            timeout=None if math.isinf(timeout) else timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        waiter.cancel()
+    return wake.is_set()
+
+
+def sleep_seconds(requeue: float) -> float:
+    """How long the loop sleeps unless woken: the time `reconcile` asked for (UNTIL_WOKEN: none), a requeue
+    of 0 meaning no particular time (the old periodic look)."""
+    return IDLE_RECHECK_SECONDS if requeue <= 0 else requeue
+
+
+def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:
+    """Decide on the cached World. Its requeue when there is nothing to do (no request made); None when the
+    API must be read: the decision would act (actions are decided on a fresh read only), or the cache
+    cannot stand in for a read (cache.cached_world)."""
+    assembled = cached_world(
+        runtime.cache,
+        (namespace, name),
+        now=datetime.now(UTC),
+        node_lost_seconds=runtime.config.node_lost_seconds,
+    )
+    if assembled is None:
+        return None
+    step = decisions.reconcile(assembled.world)
+    return None if step.actions else _requeue(step)
+
+
+def _requeue(step: Step) -> float:
+    return step.requeue_seconds if step.requeue_seconds is not None else UNTIL_WOKEN
+
+
 def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
-    """Reconcile until nothing is left to do; the seconds until the next look (None: the job is gone)."""
+    """Read the API and reconcile until nothing is left to do; the seconds until the next look (UNTIL_WOKEN:
+    none asked; None: the job is gone)."""
+    tracing = trace.isEnabledFor(logging.DEBUG)
+    if tracing:
+        trace.debug("API pass starts", extra={"finetunejob": f"{namespace}/{name}"})
     for _ in range(MAX_PASSES):
+        started = time.monotonic()
         world = read_world(runtime, namespace, name)
         if world is None:
             return None
         job, uid, state, resource_version = world
         step = decisions.reconcile(state)
+        if tracing:
+            read = time.monotonic()
+            actions = ",".join(type(a).__name__ for a in step.actions) or "-"
         if not step.actions:
-            return step.requeue_seconds if step.requeue_seconds is not None else IDLE_RECHECK_SECONDS
+            if tracing:
+                trace.debug(
+                    "pass: read %.3f s, nothing to do",
+                    read - started,
+                    extra={"finetunejob": f"{namespace}/{name}"},
+                )
+            return _requeue(step)
         try:
             wait = execute(runtime, job, uid, state, step.actions, resource_version)
         except StaleRead as stale:
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
             continue
+        finally:
+            if tracing:
+                trace.debug(
+                    "pass: read %.3f s, acted %.3f s: %s",
+                    read - started,
+                    time.monotonic() - read,
+                    actions,
+                    extra={"finetunejob": f"{namespace}/{name}"},
+                )
         if wait is not None:  # the apiserver refused the next attempt: shown on the job, look again later
             return wait
     return 1.0
 
 
 def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:
-    """The job, its uid, the World to decide on and the job's resourceVersion (None: the job is going)."""
+    """The job, its uid, the World to decide on and the job's resourceVersion, read from the API (None: the
+    job is going)."""
     core, custom, _ = runtime.apis()
     try:
         body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -246,14 +508,12 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         # record how the pods end, so they must not wait for us (foreground deletion waits for them).
         release_job_pods(core, namespace, name, meta.get("uid"))
         return None
-    uid = meta["uid"]
     try:
         job = parse_job({**body, "status": None}, f"{namespace}/{name}")
     except InvalidManifest as error:
         _fail_invalid(custom, namespace, name, body, str(error))
         return None
     job.metadata.namespace = namespace
-    status = FineTuneJobStatus.model_validate(body.get("status") or {})
     pods_raw = response_json(
         core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
     )
@@ -268,10 +528,9 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
                     raise
                 node = None
             nodes[pod.node_name] = views.node_view(pod.node_name, node)
-    node_trouble = any(n.exists and n.ready != "True" for n in nodes.values())
     claim: dict[str, Any] | None = None
     # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
-    if status.phase not in ("Succeeded", "Failed") or node_trouble:
+    if claim_needed((body.get("status") or {}).get("phase"), nodes):
         try:
             claim = response_json(
                 core.read_namespaced_persistent_volume_claim(
@@ -281,32 +540,17 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         except ApiException as error:
             if error.status != 404:
                 raise
-    shared_volume = node_trouble and checkpoint_volume_shared(job, claim)
-    world = World(
-        name=name,
-        uid=uid,
-        generation=int(meta.get("generation") or 0),
-        spec=job.spec,
-        status=status,
-        pods=pods,
-        nodes=nodes,
+    read = assemble_world(
+        name,
+        body,
+        job,
+        pods,
+        nodes,
+        claim,
         now=datetime.now(UTC),
-        claim=views.claim_view(builders.pvc_name(job), claim),
         node_lost_seconds=runtime.config.node_lost_seconds,
-        shared_volume=shared_volume,
     )
-    return job, uid, world, str(meta.get("resourceVersion") or "")
-
-
-def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> bool:
-    """Whether the checkpoint claim may be mounted read-write on several nodes (ReadWriteMany requested, or
-    offered by the bound volume: an NFS volume does not enforce a ReadWriteOnce request across nodes).
-    `claim`: the claim as read (None: not there yet, the spec's access mode decides)."""
-    if claim is None:
-        return views.volume_shared([job.spec.checkpoint.access_mode])
-    requested = (claim.get("spec") or {}).get("accessModes") or []
-    offered = (claim.get("status") or {}).get("accessModes") or []
-    return views.volume_shared([*requested, *offered] or [job.spec.checkpoint.access_mode])
+    return read.job, read.uid, read.world, read.resource_version
 
 
 def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], text: str) -> None:

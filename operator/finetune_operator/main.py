@@ -65,6 +65,8 @@ def setup_logging(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # kopf logs every handler run at INFO; keep its chatter at WARNING unless debugging.
+    if os.environ.get("FTO_TRACE") in ("1", "true"):  # time stamps along a pass (bench/scale), no kopf
+        logging.getLogger("finetune_operator.trace").setLevel(logging.DEBUG)
     if level.upper() != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -110,6 +112,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="release trainer pods left on our finalizer by a deleted job: at start-up and this often",
     )
     parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env("FTO_RESYNC_SECONDS", "300")),
+        help="this often, relist jobs, trainer pods, nodes and claims and drop from the watch cache what a "
+        "watch missed the deletion of (the jobs concerned then read the API)",
+    )
+    parser.add_argument(
+        "--max-concurrent-reconciles",
+        type=int,
+        default=int(env("FTO_MAX_CONCURRENT_RECONCILES", "16")),
+        help="at most this many jobs' reconcile passes talk to the API at once (a burst waits its turn)",
+    )
+    parser.add_argument(
         "--leader-election",
         action="store_true",
         default=env("FTO_LEADER_ELECTION", "") in ("1", "true"),
@@ -134,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=("json", "text"), default=env("FTO_LOG_FORMAT", "json"))
     parser.add_argument("--log-level", default=env("FTO_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
+    if args.resync_seconds <= 0 or args.max_concurrent_reconciles < 1:
+        parser.error("--resync-seconds must be > 0 and --max-concurrent-reconciles >= 1")
     if args.renew_deadline_seconds >= args.lease_duration_seconds:
         parser.error("--renew-deadline-seconds must be shorter than --lease-duration-seconds")
     if not args.namespace and env("FTO_NAMESPACES"):
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             unreachable_toleration_seconds=args.unreachable_toleration_seconds,
             namespaces=list(args.namespace),
             orphan_sweep_seconds=args.orphan_sweep_seconds,
+            resync_seconds=args.resync_seconds,
+            max_concurrent_passes=args.max_concurrent_reconciles,
         )
     )
     if args.release_finalizers:

@@ -136,11 +136,12 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
-# The checkpoint volume: read (whose is it?) and created. Deleted with the job by the garbage collector
-# (owner reference) when spec.checkpoint.deleteWithJob, never by the operator.
+# The checkpoint volume: read (whose is it?) and created; listed and watched into the operator's cache
+# (a job waiting for the previous job's claim to go wakes on its deletion). Deleted with the job by the
+# garbage collector (owner reference) when spec.checkpoint.deleteWithJob, never by the operator.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 # The trainer config rendered from the spec: created, replaced when an OOM changes the batch.
 - apiGroups: [""]
   resources: [configmaps]
@@ -161,21 +162,21 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 
 {{/* What stays cluster-scoped in every install: reads of cluster-scoped objects only. */}}
 {{- define "finetune-operator.clusterRules" -}}
-# The trainer's node: NotReady/Unknown for too long means lost (counted as a preemption).
+# The trainer's node: NotReady/Unknown for too long means lost (counted as a preemption). Listed and
+# watched into the operator's cache (readiness, the out-of-service taint, deletion wake the jobs there).
 - apiGroups: [""]
   resources: [nodes]
-  verbs: [get]
+  verbs: [get, list, watch]
 # kopf's resource observer watches CRDs (to notice resources added at runtime); without this it retries
 # the 403 with error logs at every start. Read-only; drop it if the operator sets scanning.disabled.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-{{- if .Values.operator.watchNamespaces }}
-# Namespace-scoped (operator.watchNamespaces): kopf lists/watches namespaces to match its patterns.
+# Namespaces: a namespace being deleted wakes its jobs' loops (kopf stops watching a terminating namespace,
+# so no job or pod event would); in a namespaced install kopf also matches its patterns against them.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-{{- end }}
 {{- end }}
 
 {{/* The uninstall hook's rules where the jobs live: release the finalizers of trainer pods and jobs. */}}

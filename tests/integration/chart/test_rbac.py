@@ -230,6 +230,8 @@ def test_every_used_permission_is_granted(helm: str, scope: str) -> None:
 #: What a namespaced install may still grant cluster-wide: reads of cluster-scoped objects.
 CLUSTER_SCOPED_READS = {
     ("", "nodes", "get"),
+    ("", "nodes", "list"),  # the operator's node cache (a watch; nodes are cluster-scoped)
+    ("", "nodes", "watch"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "namespaces", "list"),

@@ -234,6 +234,39 @@ def test_preemption_cycle_counts_once_and_replaces_the_pod(fake: FakeCluster, ru
     assert fake.status["restarts"]["preemption"] == 1 and fake.created == ["job-1", "job-2"]
 
 
+def test_a_replacement_costs_few_round_trips(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of preemptions is mostly API round trips (bench/scale): the restart decision releases the
+    ended pod in its own pass, and a replacement neither re-creates the claim its pass read nor tries to
+    create its ConfigMap before replacing it."""
+    handlers.run_once(runtime, NS, NAME)
+    fake.end_pod("job-1", 75, evicted=True)
+    calls: list[str] = []
+    for method in (
+        "get_namespaced_custom_object",
+        "list_namespaced_pod",
+        "read_namespaced_pod",
+        "create_namespaced_persistent_volume_claim",
+        "create_namespaced_config_map",
+        "replace_namespaced_config_map",
+    ):
+        original = getattr(fake, method)
+
+        def recorded(*args: Any, _name: str = method, _original: Any = original, **kw: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(fake, method, recorded)
+    handlers.run_once(runtime, NS, NAME)
+    assert fake.status["attempt"] == 2 and fake.created == ["job-1", "job-2"]
+    # decide (+ release), create, confirm: three reads; before, the release took a pass and a read of its own
+    assert calls.count("get_namespaced_custom_object") == 3 and calls.count("list_namespaced_pod") == 3
+    assert calls.count("read_namespaced_pod") == 1  # the release's read of the finalizer list
+    assert "create_namespaced_persistent_volume_claim" not in calls
+    assert "create_namespaced_config_map" not in calls and calls.count("replace_namespaced_config_map") == 1
+
+
 def test_error_backoff_is_waited_for_in_status(fake: FakeCluster, runtime: Runtime) -> None:
     handlers.run_once(runtime, NS, NAME)
     fake.end_pod("job-1", 1)
