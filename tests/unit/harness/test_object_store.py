@@ -36,5 +36,5 @@ def test_wrong_credentials_are_refused(object_store: ObjectStore, monkeypatch: p
     monkeypatch.setenv(remote.S3_ACCESS_KEY_ID_ENV, env[remote.S3_ACCESS_KEY_ID_ENV])
     monkeypatch.setenv(remote.S3_SECRET_ACCESS_KEY_ENV, "wrong")
     store = remote.open_store(ObjectStoreConfig(**object_store.config("p")))
-    with pytest.raises(Exception, match="403|SignatureDoesNotMatch|Forbidden"):
+    with pytest.raises(Exception, match=r"403|SignatureDoesNotMatch|Forbidden"):
         obstore.put(store, "p/a.bin", b"x")
