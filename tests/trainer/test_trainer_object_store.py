@@ -93,13 +93,10 @@ def test_a_kill_mid_upload_leaves_nothing_that_is_used(
 ) -> None:
     config = store_config(reference, work, object_store)
     out = work / "out"
-    proc = start(config, out, env=env(object_store, FTO_TEST_UPLOAD_FILE_SLEEP_SECONDS="0.3"))
-    durable = proc.wait_event(lambda e: e.get("event") == "checkpoint_uploaded")["checkpoint"]
-    torn = proc.wait_event(
-        lambda e: e.get("event") == "checkpoint_upload_file" and e["checkpoint"] != durable
-    )["checkpoint"]
-    proc.popen.kill()  # SIGKILL: some files of `torn` are in the store, its marker is not
-    proc.wait()
+    # The trainer SIGKILLs itself after the first file of its second upload (FTO_TEST_UPLOAD_KILL_ON_UPLOAD).
+    proc = run(config, out, env=env(object_store, FTO_TEST_UPLOAD_KILL_ON_UPLOAD="2"))
+    assert proc.popen.returncode == -signal.SIGKILL, proc.tail()
+    torn = named(proc, "fault_injection_upload_kill")[0]["checkpoint"]
     keys = object_store.objects(f"{PREFIX}/{torn}/")
     assert keys and f"{PREFIX}/{torn}/COMMITTED.json" not in keys, keys
     newest = remote_committed(object_store)[-1]

@@ -9,6 +9,7 @@ the durable copy, it never fails training. After each remote commit: remote rete
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ class Uploader:
         self._stopped = False
         # Test hook: seconds to sleep after each uploaded file (so a test can kill the process mid-upload).
         self._file_sleep = float(os.environ.get("FTO_TEST_UPLOAD_FILE_SLEEP_SECONDS") or 0)
+        # Test hook: SIGKILL this process after the first file of its Nth upload (a kill mid-upload).
+        self._kill_on_upload = int(os.environ.get("FTO_TEST_UPLOAD_KILL_ON_UPLOAD") or 0)
+        self._uploads = 0
         self._thread = threading.Thread(target=self._loop, name="checkpoint-upload", daemon=True)
         self._thread.start()
 
@@ -120,9 +124,13 @@ class Uploader:
 
     def _upload(self, record: ckpt.CommitRecord) -> None:
         log("checkpoint_upload_started", checkpoint=record.name, bytes=record.bytes, files=len(record.files))
+        self._uploads += 1
 
         def after_file(name: str) -> None:
             log("checkpoint_upload_file", checkpoint=record.name, file=name)
+            if self._uploads == self._kill_on_upload:
+                log("fault_injection_upload_kill", checkpoint=record.name, file=name)
+                os.kill(os.getpid(), signal.SIGKILL)
             if self._file_sleep:
                 time.sleep(self._file_sleep)
 
