@@ -87,7 +87,7 @@ PARAMS: dict[str, Param] = {
 #: How long FineTuneJobEmergencySaveLate stays firing after a late emergency save.
 LATE_SAVE_WINDOW = "1h"
 
-#: FineTuneJobCheckpointUploadsFailing: failed uploads within this window (it clears this long after the last).
+#: FineTuneJobCheckpointUploadsFailing: failed uploads within this window (clears this long after the last).
 UPLOAD_WINDOW = "5m"
 
 #: Fixed windows of the latency rule (short: now; long: the day before, for the baseline).
