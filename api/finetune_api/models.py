@@ -973,6 +973,12 @@ class FineTuneJobStatus(StatusModel):
         "there) plus the checkpoints the run keeps (save_total_limit and one being written); cleared when "
         "it fits.",
     )
+    durable_checkpoint: str | None = Field(
+        None,
+        description="spec.checkpoint.objectStore: the newest checkpoint committed in the store (it survives "
+        "the loss of the volume), e.g. checkpoint-35; set by the trainer after each verified upload.",
+    )
+    durable_checkpoint_step: int | None = Field(None, description="Its step.")
     lost_steps: int = Field(0, description="Steps trained but lost (redone) across restarts.")
     last_emergency_save: EmergencySave | None = Field(
         None, description="The last emergency save after SIGTERM (preemption, eviction, deletion)."

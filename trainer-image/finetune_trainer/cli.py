@@ -637,7 +637,7 @@ class Run:
             ProgressCallback(run, reporter, metrics),
             VolumeSpaceCallback(run, reporter, hf_home()),  # after the commit callback: reads its record
             FaultInjectionCallback(run, faults),
-            *self.upload_callbacks(config, run, metrics),
+            *self.upload_callbacks(config, run, metrics, reporter),
         ]
         try:
             trainer = CommitTrainer(
@@ -704,12 +704,14 @@ class Run:
             self.store, config.object_store.prefix, self.output_dir
         )
 
-    def upload_callbacks(self, config: TrainerConfig, run: Any, metrics: Any) -> list[Any]:
+    def upload_callbacks(self, config: TrainerConfig, run: Any, metrics: Any, reporter: Any) -> list[Any]:
         if self.store is None or config.object_store is None:
             return []
         from finetune_trainer.upload import CheckpointUploadCallback, Uploader
 
-        uploader = Uploader(self.store, config.object_store.prefix, run, metrics, self.durable_at_start)
+        uploader = Uploader(
+            self.store, config.object_store.prefix, run, metrics, self.durable_at_start, reporter
+        )
         return [CheckpointUploadCallback(run, uploader, self.preemption)]
 
     def identity_fields(self) -> dict[str, str]:

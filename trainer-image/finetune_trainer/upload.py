@@ -22,7 +22,7 @@ from finetune_trainer import remote
 from finetune_trainer.callbacks import RunState
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import Preemption
-from finetune_trainer.reporting import TrainerMetrics
+from finetune_trainer.reporting import StatusReporter, TrainerMetrics
 
 MAX_BACKOFF_SECONDS = 60.0
 #: At the end of training: how long the last checkpoint's upload may hold up the exit (final/ is written).
@@ -37,8 +37,10 @@ class Uploader:
         run: RunState,
         metrics: TrainerMetrics | None = None,
         durable: str | None = None,
+        reporter: StatusReporter | None = None,
     ):
         self.store = store
+        self.reporter = reporter
         self.prefix = prefix
         self.run = run
         self.metrics = metrics
@@ -156,6 +158,10 @@ class Uploader:
             seconds=round(result.seconds, 4),
             remote_deleted=[f"checkpoint-{s}" for s in deleted],
         )
+        if self.reporter is not None:
+            self.reporter.update(
+                {"durableCheckpoint": self.durable, "durableCheckpointStep": self.durable_step}
+            )
         if self.metrics is not None:
             self.metrics.upload_seconds.observe(result.seconds)
             self.metrics.upload_bytes.inc(result.bytes)

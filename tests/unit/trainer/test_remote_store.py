@@ -113,3 +113,23 @@ def test_resume_downloads_the_newest_remote_commit_that_verifies(
     # A local commit as new as the store's: nothing is downloaded.
     assert upload.fetch_newer_remote(store, PREFIX, out) == "checkpoint-10"
     assert [p.name for p in out.iterdir()] == ["checkpoint-5"]
+
+
+def test_uploader_reports_the_durable_checkpoint_in_status(
+    store: object, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    from finetune_trainer.callbacks import RunState
+    from finetune_trainer.reporting import StatusReporter
+
+    patches: list[dict[str, object]] = []
+    reporter = StatusReporter(patches.append, min_interval=0.0)
+    run = RunState(output_dir=tmp_path / "local", save_total_limit=2)
+    uploader = upload.Uploader(store, PREFIX, run, reporter=reporter)
+    try:
+        uploader.offer(committed(tmp_path / "local", 5))
+        assert uploader.wait(5, timeout=30)
+    finally:
+        uploader.stop()
+        reporter.close()
+    assert run.durable_checkpoint == "checkpoint-5"
+    assert {"durableCheckpoint": "checkpoint-5", "durableCheckpointStep": 5}.items() <= patches[-1].items()
