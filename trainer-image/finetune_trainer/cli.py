@@ -700,9 +700,10 @@ class Run:
         from finetune_trainer import remote, upload
 
         self.store = remote.open_store(config.object_store)
-        self.durable_at_start = upload.fetch_newer_remote(
-            self.store, config.object_store.prefix, self.output_dir
-        )
+        if self.args.resume == "auto":  # never / PATH: the user chose; the store only receives uploads
+            self.durable_at_start = upload.fetch_newer_remote(
+                self.store, config.object_store.prefix, self.output_dir
+            )
 
     def upload_callbacks(self, config: TrainerConfig, run: Any, metrics: Any, reporter: Any) -> list[Any]:
         if self.store is None or config.object_store is None:

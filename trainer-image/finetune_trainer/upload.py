@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import remote
 from finetune_trainer.callbacks import RunState
+from finetune_trainer.fence import Superseded
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import Preemption
 from finetune_trainer.reporting import StatusReporter, TrainerMetrics
@@ -73,12 +74,12 @@ class Uploader:
         """Wait up to `timeout` s until checkpoint `step` (or a newer one) is durable; True when it is."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while not self.caught_up(step):
+            while not self.caught_up(step) and not self._stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.5))
-        return True
+        return self.caught_up(step)
 
     def stop(self) -> None:
         with self._cond:
@@ -103,6 +104,10 @@ class Uploader:
                     if self._pending is record:
                         self._pending = None
                     self._cond.notify_all()
+            except Superseded as error:  # a newer attempt owns the run: it uploads from now on
+                log("checkpoint_upload_stopped", level="warning", checkpoint=record.name, reason=str(error))
+                self.stop()
+                return
             except Exception as error:  # retried: the store being down never fails training
                 failures += 1
                 delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (failures - 1))
