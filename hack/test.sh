@@ -18,6 +18,9 @@ hack/bootstrap.sh
 step "Prometheus and promtool (tests/harness/install_prometheus.sh: the dashboard/alert tests use them)"
 tests/harness/install_prometheus.sh
 
+step "S3 server for the object-store tests (hack/objectstore/build.sh: cached; a cold build takes 5-20 min)"
+hack/objectstore/build.sh >/dev/null
+
 step "Lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -46,6 +46,10 @@ DAMAGED_DIR = "damaged"  # damaged committed checkpoints are moved here, never d
 #: deletion.
 ATTEMPT_MARKER = "ATTEMPT.json"
 
+#: spec.checkpoint.objectStore: the store's key pair reaches the trainer in these variables (from the Secret).
+S3_ACCESS_KEY_ID_ENV = "FTO_S3_ACCESS_KEY_ID"
+S3_SECRET_ACCESS_KEY_ENV = "FTO_S3_SECRET_ACCESS_KEY"
+
 TerminationReason = Literal[
     "Completed",
     "Preempted",
@@ -76,6 +80,9 @@ class TerminationMessage(BaseModel):
     free_bytes: int | None = None  # free bytes on the checkpoint volume when a save failed (VolumeFull)
     needed_bytes: int | None = None  # what that checkpoint needs, estimated from the last committed one
     message: str | None = None  # one human line (errors)
+    # spec.checkpoint.objectStore: the newest checkpoint whose remote commit marker is written (it survives
+    # the loss of the volume), e.g. checkpoint-35; absent when nothing is in the store yet.
+    durable_checkpoint: str | None = None
 
     def to_json(self) -> str:
         text = self.model_dump_json(exclude_none=True)

@@ -179,6 +179,27 @@ TRAINER_CHECKPOINTS_COMMITTED = _trainer(
     "counter",
     "Checkpoints committed by this trainer process.",
 )
+TRAINER_UPLOAD_DURATION = _trainer(
+    "finetune_trainer_checkpoint_upload_duration_seconds",
+    "histogram",
+    "Seconds to upload and verify one committed checkpoint to the object store (marker included).",
+    buckets=SAVE_BUCKETS,
+)
+TRAINER_UPLOADED_BYTES = _trainer(
+    "finetune_trainer_checkpoint_uploaded_bytes_total",
+    "counter",
+    "Bytes of checkpoint files uploaded and verified to the object store.",
+)
+TRAINER_UPLOAD_FAILURES = _trainer(
+    "finetune_trainer_checkpoint_upload_failures_total",
+    "counter",
+    "Checkpoint uploads that failed and will be retried (store down, timeout, a file that did not verify).",
+)
+TRAINER_DURABLE_STEP = _trainer(
+    "finetune_trainer_durable_checkpoint_step",
+    "gauge",
+    "Step of the newest checkpoint committed in the object store.",
+)
 
 TRAINER_METRICS: tuple[Metric, ...] = (
     TRAINER_STEP,
@@ -192,6 +213,10 @@ TRAINER_METRICS: tuple[Metric, ...] = (
     TRAINER_LAST_CHECKPOINT_STEP,
     TRAINER_CHECKPOINTS,
     TRAINER_CHECKPOINTS_COMMITTED,
+    TRAINER_UPLOAD_DURATION,
+    TRAINER_UPLOADED_BYTES,
+    TRAINER_UPLOAD_FAILURES,
+    TRAINER_DURABLE_STEP,
 )
 
 ALL_METRICS: tuple[Metric, ...] = OPERATOR_METRICS + TRAINER_METRICS

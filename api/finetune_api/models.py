@@ -410,6 +410,71 @@ class TrainingSpec(HFModel):
 # ------------------------------------------------------------------------------ Kubernetes-side sections
 
 
+def _is_bucket_name(value: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value)) and ".." not in value
+
+
+def _is_store_prefix(value: str) -> bool:
+    return not value.startswith("/") and not value.endswith("/") and ".." not in value.split("/")
+
+
+class ObjectStoreCredentials(KubeModel):
+    """The Secret (in the job's namespace) holding the store's access key pair."""
+
+    secret_name: DnsSubdomain = Field(description="Name of the Secret.")
+    access_key_id_key: str = Field("accessKeyId", min_length=1, description="Key of the access key id.")
+    secret_access_key_key: str = Field(
+        "secretAccessKey", min_length=1, description="Key of the secret access key."
+    )
+
+
+class ObjectStoreSpec(KubeModel):
+    """An S3-compatible bucket that holds the durable copy of every committed checkpoint (issue 14)."""
+
+    cel_rules = (
+        CelRule(
+            cel="!has(self.endpoint) || self.endpoint.matches('^https?://[^/?#]+$')",
+            message="endpoint must be an http:// or https:// URL of the server only (scheme, host and "
+            "optional port; no path), e.g. https://s3.eu-west-1.amazonaws.com or http://10.0.0.5:7070",
+            field="endpoint",
+            check=lambda s: s.endpoint is None or bool(re.fullmatch(r"https?://[^/?#]+", s.endpoint)),
+        ),
+    )
+
+    bucket: Annotated[
+        str,
+        FieldRule(
+            cel="self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$') && !self.contains('..')",
+            message="must be an S3 bucket name: 3-63 lower-case letters, digits, '.' and '-', starting and "
+            "ending with a letter or digit",
+            check=_is_bucket_name,
+        ),
+    ] = Field(description="Bucket (must exist; the trainer creates none).")
+    prefix: Annotated[
+        str,
+        FieldRule(
+            cel="!self.startsWith('/') && !self.endsWith('/') && !self.split('/').exists(p, p == '..')",
+            message="must be a key prefix without a leading or trailing '/' and without '..' segments, "
+            "e.g. teams/nlp/finetunes",
+            check=_is_store_prefix,
+        ),
+    ] = Field(
+        "",
+        max_length=512,
+        description="Key prefix; each run's checkpoints go under <prefix>/runs/<job uid>/checkpoint-N/.",
+    )
+    endpoint: str | None = Field(
+        None, max_length=2048, description="S3 API endpoint URL; unset: AWS S3 of the region."
+    )
+    region: str = Field("us-east-1", min_length=1, max_length=64, description="Region of the bucket.")
+    path_style: bool = Field(
+        False,
+        description="Path-style addressing (http://host/bucket/key), as most S3-compatible servers need; "
+        "false: virtual-hosted style (http://bucket.host/key), AWS's default.",
+    )
+    credentials: ObjectStoreCredentials = Field(description="Access key pair, from a Secret.")
+
+
 class CheckpointSpec(KubeModel):
     """The checkpoint volume and the time the trainer gets to save on SIGTERM."""
 
@@ -469,6 +534,12 @@ class CheckpointSpec(KubeModel):
         "goes on (the state is copied at the step boundary; the next save, the end of training and SIGTERM "
         "wait for it). false: every save blocks training. Single-process runs only; with several processes "
         "saves are always synchronous.",
+    )
+    object_store: ObjectStoreSpec | None = Field(
+        None,
+        description="Upload every committed checkpoint to this S3-compatible bucket in the background and "
+        "resume from the newest committed copy, local or remote: the claim becomes a working copy that may "
+        "be lost (docs/trainer.md, object storage).",
     )
 
 

@@ -164,6 +164,12 @@ class TrainerStatus(OwnedStatus):
         "there) plus the checkpoints the run keeps (save_total_limit and one being written); cleared when "
         "it fits.",
     )
+    durable_checkpoint: str | None = Field(
+        None,
+        description="spec.checkpoint.objectStore: the newest checkpoint committed in the store (it survives "
+        "the loss of the volume), e.g. checkpoint-35; set by the trainer after each verified upload.",
+    )
+    durable_checkpoint_step: int | None = Field(None, description="Its step.")
 
 
 #: Trainer-owned fields the operator writes too, and why (the only overlap between the two writers).

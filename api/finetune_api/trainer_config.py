@@ -25,6 +25,8 @@ from finetune_api.models import (
     TrainingSpec,
 )
 
+RUNS_PREFIX = "runs"
+
 TRAINER_CONFIG_KIND = "TrainerConfig"
 # Seconds kept back from the pod's grace period for writing the termination message and exiting.
 EXIT_MARGIN_SECONDS = 5.0
@@ -45,6 +47,18 @@ class JobRef(BaseModel):
     name: str
 
 
+class ObjectStoreConfig(BaseModel):
+    """Where this run's checkpoints are uploaded: s3://bucket/prefix/checkpoint-N/. The key pair comes from
+    the environment (contract.S3_ACCESS_KEY_ID_ENV / S3_SECRET_ACCESS_KEY_ENV; in a pod: from the Secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bucket: str
+    prefix: str = Field("", description="This run's key prefix (the operator appends runs/<job uid>).")
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = False
+
+
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     api_version: Literal["finetune.dev/v1alpha1"] = Field("finetune.dev/v1alpha1", alias="apiVersion")
@@ -63,6 +77,9 @@ class TrainerConfig(BaseModel):
     )
     background_save: bool = Field(
         True, description="spec.checkpoint.backgroundSave: write and commit each checkpoint in a thread."
+    )
+    object_store: ObjectStoreConfig | None = Field(
+        None, description="spec.checkpoint.objectStore: upload committed checkpoints, resume from them."
     )
 
 
@@ -134,6 +151,24 @@ def trainer_config_from_job(
         metrics_port=metrics_port,
         on_no_intact_checkpoint=spec.checkpoint.on_no_intact_checkpoint,
         background_save=spec.checkpoint.background_save,
+        object_store=_object_store_config(job),
+    )
+
+
+def _object_store_config(job: FineTuneJob) -> ObjectStoreConfig | None:
+    """The run's prefix is keyed by the job's uid, as its run directory on the claim (contract.RUNS_DIR)."""
+    store = job.spec.checkpoint.object_store
+    if store is None:
+        return None
+    uid = (job.metadata.model_extra or {}).get("uid")
+    run = f"{RUNS_PREFIX}/{uid}" if uid else ""
+    prefix = "/".join(part for part in (store.prefix, run) if part)
+    return ObjectStoreConfig(
+        bucket=store.bucket,
+        prefix=prefix,
+        endpoint=store.endpoint,
+        region=store.region,
+        path_style=store.path_style,
     )
 
 

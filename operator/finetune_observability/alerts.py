@@ -87,6 +87,9 @@ PARAMS: dict[str, Param] = {
 #: How long FineTuneJobEmergencySaveLate stays firing after a late emergency save.
 LATE_SAVE_WINDOW = "1h"
 
+#: FineTuneJobCheckpointUploadsFailing: failed uploads within this window (clears this long after the last).
+UPLOAD_WINDOW = "5m"
+
 #: Fixed windows of the latency rule (short: now; long: the day before, for the baseline).
 LATENCY_SHORT = "1h"
 LATENCY_LONG = "1d"
@@ -202,6 +205,21 @@ and on ({BY})
         "then compare the save time (checkpoint save panel) with the deadline: give the nodes' real notice "
         "(spec.scheduling.cloud or preemptionNoticeSeconds) and a longer grace period where the cloud allows "
         "it, keep background saves on, or save more often so less is lost.",
+    ),
+    Rule(
+        "FineTuneJobCheckpointUploadsFailing",
+        # The trainer exports the counter from its start (0), so increase() sees the first failure too.
+        f"sum by ({BY}) (increase(finetune_trainer_checkpoint_upload_failures_total[{UPLOAD_WINDOW}])) > 0",
+        "2m",
+        "warning",
+        "FineTuneJob {{ $labels.namespace }}/{{ $labels.finetunejob }}: checkpoint uploads to the object "
+        "store are failing.",
+        f"The trainer could not upload committed checkpoints to spec.checkpoint.objectStore in the last "
+        f"{UPLOAD_WINDOW}. It retries with backoff and training goes on, but the durable copy falls behind: "
+        "losing the checkpoint volume now loses the work since the last uploaded checkpoint.",
+        "The trainer's `checkpoint_upload_failed` log lines name the error: the endpoint or the network "
+        "(connection refused, timeout), the credentials Secret (403), the bucket (404). "
+        "finetune_trainer_durable_checkpoint_step shows how far the durable copy is behind.",
     ),
     Rule(
         "FineTuneJobFailed",

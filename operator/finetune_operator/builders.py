@@ -18,6 +18,8 @@ from finetune_api.contract import (
     CHECKPOINT_MOUNT,
     DATASET_MOUNT,
     RUNS_DIR,
+    S3_ACCESS_KEY_ID_ENV,
+    S3_SECRET_ACCESS_KEY_ENV,
     TERMINATION_MESSAGE_PATH,
 )
 from finetune_api.effective import EffectiveJob
@@ -239,6 +241,14 @@ def _env(job: FineTuneJob, attempt: int) -> list[dict[str, Any]]:
     if job.spec.hf_token_secret is not None:
         ref = job.spec.hf_token_secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    store = job.spec.checkpoint.object_store
+    if store is not None:  # the trainer reads the key pair from these (finetune_trainer.remote)
+        creds = store.credentials
+        for name, key in (
+            (S3_ACCESS_KEY_ID_ENV, creds.access_key_id_key),
+            (S3_SECRET_ACCESS_KEY_ENV, creds.secret_access_key_key),
+        ):
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": creds.secret_name, "key": key}}})
     # The user's variables come last and win over ours (a list with duplicates: the last one counts).
     by_name = {item["name"]: item for item in env}
     for var in job.spec.env:

@@ -61,6 +61,7 @@ class RunState:
     identity: dict[str, str] = field(default_factory=dict)  # {run_id, fingerprint} for every commit marker
     saver: BackgroundSaver | None = None  # background saves on (single process); None: every save blocks
     pending_write: Callable[[], None] | None = None  # set by the trainer: writes the copied state to disk
+    durable_checkpoint: str | None = None  # objectStore: newest checkpoint with a remote commit marker
 
     def wait_for_save(self) -> None:
         """The background save in flight (if any) is committed, or its error is raised here."""

@@ -138,15 +138,19 @@ class Run:
         self.step: int | None = None
         self.run_state: Any = None  # callbacks.RunState once training is set up
         self.trainer: Any = None
+        self.store: Any = None  # spec.checkpoint.objectStore: the S3 client (object_store())
+        self.durable_at_start: str | None = None  # the newest remote committed checkpoint at start
 
     # -------------------------------------------------------------------------------- exit messages
 
     def _commit_fields(self) -> dict[str, Any]:
         record = self.run_state.last_commit if self.run_state is not None else None
         record = record or self.newest_commit
+        durable = self.run_state.durable_checkpoint if self.run_state is not None else None
+        durable = {"durable_checkpoint": durable or self.durable_at_start} if self.store is not None else {}
         if record is None:
-            return {}
-        return {"checkpoint": record.name, "checkpoint_step": record.step}
+            return durable
+        return {"checkpoint": record.name, "checkpoint_step": record.step, **durable}
 
     def _current_step(self) -> int | None:
         if self.trainer is not None:
@@ -384,6 +388,7 @@ class Run:
                 # Before the resume choice: from here on an older attempt changes nothing (DIR exists;
                 # otherwise the claim comes when train() creates it).
                 self.fence.claim()
+            self.fetch_from_object_store(config)
             resume = self.resolve_resume()
             if resume is not None:
                 self.check_world_size(resume)
@@ -612,12 +617,14 @@ class Run:
             saver=BackgroundSaver() if background else None,
         )
         self.run_state = run
+        run.durable_checkpoint = self.durable_at_start
         callbacks = [
             CheckpointCommitCallback(run, reporter, metrics),
             PreemptionCallback(run, self.preemption),
             ProgressCallback(run, reporter, metrics),
             VolumeSpaceCallback(run, reporter, hf_home()),  # after the commit callback: reads its record
             FaultInjectionCallback(run, faults),
+            *self.upload_callbacks(config, run, metrics, reporter),
         ]
         try:
             trainer = CommitTrainer(
@@ -672,6 +679,30 @@ class Run:
             return self.finish_preempted(run)
         self.preemption.phase = FINISHING
         return self.finish(trainer, config, state.global_step, faults)
+
+    # --- spec.checkpoint.objectStore (finetune_trainer.remote / upload): the durable copy ---------------
+
+    def fetch_from_object_store(self, config: TrainerConfig) -> None:
+        """Before the resume choice: a newer remote commit than any local one is downloaded (main rank)."""
+        if config.object_store is None or not self.is_main:
+            return
+        from finetune_trainer import remote, upload
+
+        self.store = remote.open_store(config.object_store)
+        if self.args.resume == "auto":  # never / PATH: the user chose; the store only receives uploads
+            self.durable_at_start = upload.fetch_newer_remote(
+                self.store, config.object_store.prefix, self.output_dir
+            )
+
+    def upload_callbacks(self, config: TrainerConfig, run: Any, metrics: Any, reporter: Any) -> list[Any]:
+        if self.store is None or config.object_store is None:
+            return []
+        from finetune_trainer.upload import CheckpointUploadCallback, Uploader
+
+        uploader = Uploader(
+            self.store, config.object_store.prefix, run, metrics, self.durable_at_start, reporter
+        )
+        return [CheckpointUploadCallback(run, uploader, self.preemption)]
 
     def identity_fields(self) -> dict[str, str]:
         return {"run_id": self.run_id, "fingerprint": identity.fingerprint(self.sections)}

@@ -396,6 +396,13 @@ class TrainerMetrics:
         self.checkpoints = gauge(cat.TRAINER_CHECKPOINTS)
         committed = cat.TRAINER_CHECKPOINTS_COMMITTED
         self.commits = Counter(committed.name, committed.help, registry=r)
+        self.upload_seconds = histogram(cat.TRAINER_UPLOAD_DURATION)
+        self.upload_bytes = Counter(
+            cat.TRAINER_UPLOADED_BYTES.name, cat.TRAINER_UPLOADED_BYTES.help, registry=r
+        )
+        failures = cat.TRAINER_UPLOAD_FAILURES
+        self.upload_failures = Counter(failures.name, failures.help, registry=r)
+        self.durable_step = gauge(cat.TRAINER_DURABLE_STEP)
         self.port = port
         if port > 0:
             start_http_server(port, registry=r)

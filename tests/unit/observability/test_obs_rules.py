@@ -78,6 +78,7 @@ def test_every_rule_is_documented_and_labelled() -> None:
         "FineTuneJobRestartStorm",
         "FineTuneCheckpointSaveLatencyRegression",
         "FineTuneJobFailed",
+        "FineTuneJobCheckpointUploadsFailing",
         "FineTuneJobEmergencySaveLate",
     }
     for r in rules:

@@ -391,3 +391,13 @@ def test_default_cache_is_on_the_checkpoint_volume_without_an_extra_mount() -> N
     assert env(pod)["HF_HOME"] == "/checkpoints/.cache/hf"
     assert "cache" not in {v["name"] for v in pod["spec"]["volumes"]}
     assert b.build_pod(job(), UID, 1) == pod  # the default
+
+
+def test_object_store_key_pair_reaches_the_trainer_from_the_secret() -> None:
+    store = {"bucket": "ckpts", "credentials": {"secretName": "s3-keys", "accessKeyIdKey": "id"}}
+    pod = b.build_pod(job(checkpoint={"objectStore": store}), UID, 1)
+    assert env(pod)["FTO_S3_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-keys", "key": "id"}}
+    assert env(pod)["FTO_S3_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-keys", "key": "secretAccessKey"}
+    }
+    assert "FTO_S3_ACCESS_KEY_ID" not in env(b.build_pod(job(), UID, 1))
