@@ -762,7 +762,7 @@ class FineTuneJobSpec(KubeModel):
 
 # ---------------------------------------------------------------------------------------------- status
 
-Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
 RestartCause = Literal["preemption", "hostOOM", "cudaOOM", "error", "infrastructure"]
 RESTART_CAUSES: tuple[RestartCause, ...] = ("preemption", "hostOOM", "cudaOOM", "error", "infrastructure")
 

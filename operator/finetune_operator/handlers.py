@@ -30,7 +30,7 @@ from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJob
 from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
-from finetune_operator import builders, decisions, views
+from finetune_operator import builders, decisions, kueue, views
 from finetune_operator.actions import World
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
@@ -281,6 +281,11 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
             if error.status != 404:
                 raise
     shared_volume = node_trouble and checkpoint_volume_shared(job, claim)
+    labels = meta.get("labels") or {}
+    queue = labels.get(kueue.LABEL_QUEUE_NAME) or None
+    workload, kueue_installed = (None, True)
+    if queue is not None:
+        workload, kueue_installed = read_workload(custom, namespace, kueue.workload_name(name))
     world = World(
         name=name,
         uid=uid,
@@ -293,8 +298,37 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         claim=views.claim_view(builders.pvc_name(job), claim),
         node_lost_seconds=runtime.config.node_lost_seconds,
         shared_volume=shared_volume,
+        queue=queue,
+        priority_class=labels.get(kueue.LABEL_PRIORITY_CLASS) or None,
+        workload=workload,
+        kueue_installed=kueue_installed,
+        next_resources_key=kueue.resources_key(builders.trainer_resources(job, status.effective))
+        if queue is not None
+        else None,
     )
     return job, uid, world, str(meta.get("resourceVersion") or "")
+
+
+def read_workload(custom: Any, namespace: str, name: str) -> tuple[kueue.WorkloadView | None, bool]:
+    """The job's Kueue Workload, and whether Kueue's Workload API exists at all (a 404 for the object
+    names it in the Status details; a 404 for the resource type does not)."""
+    try:
+        body = response_json(
+            custom.get_namespaced_custom_object(
+                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name, _preload_content=False
+            )
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            details = (json.loads(error.body or "{}") or {}).get("details") or {}
+        except ValueError:
+            details = {}
+        if details.get("name") == name:
+            return kueue.workload_view(name, None), True
+        return None, False
+    return kueue.workload_view(name, body), True
 
 
 def checkpoint_volume_shared(job: FineTuneJob, claim: dict[str, Any] | None) -> bool:

@@ -157,6 +157,15 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Kueue (jobs labelled kueue.x-k8s.io/queue-name; harmless where Kueue is not installed): one Workload per
+# queued job, read each pass, created, deleted on suspend or when the next attempt needs other resources;
+# its status patched to hand the quota back after an eviction and to mark it Finished.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, create, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
 {{- end }}
 
 {{/* What stays cluster-scoped in every install: reads of cluster-scoped objects only. */}}
