@@ -43,6 +43,10 @@ OWNED_LABEL = "finetune-operator.test/kueue"
 #: Cluster-scoped Kueue kinds the harness creates (plural names), deleted in this order.
 CLUSTER_KINDS = ("clusterqueues", "resourceflavors", "workloadpriorityclasses")
 WEBHOOK_GROUPS = {GROUP}
+#: Without internal cert management Kueue v0.17 reads its metrics certificate from this fixed path (cmd/kueue
+#: main.go): the harness puts its throwaway one there, and removes the directory when it made it.
+METRICS_CERT_ROOT = Path("/etc/kueue")
+METRICS_CERT_DIR = METRICS_CERT_ROOT / "metrics" / "certs"
 
 
 def _free_port() -> int:
@@ -86,6 +90,7 @@ class Kueue:
     metrics_port: int = field(default_factory=_free_port)
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fto-kueue-")))
     start_seconds: float = 0.0
+    made_metrics_certs: bool = False
 
     @property
     def namespace(self) -> str:
@@ -107,6 +112,7 @@ class Kueue:
             k._install_crds()
             k._create_namespace()
             ca = _self_signed_cert(k.work_dir)
+            k._metrics_certs()
             k._write_config()
             k._install_webhooks(ca)
             k._run(timeout)
@@ -143,6 +149,18 @@ class Kueue:
                 metadata=client.V1ObjectMeta(name=self.namespace, labels={OWNED_LABEL: "true"})
             )
         )
+
+    def _metrics_certs(self) -> None:
+        if METRICS_CERT_ROOT.exists():
+            if not (METRICS_CERT_DIR / "tls.crt").exists():
+                raise RuntimeError(
+                    f"{METRICS_CERT_ROOT} exists without a metrics certificate: not ours, left alone"
+                )
+            return
+        METRICS_CERT_DIR.mkdir(parents=True)
+        self.made_metrics_certs = True
+        for name in ("tls.crt", "tls.key"):
+            shutil.copy(self.work_dir / name, METRICS_CERT_DIR / name)
 
     def _write_config(self) -> None:
         config = {
@@ -250,6 +268,8 @@ class Kueue:
                 self.proc = None
             remove_leftovers(self.kube)
             shutil.rmtree(self.work_dir, ignore_errors=True)
+            if self.made_metrics_certs:
+                shutil.rmtree(METRICS_CERT_ROOT, ignore_errors=True)
 
     # --- queues ----------------------------------------------------------------------------------
     def _obj(
