@@ -262,8 +262,14 @@ def _workload_action(
             pod = _attempt_pod(
                 runtime, job, uid, world, action.attempt, decisions.run_directory(uid, world.status)
             )
+            priority = None
+            if world.priority_class:  # its value goes into the Workload (a missing class: 404, retried)
+                wpc = custom.get_cluster_custom_object(
+                    kueue.GROUP, kueue.VERSION, kueue.PRIORITY_CLASSES, world.priority_class
+                )
+                priority = int(wpc.get("value") or 0)
             body = kueue.build_workload(
-                job.metadata.name, namespace, uid, world.queue or "", world.priority_class, pod
+                job.metadata.name, namespace, uid, world.queue or "", world.priority_class, pod, priority
             )
             custom.create_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, body)
         elif isinstance(action, DeleteWorkload):

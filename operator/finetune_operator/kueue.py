@@ -26,6 +26,7 @@ LABEL_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 #: On the Workload: a hash of the trainer pod's resources it asks quota for (a change replaces it).
 ANNOTATION_RESOURCES = "finetune.dev/trainer-resources"
 PODSET = "trainer"
+PRIORITY_CLASSES = "workloadpriorityclasses"
 
 
 def workload_name(job: str) -> str:
@@ -95,6 +96,7 @@ def build_workload(
     queue: str,
     priority_class: str | None,
     pod: dict[str, Any],
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """The Workload for the job's next attempt: one podSet, the trainer pod as builders.build_pod makes it."""
     pod_meta, pod_spec = pod.get("metadata") or {}, pod.get("spec") or {}
@@ -132,6 +134,8 @@ def build_workload(
             "kind": "WorkloadPriorityClass",
             "name": priority_class,
         }
+        # Kueue requires the class's value next to the reference (its own job reconciler copies it)
+        spec["priority"] = priority if priority is not None else 0
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workload", "metadata": meta, "spec": spec}
 
 

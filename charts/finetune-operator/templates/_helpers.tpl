@@ -179,6 +179,10 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+# Kueue: the value of a job's kueue.x-k8s.io/priority-class (WorkloadPriorityClass), copied into its Workload.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloadpriorityclasses]
+  verbs: [get]
 {{- if .Values.operator.watchNamespaces }}
 # Namespace-scoped (operator.watchNamespaces): kopf lists/watches namespaces to match its patterns.
 - apiGroups: [""]

@@ -65,6 +65,7 @@ RESOURCES = {
 KUEUE_RESOURCES = {
     "custom_object": ("kueue.x-k8s.io", "workloads"),
     "custom_object_status": ("kueue.x-k8s.io", "workloads/status"),
+    "cluster_custom_object": ("kueue.x-k8s.io", "workloadpriorityclasses"),
 }
 CLIENT_CALL = re.compile(
     r"\.(create|read|list|patch|replace|delete|get)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
@@ -102,9 +103,7 @@ def client_calls(sources: Iterable[Path]) -> dict[Perm, list[str]]:
                 group, plural = RESOURCES[resource]
                 # Kueue's Workloads (operator/finetune_operator/kueue.py): custom-object calls whose
                 # arguments (this line and the next two) name kueue.GROUP
-                if resource.startswith("custom_object") and "kueue.GROUP" in " ".join(
-                    lines[lineno - 1 : lineno + 2]
-                ):
+                if resource in KUEUE_RESOURCES and "kueue.GROUP" in " ".join(lines[lineno - 1 : lineno + 2]):
                     group, plural = KUEUE_RESOURCES[resource]
                 # the custom-objects API says `get_`, the typed APIs say `read_`
                 perm = (group, plural, VERBS.get(verb, verb))
@@ -245,6 +244,7 @@ CLUSTER_SCOPED_READS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
+    ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),  # Kueue: a job's priority class value
 }
 
 

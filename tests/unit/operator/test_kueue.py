@@ -223,9 +223,9 @@ def test_workload_manifest_accounts_the_trainer_pod() -> None:
         "metadata": {"labels": {"finetune.dev/job": "job"}},
         "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "2Gi"}}}]},
     }
-    body = build_workload("job", "ns", "uid-1", "team-a", "high", trainer_pod)
+    body = build_workload("job", "ns", "uid-1", "team-a", "high", trainer_pod, 1000)
     assert body["spec"]["queueName"] == "team-a"
-    assert body["spec"]["priorityClassRef"]["name"] == "high"
+    assert body["spec"]["priorityClassRef"]["name"] == "high" and body["spec"]["priority"] == 1000
     assert body["spec"]["podSets"][0]["template"]["spec"] == trainer_pod["spec"]
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert body["metadata"]["annotations"][ANNOTATION_RESOURCES] == resources_key(
