@@ -191,6 +191,7 @@ def build_crd() -> dict[str, Any]:
         {"name": "Steps/s", "type": "number", "jsonPath": ".status.stepsPerSecond", "priority": 1},
         {"name": "Remaining", "type": "string", "jsonPath": ".status.remaining", "priority": 1},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        {"name": "Queue", "type": "string", "jsonPath": ".metadata.labels.kueue\\.x-k8s\\.io/queue-name"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return {

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_core import to_jsonable_python
 
-Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
 RestartCause = Literal["preemption", "hostOOM", "cudaOOM", "error", "infrastructure"]
 RESTART_CAUSES: tuple[RestartCause, ...] = ("preemption", "hostOOM", "cudaOOM", "error", "infrastructure")
 

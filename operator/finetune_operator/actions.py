@@ -12,6 +12,7 @@ from typing import Any, Literal
 from finetune_api.models import FineTuneJobSpec, FineTuneJobStatus
 
 from finetune_operator.endings import Outcome
+from finetune_operator.kueue import WorkloadView
 from finetune_operator.policy import Plan
 from finetune_operator.views import ClaimView, NodeView, PodView
 
@@ -80,8 +81,37 @@ class Recovered:
     seconds: float
 
 
+@dataclass(frozen=True)
+class CreateWorkload:
+    """Kueue: the job's Workload, for the pod attempt `attempt` would get (executor.py builds it)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeleteWorkload:
+    name: str
+
+
+@dataclass(frozen=True)
+class PatchWorkloadStatus:
+    name: str
+    patch: dict[str, Any]
+
+
 Action = (
-    CreatePod | AdoptPod | DeletePod | ReleasePod | PatchStatus | Event | AnnotatePod | Decided | Recovered
+    CreatePod
+    | AdoptPod
+    | DeletePod
+    | ReleasePod
+    | PatchStatus
+    | Event
+    | AnnotatePod
+    | Decided
+    | Recovered
+    | CreateWorkload
+    | DeleteWorkload
+    | PatchWorkloadStatus
 )
 
 
@@ -100,6 +130,14 @@ class World:
     claim: ClaimView | None = None  # the checkpoint claim (None: not looked at)
     node_lost_seconds: float = 120.0
     shared_volume: bool = False  # the checkpoint claim is ReadWriteMany: never force on the timeout alone
+    # Kueue (issue 15): the job's `kueue.x-k8s.io/queue-name` label (None: not queued, Kueue never consulted),
+    # its Workload (None: not read), whether Kueue's Workload API exists, and the resources key
+    # (kueue.resources_key) of the trainer pod the next attempt would get.
+    queue: str | None = None
+    priority_class: str | None = None
+    workload: WorkloadView | None = None
+    kueue_installed: bool = True
+    next_resources_key: str | None = None
 
 
 @dataclass

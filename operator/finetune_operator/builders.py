@@ -217,6 +217,11 @@ def _resources(job: EffectiveJob) -> dict[str, Any]:
     return out
 
 
+def trainer_resources(job: EffectiveJob) -> dict[str, Any]:
+    """The trainer container's requests/limits for the next attempt (what Kueue accounts, issue 15)."""
+    return _resources(job)
+
+
 def _threads(job: FineTuneJob) -> str | None:
     """OMP/MKL threads from the CPU limit: torch otherwise starts one thread per *host* core."""
     if not job.spec.resources.cpu:

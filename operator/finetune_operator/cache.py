@@ -23,7 +23,7 @@ from typing import Any
 from finetune_api.models import FineTuneJob, FineTuneJobStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
 
-from finetune_operator import builders, views
+from finetune_operator import builders, kueue, views
 from finetune_operator.actions import World
 
 JobKey = tuple[str, str]  # (namespace, name)
@@ -177,6 +177,8 @@ def cached_world(
     meta = (body or {}).get("metadata") or {}
     if body is None or meta.get("deletionTimestamp"):
         return None
+    if (meta.get("labels") or {}).get(kueue.LABEL_QUEUE_NAME):
+        return None  # Kueue admits it: Workloads are not watched, so its looks read them from the API
     stamp = (str(meta.get("uid")), int(meta.get("generation") or 0))
     parsed = cache.parsed.get(key)
     if parsed is not None and parsed[0] == stamp:

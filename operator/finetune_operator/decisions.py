@@ -20,10 +20,13 @@ from finetune_operator.actions import (
     AdoptPod,
     AnnotatePod,
     CreatePod,
+    CreateWorkload,
     Decided,
     DeletePod,
+    DeleteWorkload,
     Event,
     PatchStatus,
+    PatchWorkloadStatus,
     Recovered,
     ReleasePod,
     Step,
@@ -39,6 +42,7 @@ from finetune_operator.endings import (
     node_unconfirmed,
     node_unreachable_message,
 )
+from finetune_operator.kueue import LABEL_QUEUE_NAME, finished_patch, release_reservation_patch
 from finetune_operator.names import (
     ANNOTATION_LAST_CHECKPOINT,
     ANNOTATION_LAST_CHECKPOINT_STEP,
@@ -127,8 +131,122 @@ def _requeue_for_node(step: Step, pod: PodView, world: World) -> None:
     step.requeue(WATCH_NODE_SECONDS)
 
 
+#: While a job is queued or runs under Kueue, look at its Workload this often (admission and eviction send
+#: no job or pod event; a Workload watch would, see docs/operator.md "Kueue").
+KUEUE_RECHECK_SECONDS = 2.0
+#: Kueue's Workload API missing: look again this rarely.
+KUEUE_MISSING_RECHECK_SECONDS = 30.0
+
+
+def _queued(world: World, step: Step, reason: str, text: str, event_type: str = "Normal") -> None:
+    """Phase Queued with `reason`/`text` (status and one Event per change)."""
+    status = world.status
+    if (status.phase, status.reason, status.message) == ("Queued", reason, text[:1024]):
+        return
+    step.actions.append(PatchStatus(phase_patch(status, "Queued", reason, text, world.now)))
+    step.actions.append(Event("Warning" if event_type == "Warning" else "Normal", reason, text))
+
+
+def _kueue_admits(world: World, step: Step) -> bool:
+    """Kueue's say before the next attempt's pod (docs/operator.md "Kueue"): True when the job's Workload
+    is admitted for exactly that pod; else the actions that get it there, and the job shows Queued."""
+    queue, wl, status = world.queue, world.workload, world.status
+    step.requeue(KUEUE_RECHECK_SECONDS)
+    if not world.kueue_installed:
+        step.requeue(KUEUE_MISSING_RECHECK_SECONDS)
+        _queued(
+            world,
+            step,
+            "KueueNotInstalled",
+            f"labelled {LABEL_QUEUE_NAME}={queue}, but Kueue's Workload API (kueue.x-k8s.io) is not"
+            " installed: waiting for it (or remove the label to run without Kueue)",
+            "Warning",
+        )
+        return False
+    waiting = f"waiting for admission by Kueue (LocalQueue {queue})"
+    if wl is None or not wl.exists:
+        step.actions.append(CreateWorkload(status.attempt + 1))
+        _queued(world, step, "WaitingForAdmission", waiting)
+        return False
+    if wl.deleting:
+        _queued(world, step, "WaitingForAdmission", waiting)
+        return False
+    if wl.resources_key != world.next_resources_key or wl.queue != queue:
+        # A Workload cannot be resized while it holds quota, and the larger request (memory raised after a
+        # host OOM, an edited spec.resources) must be admitted against the quota: replace it.
+        step.actions.append(DeleteWorkload(wl.name))
+        step.actions.append(
+            Event(
+                "Normal",
+                "Requeued",
+                "the next attempt asks Kueue for other resources or another queue: its Workload is replaced "
+                "and queued again",
+            )
+        )
+        _queued(world, step, "WaitingForAdmission", waiting)
+        return False
+    if wl.evicted and wl.quota_reserved:  # the pod is gone: hand the quota back, Kueue requeues
+        text = f"evicted by Kueue ({wl.evicted}: {wl.evicted_message or 'no detail'}); queued again"
+        step.actions.append(PatchWorkloadStatus(wl.name, release_reservation_patch(wl, world.now, text)))
+        _queued(world, step, "Evicted", text)
+        return False
+    if not wl.admitted or wl.evicted:
+        if not wl.active:
+            _queued(
+                world,
+                step,
+                "Deactivated",
+                f"its Kueue Workload {wl.name} is deactivated (spec.active: false)",
+            )
+        else:
+            _queued(world, step, "WaitingForAdmission", waiting)
+        return False
+    if status.phase == "Queued":
+        step.actions.append(
+            Event(
+                "Normal",
+                "Admitted",
+                f"admitted by Kueue (ClusterQueue {wl.cluster_queue}, LocalQueue {queue})",
+            )
+        )
+    return True
+
+
+def _kueue_evicts_running(world: World, step: Step, current: PodView | None) -> bool:
+    """Kueue evicted the job's Workload while its pod runs: stop the pod gracefully (emergency checkpoint);
+    its end is a preemption, and the next attempt waits for admission. True when that is the case."""
+    wl = world.workload
+    if world.queue is None or wl is None or not wl.evicted or not wl.quota_reserved:
+        return False
+    if current is None or current.ended or current.deleting:
+        return False
+    text = f"Kueue evicted the job ({wl.evicted}: {wl.evicted_message or 'no detail'})"
+    step.actions.append(DeletePod(current.name))
+    step.actions.append(Event("Normal", "Evicted", f"{text}: stopping {current.name} (emergency checkpoint)"))
+    step.actions.append(
+        PatchStatus(OperatorStatus.patch(message=f"{text}: waiting for the trainer's emergency checkpoint"))
+    )
+    return True
+
+
+def _kueue_release(world: World, step: Step, finished: bool) -> None:
+    """The job ended (finished) or is suspended: give its quota back."""
+    wl = world.workload
+    if world.queue is None or wl is None or not wl.exists or wl.deleting:
+        return
+    if finished:
+        if not wl.finished:
+            succeeded = world.status.phase == "Succeeded"
+            text = world.status.message or ("job succeeded" if succeeded else "job failed")
+            step.actions.append(PatchWorkloadStatus(wl.name, finished_patch(wl, world.now, succeeded, text)))
+    else:
+        step.actions.append(DeleteWorkload(wl.name))
+
+
 def _create_next(world: World, step: Step, phase: Phase, reason: str, message: str) -> None:
     status = world.status
+    if world.queue is not None and not world.pods and not _kueue_admits(world, step):
+        return
     attempt = status.attempt + 1
     name = pod_name(world.name, attempt)
     directory = run_directory(world.uid, status)
@@ -196,6 +314,7 @@ def reconcile(world: World) -> Step:
                 step.actions.append(DeletePod(pod.name))
             elif pod.tracked and (pod.ended or pod.deleting):
                 step.actions.append(ReleasePod(pod.name))
+        _kueue_release(world, step, finished=True)
         return step
 
     # --- a recorded decision still being carried out --------------------------------------------------
@@ -206,6 +325,7 @@ def reconcile(world: World) -> Step:
             _cleanup_pod(step, old, world)
             return step
         if spec.suspend:
+            _kueue_release(world, step, finished=False)
             step.actions.append(PatchStatus(OperatorStatus.patch(pending=None, next_attempt_time=None)))
             step.actions.append(
                 PatchStatus(phase_patch(status, "Suspended", "Suspended", "suspended (spec.suspend)", now))
@@ -229,6 +349,8 @@ def reconcile(world: World) -> Step:
         if status.phase == "Suspended" or current is None:
             for pod in world.pods:
                 _cleanup_pod(step, pod, world)
+            if not world.pods:
+                _kueue_release(world, step, finished=False)
             if status.phase != "Suspended":
                 step.actions.append(
                     PatchStatus(
@@ -256,11 +378,15 @@ def reconcile(world: World) -> Step:
             return step
         # the current pod is stopping or stopped: classified below, and the plan is "stop"
 
+    if _kueue_evicts_running(world, step, current):
+        return step
+
     # --- no attempt yet, or resuming after a suspension --------------------------------------------------
     if status.pod_name is None:
         _create_next(world, step, "Pending", "Created", "creating the first trainer pod")
         return step
-    if status.phase == "Suspended":
+    if status.phase == "Suspended" or (status.phase == "Queued" and current is None):
+        # (Queued with an earlier attempt recorded: a resumed job waiting for Kueue's admission)
         _create_next(world, step, "Pending", "Resumed", "resumed (spec.suspend is false)")
         return step
 
@@ -283,6 +409,8 @@ def reconcile(world: World) -> Step:
     if outcome is None:
         assert current is not None
         _while_running(world, current, step)
+        if world.queue is not None:  # an eviction sends no pod event
+            step.requeue(KUEUE_RECHECK_SECONDS)
         return step
 
     plan = plan_next(spec, status, outcome)

@@ -11,20 +11,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_api.effective import effective_job
+from finetune_api.effective import EffectiveJob, effective_job
 from finetune_api.models import GROUP, KIND, PLURAL, VERSION, FineTuneJob
 from kubernetes.client.rest import ApiException
 
-from finetune_operator import builders, refusals
+from finetune_operator import builders, decisions, kueue, refusals
 from finetune_operator.actions import (
     Action,
     AdoptPod,
     AnnotatePod,
     CreatePod,
+    CreateWorkload,
     Decided,
     DeletePod,
+    DeleteWorkload,
     Event,
     PatchStatus,
+    PatchWorkloadStatus,
     Recovered,
     ReleasePod,
     World,
@@ -195,6 +198,8 @@ def _carry_out(
                 "delay_seconds": action.plan.delay_seconds,
             },
         )
+    elif isinstance(action, CreateWorkload | DeleteWorkload | PatchWorkloadStatus):
+        _workload_action(runtime, job, uid, world, action)
     elif isinstance(action, Recovered):
         runtime.metrics.observe_recovery(namespace, name, action.seconds)
         log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
@@ -252,19 +257,7 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
                 core.replace_namespaced_config_map(cm["metadata"]["name"], namespace, cm)
     except ApiException as error:
         raise _refused("ConfigMap", cm, error) or error from None
-    ckpt = world.status.last_checkpoint
-    pending = world.status.pending
-    pod = builders.build_pod(
-        attempt_job,
-        uid,
-        action.attempt,
-        run_directory=action.run_directory,
-        last_checkpoint_time=ckpt.time if ckpt else None,
-        last_checkpoint_step=ckpt.step if ckpt else None,
-        unreachable_toleration_seconds=runtime.config.unreachable_toleration_seconds,
-        cause=(pending.cause or pending.reason) if pending else None,
-        avoid_node=pending.avoid_node if pending else None,
-    )
+    pod = _attempt_pod(runtime, attempt_job, uid, world, action.attempt, action.run_directory)
     try:
         core.create_namespaced_pod(namespace, pod)
     except ApiException as error:
@@ -276,6 +269,68 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
             raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
         return False  # ours (created by an earlier pass whose status write was lost): adopt it
     return True
+
+
+def _attempt_pod(
+    runtime: Runtime, job: EffectiveJob, uid: str, world: World, attempt: int, run_directory: str
+) -> dict[str, Any]:
+    """The attempt's pod, from the effective job (also what a Kueue Workload accounts)."""
+    ckpt = world.status.last_checkpoint
+    pending = world.status.pending
+    return builders.build_pod(
+        job,
+        uid,
+        attempt,
+        run_directory=run_directory,
+        last_checkpoint_time=ckpt.time if ckpt else None,
+        last_checkpoint_step=ckpt.step if ckpt else None,
+        unreachable_toleration_seconds=runtime.config.unreachable_toleration_seconds,
+        cause=(pending.cause or pending.reason) if pending else None,
+        avoid_node=pending.avoid_node if pending else None,
+    )
+
+
+def _workload_action(
+    runtime: Runtime,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    action: CreateWorkload | DeleteWorkload | PatchWorkloadStatus,
+) -> None:
+    """Kueue (issue 15): the job's Workload. 404/409 mean someone (Kueue, an earlier pass) was first."""
+    _, custom, _ = runtime.apis()
+    namespace = job.metadata.namespace or "default"
+    try:
+        if isinstance(action, CreateWorkload):
+            pod = _attempt_pod(
+                runtime,
+                effective_job(job, world.status.effective),
+                uid,
+                world,
+                action.attempt,
+                decisions.run_directory(uid, world.status),
+            )
+            priority = None
+            if world.priority_class:  # its value goes into the Workload (a missing class: 404, retried)
+                wpc = custom.get_cluster_custom_object(
+                    kueue.GROUP, kueue.VERSION, kueue.PRIORITY_CLASSES, world.priority_class
+                )
+                priority = int(wpc.get("value") or 0)
+            body = kueue.build_workload(
+                job.metadata.name, namespace, uid, world.queue or "", world.priority_class, pod, priority
+            )
+            custom.create_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, body)
+        elif isinstance(action, DeleteWorkload):
+            custom.delete_namespaced_custom_object(
+                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, action.name
+            )
+        else:
+            custom.patch_namespaced_custom_object_status(
+                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, action.name, action.patch
+            )
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise
 
 
 def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -35,12 +36,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from finetune_api.effective import effective_job
 from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
 from finetune_api.status import OperatorStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
-from finetune_operator import builders, decisions, views
+from finetune_operator import builders, decisions, kueue, views
 from finetune_operator.actions import Step, World
 from finetune_operator.cache import (
     Keys,
@@ -550,7 +552,52 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         now=datetime.now(UTC),
         node_lost_seconds=runtime.config.node_lost_seconds,
     )
-    return read.job, read.uid, read.world, read.resource_version
+    world = with_kueue(custom, namespace, name, meta, read.job, read.world)
+    return read.job, read.uid, world, read.resource_version
+
+
+def with_kueue(
+    custom: Any, namespace: str, name: str, meta: dict[str, Any], job: FineTuneJob, world: World
+) -> World:
+    """The World with what Kueue decides for a job labelled kueue.x-k8s.io/queue-name (its Workload, read
+    from the API: Workloads are not watched, so a queued job's looks always read it; cache.cached_world)."""
+    labels = meta.get("labels") or {}
+    queue = labels.get(kueue.LABEL_QUEUE_NAME) or None
+    if queue is None:
+        return world
+    workload, kueue_installed = read_workload(custom, namespace, kueue.workload_name(name))
+    return dataclasses.replace(
+        world,
+        queue=queue,
+        priority_class=labels.get(kueue.LABEL_PRIORITY_CLASS) or None,
+        workload=workload,
+        kueue_installed=kueue_installed,
+        next_resources_key=kueue.resources_key(
+            builders.trainer_resources(effective_job(job, world.status.effective))
+        ),
+    )
+
+
+def read_workload(custom: Any, namespace: str, name: str) -> tuple[kueue.WorkloadView | None, bool]:
+    """The job's Kueue Workload, and whether Kueue's Workload API exists at all (a 404 for the object
+    names it in the Status details; a 404 for the resource type does not)."""
+    try:
+        body = response_json(
+            custom.get_namespaced_custom_object(
+                kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, name, _preload_content=False
+            )
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            details = (json.loads(error.body or "{}") or {}).get("details") or {}
+        except ValueError:
+            details = {}
+        if details.get("name") == name:
+            return kueue.workload_view(name, None), True
+        return None, False
+    return kueue.workload_view(name, body), True
 
 
 def _fail_invalid(custom: Any, namespace: str, name: str, body: dict[str, Any], text: str) -> None:

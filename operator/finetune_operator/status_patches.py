@@ -37,6 +37,7 @@ def conditions_for(
     """The job's conditions for `phase` (wire form), keeping lastTransitionTime where a status did not
     change."""
     wanted = {
+        "Queued": "True" if phase == "Queued" else "False",
         "Running": "True" if phase == "Running" else "False",
         "Complete": "True" if phase == "Succeeded" else "False",
         "Failed": "True" if phase == "Failed" else "False",
@@ -44,7 +45,9 @@ def conditions_for(
     }
     old = {c.type: c for c in existing}
     out = []
-    for kind in _CONDITION_TYPES:
+    # Queued (Kueue, issue 15) only on jobs that have been queued: the others keep their four conditions.
+    kinds = ("Queued", *_CONDITION_TYPES) if phase == "Queued" or "Queued" in old else _CONDITION_TYPES
+    for kind in kinds:
         status = wanted[kind]
         previous = old.get(kind)
         changed = previous is None or previous.status != status

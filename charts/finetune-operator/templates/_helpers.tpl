@@ -158,6 +158,15 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Kueue (jobs labelled kueue.x-k8s.io/queue-name; harmless where Kueue is not installed): one Workload per
+# queued job, read each pass, created, deleted on suspend or when the next attempt needs other resources;
+# its status patched to hand the quota back after an eviction and to mark it Finished.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, create, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
 {{- end }}
 
 {{/* What stays cluster-scoped in every install: reads of cluster-scoped objects only. */}}
@@ -172,6 +181,10 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+# Kueue: the value of a job's kueue.x-k8s.io/priority-class (WorkloadPriorityClass), copied into its Workload.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloadpriorityclasses]
+  verbs: [get]
 # Namespaces: a namespace being deleted wakes its jobs' loops (kopf stops watching a terminating namespace,
 # so no job or pod event would); in a namespaced install kopf also matches its patterns against them.
 - apiGroups: [""]

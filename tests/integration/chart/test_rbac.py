@@ -62,6 +62,11 @@ RESOURCES = {
     "lease": ("coordination.k8s.io", "leases"),
     "custom_object_status": ("finetune.dev", "finetunejobs/status"),
 }
+KUEUE_RESOURCES = {
+    "custom_object": ("kueue.x-k8s.io", "workloads"),
+    "custom_object_status": ("kueue.x-k8s.io", "workloads/status"),
+    "cluster_custom_object": ("kueue.x-k8s.io", "workloadpriorityclasses"),
+}
 CLIENT_CALL = re.compile(
     r"\.(create|read|list|patch|replace|delete|get)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
 )
@@ -90,11 +95,16 @@ def client_calls(sources: Iterable[Path]) -> dict[Perm, list[str]]:
     """(group, resource, verb) → where in the code it is used."""
     uses: dict[Perm, list[str]] = {}
     for path in sources:
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        lines = path.read_text().splitlines()
+        for lineno, line in enumerate(lines, 1):
             for verb, resource in CLIENT_CALL.findall(line):
                 if resource not in RESOURCES:
                     continue  # e.g. `.get_running_loop`, `.delete_with_job`
                 group, plural = RESOURCES[resource]
+                # Kueue's Workloads (operator/finetune_operator/kueue.py): custom-object calls whose
+                # arguments (this line and the next two) name kueue.GROUP
+                if resource in KUEUE_RESOURCES and "kueue.GROUP" in " ".join(lines[lineno - 1 : lineno + 2]):
+                    group, plural = KUEUE_RESOURCES[resource]
                 # the custom-objects API says `get_`, the typed APIs say `read_`
                 perm = (group, plural, VERBS.get(verb, verb))
                 uses.setdefault(perm, []).append(f"{path.name}:{lineno}")
@@ -236,6 +246,7 @@ CLUSTER_SCOPED_READS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
+    ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),  # Kueue: a job's priority class value
 }
 
 

@@ -108,7 +108,8 @@ def test_printer_columns_and_names() -> None:
     default = [c["name"] for c in columns if not c.get("priority")]
     wide = [c["name"] for c in columns if c.get("priority")]
     # `kubectl get ftj` says why (issue 12): the reason at default priority, throughput and ETA with -o wide
-    assert default == ["Phase", "Reason", "Step", "Restarts", "Last checkpoint", "Age"]
+    # Queue: the job's Kueue LocalQueue (label kueue.x-k8s.io/queue-name, issue 15)
+    assert default == ["Phase", "Reason", "Step", "Restarts", "Last checkpoint", "Queue", "Age"]
     assert {"Steps/s", "Remaining", "Message"} <= set(wide)
     assert next(c for c in columns if c["name"] == "Reason")["jsonPath"] == ".status.reason"
     assert version["subresources"] == {"status": {}}

@@ -1,0 +1,71 @@
+"""FineTuneJobs through the real Kueue (issue 15) on the local cluster: one quota, two jobs — one runs, the
+other waits Queued and runs when the first finishes (its Workload Finished frees the quota); a high-priority
+job preempts a running low-priority one through Kueue (emergency checkpoint, Queued, resumed, one preemption
+counted). Tiny jobs (tests/scenarios/operator_scenarios.py): each test takes about a minute."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness.kueue import GROUP, VERSION, Kueue, _condition_true
+from tests.integration.operator.conftest import LocalProvider
+from tests.scenarios import operator_scenarios as sc
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
+#: The tiny trainer pod asks for 1 cpu and 1536Mi: this quota holds one at a time.
+ONE_JOB = {"cpu": "1", "memory": "2Gi"}
+
+
+def _queued_job(name: str, image: str, queue: str, priority: str | None = None, **kw: object) -> dict:
+    job = sc.tiny_job(name, image, **kw)  # type: ignore[arg-type]
+    job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": queue}
+    if priority:
+        job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] = priority
+    return job
+
+
+def _reasons(p: LocalProvider, name: str) -> list[str]:
+    return [e.reason for e in sc.events(p, name)]
+
+
+def test_one_quota_two_jobs_one_waits_queued_then_runs(provider: LocalProvider, kueue: Kueue) -> None:
+    p = provider
+    queue = kueue.queue(p.namespace, ONE_JOB)
+    sc.apply_job(p, _queued_job("first", p.trainer_image, queue, steps=8, save_steps=4, step_sleep=0.1))
+    sc.wait_status(p, "first", lambda s: s.get("phase") in ("Pending", "Running"), 60, "first admitted")
+    sc.apply_job(p, _queued_job("second", p.trainer_image, queue, steps=8, save_steps=4, step_sleep=0.1))
+    waiting = sc.wait_phase(p, "second", "Queued", timeout=60)
+    assert waiting["reason"] == "WaitingForAdmission" and queue in waiting["message"], sc.summary(waiting)
+    columns = sc.printer_columns(p, "second")
+    assert (columns["PHASE"], columns["QUEUE"]) == ("Queued", queue), columns
+    assert not sc.pods(p, "second"), "no trainer pod before admission"
+    assert "Admitted" in _reasons(p, "first")
+
+    sc.assert_succeeded(p, "first", 8)
+    # the first one's Workload is Finished: its quota admits the second, which then runs to the end
+    wl = p.kube.custom.get_namespaced_custom_object(GROUP, VERSION, p.namespace, "workloads", "first-kueue")
+    assert _condition_true(wl, "Finished"), wl.get("status")
+    sc.assert_succeeded(p, "second", 8)
+    assert "Admitted" in _reasons(p, "second")
+    assert (sc.status(p, "second").get("restarts") or {}).get("preemption", 0) == 0
+
+
+def test_high_priority_preempts_low_through_kueue(provider: LocalProvider, kueue: Kueue) -> None:
+    p = provider
+    queue = kueue.queue(p.namespace, ONE_JOB, preemption={"withinClusterQueue": "LowerPriority"})
+    low = kueue.priority_class(f"fto-low-{kueue.suffix}", 10)
+    high = kueue.priority_class(f"fto-high-{kueue.suffix}", 1000)
+    sc.apply_job(p, _queued_job("low", p.trainer_image, queue, low, steps=16, save_steps=4, step_sleep=0.25))
+    sc.wait_checkpoint(p, "low", 4, timeout=120)
+    sc.apply_job(p, _queued_job("high", p.trainer_image, queue, high, steps=4, save_steps=4, step_sleep=0.1))
+    # Kueue evicts the low one: it commits an emergency checkpoint and waits Queued
+    evicted = sc.wait_status(
+        p, "low", lambda s: s.get("phase") == "Queued" and s.get("reason") == "Evicted", 90, "low evicted"
+    )
+    assert evicted["restarts"]["preemption"] == 1, sc.summary(evicted)
+    assert evicted.get("lastEmergencySave", {}).get("inTime") is True, evicted.get("lastEmergencySave")
+    assert "Evicted" in _reasons(p, "low")
+    sc.assert_succeeded(p, "high", 4)
+    s = sc.assert_succeeded(p, "low", 16)
+    restarts = s["restarts"]
+    assert restarts["preemption"] == 1 and sum(restarts.values()) == 1, restarts
