@@ -555,3 +555,21 @@ class StartupCallback(TrainerCallback):
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         startup.finish(self.phase, step=state.global_step)
         return control
+
+
+def trainer_callbacks(
+    run: RunState,
+    preemption: Preemption,
+    reporter: StatusReporter,
+    metrics: TrainerMetrics | None,
+    faults: Faults,
+    cache_dir: Path | None,
+) -> list[TrainerCallback]:
+    """The callbacks of a training attempt, in the order the Trainer calls them for each event."""
+    return [
+        CheckpointCommitCallback(run, reporter, metrics),
+        PreemptionCallback(run, preemption),
+        ProgressCallback(run, reporter, metrics),
+        VolumeSpaceCallback(run, reporter, cache_dir),  # after the commit callback: reads its record
+        FaultInjectionCallback(run, faults),
+    ]

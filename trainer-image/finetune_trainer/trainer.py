@@ -83,6 +83,9 @@ class CommitTrainer(SFTTrainer):
         model = kwargs.get("model")
         self._loaded_vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         super().__init__(*args, **kwargs)
+        from transformers.trainer_callback import PrinterCallback
+
+        self.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
         self.add_callback(StartupCallback())
         # Snapshots where each optimizer step begins, for a save in the middle of one (step_boundary.py).
         self._step_boundary = StepBoundary(self)
