@@ -173,7 +173,8 @@ class Attempt:
 
         from finetune_trainer import build
         from finetune_trainer.background import BackgroundSaver
-        from finetune_trainer.callbacks import RunState, trainer_callbacks
+        from finetune_trainer.callbacks import trainer_callbacks
+        from finetune_trainer.run_state import RunState
         from finetune_trainer.trainer import CommitTrainer
 
         assert self.resume is not None

@@ -20,9 +20,10 @@ from trl import SFTTrainer
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
-from finetune_trainer.callbacks import RunState, StartupCallback
+from finetune_trainer.callbacks import StartupCallback
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log, startup
+from finetune_trainer.run_state import RunState
 from finetune_trainer.step_boundary import StepBoundary, capture_rng
 
 
