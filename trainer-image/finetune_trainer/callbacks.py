@@ -1,6 +1,10 @@
 """TrainerCallbacks, one job each: checkpoint commit, retention and its report (commit_callbacks.py),
 preemption (SIGTERM) stop, progress reporting, volume space, fault injection, start-up phases.
 `trainer_callbacks` builds them in the order they must run and says why.
+
+Over 400 lines on purpose: the callbacks that act on training events are kept beside the one list that
+orders them, so the reasons given there sit next to the code they are about (the commit and its followers,
+which run where the commit runs, are in commit_callbacks.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ the background saves), which writes what resume reads and nothing else; final/ k
 
 Also: restoring a checkpoint either works or raises `RestoreFailed` naming what could not be read (so the CLI
 can fall back to an older checkpoint), and a run resumed at its last step trains no further step.
+
+Over 400 lines on purpose: every method of CommitTrainer overrides a Trainer hook (save, snapshot, restore)
+and works on the Trainer's own state, so they stay on the one subclass; most of the length is the background
+snapshot, which copies exactly what HF's save writes.
 """
 
 from __future__ import annotations
