@@ -96,6 +96,7 @@ def test_reference_run(reference: Reference) -> None:
         "trainer_state.json",
         "training_args.bin",
     }, "checkpoints must not carry tokenizer files or a README"
+    assert not (reference.output_dir / "README.md").exists(), "trl's model card (at every save) is off"
     marker = json.loads((reference.output_dir / f"checkpoint-{MAX_STEPS}" / "COMMITTED.json").read_text())
     assert marker["step"] == MAX_STEPS and marker["bytes"] == sum(marker["files"].values())
     assert (reference.output_dir / "final" / "adapter_model.safetensors").is_file()

@@ -1,28 +1,30 @@
-"""TrainerCallbacks: checkpoint commit, preemption (SIGTERM) stop, progress reporting, volume space, fault
-injection.
+"""TrainerCallbacks, one job each: checkpoint commit, retention and its report (commit_callbacks.py),
+preemption (SIGTERM) stop, progress reporting, volume space, fault injection, start-up phases.
+`trainer_callbacks` builds them in the order they must run and says why.
 
-Order of events around a save (transformers 5.23): on_step_end → _maybe_log_save_evaluate: log (on_log) →
-evaluate (on_evaluate) → `_save_checkpoint` (writes checkpoint-N/, HF rotation disabled by passing
-save_total_limit=None) → on_save. The commit happens in on_save; retention after it.
+Over 400 lines on purpose: the callbacks that act on training events are kept beside the one list that
+orders them, so the reasons given there sit next to the code they are about (the commit and its followers,
+which run where the commit runs, are in commit_callbacks.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_api.status import CheckpointInfo, TrainerStatus
+from finetune_api.status import TrainerStatus
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
-from finetune_trainer.background import BackgroundSaver
+from finetune_trainer.commit_callbacks import (
+    CheckpointCommitCallback,
+    CommitReportCallback,
+    RetentionCallback,
+)
 from finetune_trainer.faults import Faults
-from finetune_trainer.fence import AttemptFence
 from finetune_trainer.logs import log, startup
 from finetune_trainer.preemption import (
     TRAINING,
@@ -32,63 +34,13 @@ from finetune_trainer.preemption import (
     stop_at_micro_batch,
 )
 from finetune_trainer.reporting import StatusReporter, ThroughputMeter, TrainerMetrics
+from finetune_trainer.run_state import RunState
+
+__all__ = ["RunState", "trainer_callbacks"]
 
 
 class PreemptedBeforeFirstStep(Exception):
     """SIGTERM arrived after loading but before the first step of this attempt: nothing new to save."""
-
-
-@dataclass
-class RunState:
-    """Shared by the callbacks, the Trainer subclass and the CLI."""
-
-    output_dir: Path
-    world_size: int = 1
-    is_main: bool = True
-    save_total_limit: int | None = None
-    extra_required: tuple[str, ...] = ()
-    last_commit: ckpt.CommitRecord | None = None
-    save_started_at: float | None = None
-    last_save_seconds: float | None = None
-    emergency_save_seconds: float | None = None
-    stop_for_preemption: bool = False
-    stopped_mid_step: bool = False  # stopped at a micro-batch: the checkpoint is the last completed step's
-    retained: int = 0
-    first_step_of_run: bool = True
-    total_steps: int | None = None
-    commit_failures: list[str] = field(default_factory=list)
-    fence: AttemptFence | None = None  # --attempt N: stop before any change once a newer attempt claimed DIR
-    identity: dict[str, str] = field(default_factory=dict)  # {run_id, fingerprint} for every commit marker
-    saver: BackgroundSaver | None = None  # background saves on (single process); None: every save blocks
-    pending_write: Callable[[], None] | None = None  # set by the trainer: writes the copied state to disk
-    durable_checkpoint: str | None = None  # objectStore: newest checkpoint with a remote commit marker
-
-    def wait_for_save(self) -> None:
-        """The background save in flight (if any) is committed, or its error is raised here."""
-        if self.saver is not None:
-            self.saver.wait()
-
-    def check_fence(self, before: str, agree: Callable[[bool], bool] | None = None) -> None:
-        if self.fence is not None:
-            self.fence.check(before, agree)
-
-    @property
-    def last_commit_step(self) -> int | None:
-        return self.last_commit.step if self.last_commit else None
-
-
-def _status_for_commit(record: ckpt.CommitRecord, retained: int) -> dict[str, Any]:
-    return TrainerStatus.patch(
-        last_checkpoint=CheckpointInfo(
-            step=record.step,
-            path=str(record.path),
-            time=record.committed_at,
-            save_seconds=round(record.save_seconds or 0.0, 4),
-            bytes=record.bytes,
-        ),
-        last_checkpoint_step=record.step,
-        checkpoints=retained,
-    )
 
 
 def _budget_fields(budget: NoticeBudget) -> dict[str, Any]:
@@ -99,109 +51,6 @@ def _budget_fields(budget: NoticeBudget) -> dict[str, Any]:
         "needed_seconds": round(budget.needed_seconds, 3),
         "seconds_left": round(budget.seconds_left, 3),
     }
-
-
-def _log_set_aside(path: Path, moved: Path, why: str) -> None:
-    to = f"{moved.parent.name}/{moved.name}"  # damaged/checkpoint-N, relative to the output dir
-    log("checkpoint_set_aside", level="warning", checkpoint=path.name, to=to, reason=why)
-
-
-class CheckpointCommitCallback(TrainerCallback):
-    """After HF wrote checkpoint-N: barrier → (main) verify, fsync, marker, retention → barrier."""
-
-    def __init__(self, run: RunState, reporter: StatusReporter, metrics: TrainerMetrics | None):
-        self.run = run
-        self.reporter = reporter
-        self.metrics = metrics
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        run = self.run
-        path = run.output_dir / f"checkpoint-{state.global_step}"
-        started = run.save_started_at or time.monotonic()
-        best = state.best_model_checkpoint
-        write, run.pending_write = run.pending_write, None
-        run.save_started_at = None
-        if write is not None and run.saver is not None:  # background: the state is copied, training goes on
-            step = state.global_step
-
-            def write_and_commit() -> None:
-                write()
-                self.commit(path, step, started, best, blocked=blocked)
-
-            blocked = time.monotonic() - started  # training resumes now
-            run.saver.submit(step, write_and_commit)
-            return control
-        dist.barrier()  # every rank has written its rng_state_<rank>.pth
-        if run.is_main:
-            self.commit(path, state.global_step, started, best, blocked=None)
-        else:
-            # Non-main ranks learn the committed step to decide identically whether a stop needs a save.
-            run.last_commit = ckpt.CommitRecord(path, state.global_step, "", {}, None)
-        dist.barrier()  # nobody exits (or starts deleting) before the commit is done
-        return control
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self.run.saver is not None:
-            self.run.saver.poll()  # a failed background save ends training now, as a synchronous one would
-        return control
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.run.wait_for_save()  # the last checkpoint is committed before final/ is written
-        return control
-
-    def commit(self, path: Path, step: int, started: float, best: str | None, blocked: float | None) -> None:
-        """Main rank: verify, fsync, marker, retention, then log, status and metrics. In the background
-        thread for a background save (the reporter and the log are thread-safe); `blocked` is then the time
-        training waited for it (the copy of the state), None for a synchronous save (it waited for all)."""
-        run = self.run
-        try:
-            record = ckpt.commit_checkpoint(
-                path,
-                run.world_size,
-                started_at=started,
-                extra_required=run.extra_required,
-                before_marker=lambda: run.check_fence(f"committing {path.name}"),
-                identity=run.identity or None,
-            )
-            assert record.save_seconds is not None
-        except (ckpt.CheckpointError, OSError) as error:
-            if isinstance(error, OSError) and volume.is_out_of_space(error, run.output_dir):
-                free = volume.free_bytes(run.output_dir)
-                ckpt.remove_checkpoint(path)  # its marker could not be written: never committed
-                why = volume.first_line(error)
-                raise volume.VolumeFull(path.name, run.output_dir, free, None, why) from error
-            run.commit_failures.append(f"{path.name}: {error}")
-            log("checkpoint_commit_failed", level="error", step=step, error=str(error))
-            return
-        keep = [best] if best else []
-        run.check_fence("retention")
-        deleted = ckpt.apply_retention(
-            run.output_dir, run.save_total_limit, keep=keep, on_set_aside=_log_set_aside
-        )
-        run.retained = len(ckpt.committed_checkpoints(run.output_dir))
-        run.last_commit = record
-        run.last_save_seconds = record.save_seconds
-        log(
-            "checkpoint_committed",
-            step=record.step,
-            path=str(record.path),
-            time=record.committed_at,
-            save_seconds=round(record.save_seconds, 4),
-            bytes=record.bytes,
-            files=len(record.files),
-            retained=run.retained,
-            deleted=[p.name for p in deleted],
-            background=blocked is not None,
-            blocked_seconds=round(time.monotonic() - started if blocked is None else blocked, 4),
-        )
-        self.reporter.update(_status_for_commit(record, run.retained))
-        if self.metrics is not None:
-            self.metrics.save_seconds.observe(record.save_seconds)
-            self.metrics.last_save_seconds.set(record.save_seconds)
-            self.metrics.last_save_bytes.set(record.bytes)
-            self.metrics.last_checkpoint_step.set(record.step)
-            self.metrics.checkpoints.set(run.retained)
-            self.metrics.commits.inc()
 
 
 class PreemptionCallback(TrainerCallback):
@@ -559,3 +408,49 @@ class StartupCallback(TrainerCallback):
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         startup.finish(self.phase, step=state.global_step)
         return control
+
+
+def trainer_callbacks(
+    run: RunState,
+    preemption: Preemption,
+    reporter: StatusReporter,
+    metrics: TrainerMetrics | None,
+    faults: Faults,
+    cache_dir: Path | None,
+) -> list[TrainerCallback]:
+    """The callbacks of a training attempt, in the order the Trainer calls them for each event (after its
+    own DefaultFlowCallback, which sets should_save/should_log for the step first). Each one after the one
+    before because:
+
+    1. CheckpointCommitCallback: first, so that in on_save the checkpoint HF just wrote is committed before
+       any callback asks for the newest commit, and in on_step_end a failed background save ends training
+       before the others act on that step. It hands each commit to 2 and 3, in that order (their docstrings,
+       commit_callbacks.py).
+    2. RetentionCallback: after the commit, which it is called with: only a committed checkpoint counts.
+    3. CommitReportCallback: after retention, called with the commit: it reports what retention deleted and
+       how many checkpoints are kept.
+    4. PreemptionCallback: after the commit: in on_save it reads the commit just made (whether the stop
+       still needs a save, how long the emergency save took), and it waits for a background save there.
+    5. ProgressCallback: needs nothing from the ones before and nothing after needs it.
+    6. VolumeSpaceCallback: after the commit and retention: in on_save (and on_step_end, for a background
+       save) it checks the new commit's size with the number of checkpoints retention kept.
+    7. FaultInjectionCallback: last (tests only): a fault after a step or micro-batch lands after every other
+       callback handled it, and in on_substep_end it reads the stop PreemptionCallback decided there.
+
+    With spec.checkpoint.objectStore, attempt.py appends upload.CheckpointUploadCallback last: it hands each
+    commit (made by 1) to the uploader, and at the end waits for the last upload after all else is done.
+
+    CommitTrainer adds two of its own after these, which read only the Trainer's state: StartupCallback
+    (start-up phases) and StepBoundary (the state where each optimizer step began).
+    """
+    retention = RetentionCallback(run)
+    report = CommitReportCallback(run, reporter, metrics)
+    return [
+        CheckpointCommitCallback(run, followers=(retention, report)),
+        retention,
+        report,
+        PreemptionCallback(run, preemption),
+        ProgressCallback(run, reporter, metrics),
+        VolumeSpaceCallback(run, reporter, cache_dir),
+        FaultInjectionCallback(run, faults),
+    ]

@@ -1,7 +1,19 @@
 """SFTTrainer with lean checkpoints and save timing; the commit itself happens in CheckpointCommitCallback.
 
+Saves go through trl's and transformers' own `_save_checkpoint` (super()), so what SFTTrainer adds there
+runs. In trl 1.16 that is a model card: `SFTTrainer._save_checkpoint` calls `create_model_card`, which
+rewrites DIR/README.md at every save; neither trl nor transformers has a setting for it (transformers calls
+its own only from push_to_hub), so `create_model_card` is overridden here and writes only when the Trainer
+is built with `model_card=True`. peft's `PeftModel.save_pretrained` writes a README.md card too, always, on
+the main process: a checkpoint's adapter files are instead written by `write_adapters` (the same writer as
+the background saves), which writes what resume reads and nothing else; final/ keeps peft's card.
+
 Also: restoring a checkpoint either works or raises `RestoreFailed` naming what could not be read (so the CLI
 can fall back to an older checkpoint), and a run resumed at its last step trains no further step.
+
+Over 400 lines on purpose: every method of CommitTrainer overrides a Trainer hook (save, snapshot, restore)
+and works on the Trainer's own state, so they stay on the one subclass; most of the length is the background
+snapshot, which copies exactly what HF's save writes.
 """
 
 from __future__ import annotations
@@ -12,17 +24,19 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback
 from trl import SFTTrainer
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import dist, volume
-from finetune_trainer.callbacks import RunState, StartupCallback
+from finetune_trainer.callbacks import StartupCallback
 from finetune_trainer.faults import Faults
 from finetune_trainer.logs import log, startup
+from finetune_trainer.run_state import RunState
 from finetune_trainer.step_boundary import StepBoundary, capture_rng
 
 
@@ -73,8 +87,9 @@ def probe_restore(path: Path, world_size: int) -> None:
 
 
 class CommitTrainer(SFTTrainer):
-    def __init__(self, *args: Any, run: RunState, faults: Faults, **kwargs: Any):
+    def __init__(self, *args: Any, run: RunState, faults: Faults, model_card: bool = False, **kwargs: Any):
         self._run_state = run
+        self._model_card = model_card  # trl's README.md card in the output directory (create_model_card)
         self._faults = faults
         self._in_checkpoint = False
         self._embedding_decision: bool | None = None
@@ -83,6 +98,7 @@ class CommitTrainer(SFTTrainer):
         model = kwargs.get("model")
         self._loaded_vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # prints python dicts to stdout; our logs are JSON lines
         self.add_callback(StartupCallback())
         # Snapshots where each optimizer step begins, for a save in the middle of one (step_boundary.py).
         self._step_boundary = StepBoundary(self)
@@ -139,8 +155,7 @@ class CommitTrainer(SFTTrainer):
             return
         self._in_checkpoint = True
         try:
-            # Skip SFTTrainer._save_checkpoint: it rewrites a README model card in output_dir on every save.
-            Trainer._save_checkpoint(self, model, trial)
+            super()._save_checkpoint(model, trial)  # SFTTrainer's (its card: create_model_card), then HF's
         except Exception as error:
             full = out_of_space(error)
             if full is not None:
@@ -203,7 +218,6 @@ class CommitTrainer(SFTTrainer):
         import copy
         import dataclasses
 
-        import safetensors.torch
         import torch
         from transformers.trainer_callback import ExportableState
 
@@ -213,21 +227,7 @@ class CommitTrainer(SFTTrainer):
             best = os.path.join(os.path.dirname(target), f"checkpoint-{best_step}")
             if best_step == self.state.global_step or os.path.exists(best):
                 self.state.best_model_checkpoint = best
-        unwrapped = self._unwrapped_model()
-        adapters = []
-        for name, peft_config in unwrapped.peft_config.items():
-            weights = self._adapter_tensors(unwrapped, name)
-            config = copy.deepcopy(peft_config)
-            if config.base_model_name_or_path is None:
-                base_name = unwrapped.base_model.model.__dict__.get("name_or_path")
-                config.base_model_name_or_path = base_name or None
-            config.inference_mode = True
-            mapping = None
-            if config.task_type is None:
-                base = unwrapped._get_base_model_class(is_prompt_tuning=config.is_prompt_learning)
-                mapping = {"base_model_class": base.__name__, "parent_library": base.__module__}
-            subdir = target if name == "default" else os.path.join(target, name)
-            adapters.append((subdir, _cpu_copy(weights), config, mapping))
+        adapters = self._adapter_files(target)
         trainer: Any = self  # optimizer and scheduler exist once training runs
         optimizer = _cpu_copy(trainer.optimizer.state_dict())
         scheduler = copy.deepcopy(trainer.lr_scheduler.state_dict())
@@ -252,11 +252,7 @@ class CommitTrainer(SFTTrainer):
         def write() -> None:
             try:
                 os.makedirs(target, exist_ok=True)
-                for subdir, weights, config, mapping in adapters:
-                    os.makedirs(subdir, exist_ok=True)
-                    path = os.path.join(subdir, ckpt.ADAPTER_WEIGHTS)
-                    safetensors.torch.save_file(weights, path, metadata={"format": "pt"})
-                    config.save_pretrained(subdir, auto_mapping_dict=mapping)
+                write_adapters(adapters)
                 torch.save(args, os.path.join(target, ckpt.TRAINING_ARGS))
                 torch.save(optimizer, os.path.join(target, ckpt.OPTIMIZER))
                 torch.save(scheduler, os.path.join(target, ckpt.SCHEDULER))
@@ -274,6 +270,39 @@ class CommitTrainer(SFTTrainer):
                 raise
 
         return write
+
+    def _adapter_files(self, target: str, state_dict: dict | None = None) -> list[AdapterFiles]:
+        """What peft's save_pretrained writes for each adapter of the model, copied now (weights cloned to the
+        CPU): the weights under peft's names, and the config as peft saves it (inference mode, the base
+        model's name, the auto mapping when there is no task type)."""
+        import copy
+
+        from peft.utils import get_peft_model_state_dict
+
+        unwrapped = self._unwrapped_model()
+        adapters = []
+        for name, peft_config in unwrapped.peft_config.items():
+            if state_dict is None:
+                weights = self._adapter_tensors(unwrapped, name)
+            else:  # given by HF (a sharded model gathered for the save): peft's names picked from it
+                weights = get_peft_model_state_dict(
+                    unwrapped,
+                    state_dict=state_dict,
+                    adapter_name=name,
+                    save_embedding_layers=self._save_embedding_layers(),
+                )
+            config = copy.deepcopy(peft_config)
+            if config.base_model_name_or_path is None:
+                base_name = unwrapped.base_model.model.__dict__.get("name_or_path")
+                config.base_model_name_or_path = base_name or None
+            config.inference_mode = True
+            mapping = None
+            if config.task_type is None:
+                base = unwrapped._get_base_model_class(is_prompt_tuning=config.is_prompt_learning)
+                mapping = {"base_model_class": base.__name__, "parent_library": base.__module__}
+            subdir = target if name == "default" else os.path.join(target, name)
+            adapters.append(AdapterFiles(subdir, _cpu_copy(weights), config, mapping))
+        return adapters
 
     def _adapter_tensors(self, unwrapped: Any, name: str) -> dict[str, Any]:
         """peft's adapter state dict (the names it saves under). Building it walks every module (≈20 ms a save
@@ -335,26 +364,26 @@ class CommitTrainer(SFTTrainer):
         output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
         os.makedirs(output_dir, exist_ok=True)
         lean = self._in_checkpoint
-        had_card = "create_or_update_model_card" in vars(unwrapped)
-        if lean:
-            setattr(unwrapped, "create_or_update_model_card", lambda output_dir: None)  # noqa: B010
-        try:
+        if lean:  # the adapter files resume reads, written as a background save writes them
+            write_adapters(self._adapter_files(output_dir, state_dict))
+        else:  # final/: peft's own save, its README.md card included
             unwrapped.save_pretrained(
                 output_dir,
                 state_dict=state_dict,
                 is_main_process=True,
                 save_embedding_layers=self._save_embedding_layers(),
             )
-        finally:
-            if lean and not had_card:
-                del unwrapped.create_or_update_model_card
-        if not lean:
             tokenizer = self.processing_class
             if tokenizer is None:
                 tokenizer = getattr(self.data_collator, "tokenizer", None)
             if tokenizer is not None:
                 tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, ckpt.TRAINING_ARGS))
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Called by SFTTrainer._save_checkpoint at every save (DIR/README.md): only with model_card=True."""
+        if self._model_card:
+            super().create_model_card(*args, **kwargs)
 
     # --- a save in the middle of an optimizer step (SIGTERM at a micro-batch): step N's state -----------
 
@@ -396,6 +425,28 @@ class CommitTrainer(SFTTrainer):
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+
+@dataclass
+class AdapterFiles:
+    """One adapter's files in a checkpoint: where, its weights (CPU copies), its config and auto mapping."""
+
+    directory: str
+    weights: dict[str, Any]
+    config: Any  # peft's PeftConfig, ready to save
+    auto_mapping: dict[str, str] | None
+
+
+def write_adapters(adapters: list[AdapterFiles]) -> None:
+    """adapter_model.safetensors and adapter_config.json of each adapter, in the formats peft writes."""
+    import safetensors.torch
+
+    for adapter in adapters:
+        os.makedirs(adapter.directory, exist_ok=True)
+        path = os.path.join(adapter.directory, ckpt.ADAPTER_WEIGHTS)
+        weights = {name: tensor.contiguous() for name, tensor in adapter.weights.items()}  # as peft
+        safetensors.torch.save_file(weights, path, metadata={"format": "pt"})
+        adapter.config.save_pretrained(adapter.directory, auto_mapping_dict=adapter.auto_mapping)
 
 
 def _cpu_copy(value: Any) -> Any:

@@ -20,11 +20,11 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import remote
-from finetune_trainer.callbacks import RunState
 from finetune_trainer.fence import Superseded
 from finetune_trainer.logs import log
 from finetune_trainer.preemption import Preemption
 from finetune_trainer.reporting import StatusReporter, TrainerMetrics
+from finetune_trainer.run_state import RunState
 
 MAX_BACKOFF_SECONDS = 60.0
 #: At the end of training: how long the last checkpoint's upload may hold up the exit (final/ is written).

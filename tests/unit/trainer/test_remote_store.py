@@ -118,8 +118,8 @@ def test_resume_downloads_the_newest_remote_commit_that_verifies(
 def test_uploader_reports_the_durable_checkpoint_in_status(
     store: object, object_store: ObjectStore, tmp_path: Path
 ) -> None:
-    from finetune_trainer.callbacks import RunState
     from finetune_trainer.reporting import StatusReporter
+    from finetune_trainer.run_state import RunState
 
     patches: list[dict[str, object]] = []
     reporter = StatusReporter(patches.append, min_interval=0.0)

@@ -4,39 +4,15 @@ header, torch.save zip archives, JSON), no torch import."""
 from __future__ import annotations
 
 import json
-import struct
-import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from checkpoint_files import make_checkpoint, write_safetensors
 from finetune_api.contract import ATTEMPT_MARKER, COMMIT_MARKER
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer.fence import AttemptFence, Superseded
-
-
-def _safetensors(path: Path, n: int = 64) -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}).encode()
-    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * (4 * n))
-
-
-def _zip(path: Path, payload: bytes = b"x" * 300) -> None:
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", payload)
-
-
-def make_checkpoint(root: Path, step: int, world_size: int = 1, commit: bool = True) -> Path:
-    path = root / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    _safetensors(path / "adapter_model.safetensors")
-    (path / "adapter_config.json").write_text('{"r": 8}')
-    for name in ("optimizer.pt", "scheduler.pt", "training_args.bin", *ckpt.rng_files(world_size)):
-        _zip(path / name)
-    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    if commit:
-        ckpt.commit_checkpoint(path, world_size, started_at=None)
-    return path
 
 
 def test_commit_writes_marker_with_files_and_sizes(tmp_path: Path) -> None:
@@ -283,7 +259,7 @@ def test_remove_newer_than_and_remove_uncommits_first(tmp_path: Path) -> None:
 
 def test_publish_final_is_atomic_and_verifiable(tmp_path: Path) -> None:
     def write(tmp: Path) -> None:
-        _safetensors(tmp / "adapter_model.safetensors")
+        write_safetensors(tmp / "adapter_model.safetensors")
         (tmp / "merged").mkdir()
         (tmp / "merged" / "config.json").write_text("{}")
 
