@@ -8,6 +8,9 @@ views.py (Kubernetes JSON → views), endings.py (`classify_end` → `Outcome`),
 
 The single-writer rule lives here too: a new attempt is created only when no pod of the job exists at all
 (not merely terminating); a pod on a node that is confirmed lost is force-deleted (see `endings.node_lost`).
+
+Over 400 lines: one state machine (suspension, Kueue admission, the ended pod, the next attempt, the
+running pod) read top to bottom; its classification (endings), policy and status patches are elsewhere.
 """
 
 from __future__ import annotations

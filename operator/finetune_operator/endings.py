@@ -4,6 +4,8 @@ Each row of design.md §3's table ("why a pod ended → what next", left half): 
 termination message, the kubelet's reasons, DisruptionTarget conditions, waiting reasons (image pulls,
 container creation), and the node rule (`node_lost`: when a pod's node is gone and its pod may be
 force-deleted). Pure: views in, an Outcome out; what to do about it is policy.py's.
+
+Over 400 lines: one table of every way a trainer pod ends, with the Kubernetes facts each reads.
 """
 
 from __future__ import annotations

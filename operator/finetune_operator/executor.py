@@ -1,6 +1,9 @@
 """Carry out a `Step`'s actions against the API: create the attempt's objects and pod, delete, release,
 annotate, post Events, and write status, every status write conditional on the resourceVersion the pass read
 (`Fence`; a 409 is `StaleRead`: the pass stops and the next one decides again on a fresh read).
+
+Over 400 lines: one branch per action type, and the attempt's objects (claim, RBAC, ConfigMap, pod,
+Kueue Workload) created in the order a replacement relies on.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ conditional patch. A 409 means someone else (another operator replica, the train
 the pass stops and the next one re-reads and decides again. So a decision computed on a stale read is never
 recorded and never counted twice (executor.Fence). Leader election (leader.py, chart default) keeps a second
 replica from acting at all. Pods no job loop will release: finalizers.py.
+
+Over 400 lines: the kopf registrations, the per-job loop and the two ways its World is read (the
+watch cache, the API with the job's Kueue Workload) share the runtime and the wake-ups. The API reads
+(read_world, with_kueue, read_workload) are the next piece to move out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""TrainerConfig → model, tokenizer, datasets, LoraConfig, SFTConfig; what the user must fix → ConfigError."""
+"""TrainerConfig → model, tokenizer, datasets, LoraConfig, SFTConfig; what the user must fix → ConfigError.
+
+Over 400 lines: every translation from the config to transformers/trl/peft objects, with the ConfigError
+for each field the user can get wrong next to the field's use.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ marker is written last and atomically (tmp file, fsync, rename, fsync of the dir
 needed for exact resume has been checked and fsynced. Retention runs after a commit and never deletes the
 newest committed checkpoint (nor the best one). A committed checkpoint found damaged is never deleted: it is
 set aside (moved to DIR/damaged/, where nothing lists it as a checkpoint again).
+
+Over 400 lines: the commit protocol in one place (the marker's format, writing, verifying, listing,
+the resume search, retention, setting aside), so that what makes a checkpoint resumable is read in one file.
 """
 
 from __future__ import annotations

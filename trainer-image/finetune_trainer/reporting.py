@@ -6,6 +6,9 @@ and retried with the newest values — except a patch the apiserver rejects as i
 would fail forever and, merged into every later patch, freeze the status, so it is dropped. Non-finite numbers
 (a NaN loss) are sent as null: JSON has no NaN. The pod's ServiceAccount may only get/patch
 `finetunejobs/status` of its own job, and create Events (`event()`, e.g. "loss is NaN at step N").
+
+Over 400 lines: the trainer's three outputs to the cluster (status patches, Events, metrics) and the
+rate and error handling they share.
 """
 
 from __future__ import annotations
