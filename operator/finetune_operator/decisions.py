@@ -201,7 +201,8 @@ def _kueue_admits(world: World, step: Step) -> bool:
                 "Deactivated",
                 f"its Kueue Workload {wl.name} is deactivated (spec.active: false)",
             )
-        else:
+        elif (status.phase, status.reason) != ("Queued", "Evicted"):
+            # After an eviction the job keeps saying why it waits until Kueue admits it again.
             _queued(world, step, "WaitingForAdmission", waiting)
         return False
     if status.phase == "Queued":

@@ -145,9 +145,14 @@ def test_eviction_stops_the_pod_gracefully_and_counts_a_preemption_then_hands_ba
     assert "CreatePod" not in kinds(step)
     queued = [a.patch for a in step.actions if isinstance(a, PatchStatus) and a.patch.get("phase")]
     assert queued and queued[0]["phase"] == "Queued" and queued[0]["reason"] == "Evicted"
-    # requeued (evicted, no reservation): still waiting; admitted again: attempt 2 (resumes)
-    st3 = status(**{**st2.model_dump(by_alias=True, exclude_none=True), "phase": "Queued"})
-    assert "CreatePod" not in kinds(reconcile(queued_world(workload(evicted="Preempted"), st=st3)))
+    # requeued (evicted, no reservation): still waiting, and the status keeps saying it was evicted (a
+    # reason that flipped to WaitingForAdmission at once was gone before anyone could read it); admitted
+    # again: attempt 2 (resumes)
+    st3 = status(**{**st2.model_dump(by_alias=True, exclude_none=True), **queued[0]})
+    for requeued in (workload(evicted="Preempted"), workload()):
+        waiting = reconcile(queued_world(requeued, st=st3))
+        assert "CreatePod" not in kinds(waiting)
+        assert not any(isinstance(a, PatchStatus) for a in waiting.actions), waiting.actions
     step = reconcile(queued_world(workload(admitted=True), st=st3))
     assert only(step, CreatePod).attempt == 2
 
