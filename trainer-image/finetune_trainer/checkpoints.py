@@ -119,6 +119,15 @@ def file_crc32(path: str | Path) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             crc = zlib.crc32(chunk, crc)
+    return _crc_hex(crc)
+
+
+def bytes_crc32(data: bytes) -> str:
+    """The marker's checksum of bytes already in memory (the same digits file_crc32 gives for a file)."""
+    return _crc_hex(zlib.crc32(data))
+
+
+def _crc_hex(crc: int) -> str:
     return f"{crc:08x}"
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -135,7 +134,7 @@ def upload_checkpoint(
     sent = 0
     for name, size in sorted(record.files.items()):
         data = (record.path / name).read_bytes()
-        crc = f"{zlib.crc32(data):08x}"
+        crc = ckpt.bytes_crc32(data)
         if len(data) != size or (record.checksums and crc != record.checksums.get(name)):
             raise UploadError(f"{record.name}/{name}: changed on the volume since its commit")
         key = _key(prefix, record.name, name)
@@ -200,7 +199,7 @@ def download_checkpoint(store: S3Store, prefix: str, remote: RemoteCommit, outpu
     for name, size in remote.marker["files"].items():
         key = _key(prefix, remote.name, name)
         data = bytes(obstore.get(store, key).bytes())
-        crc = f"{zlib.crc32(data):08x}"
+        crc = ckpt.bytes_crc32(data)
         if len(data) != int(size) or (name in checksums and crc != checksums[name]):
             shutil.rmtree(tmp, ignore_errors=True)
             raise UploadError(
