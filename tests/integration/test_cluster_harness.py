@@ -29,12 +29,14 @@ def start(kube: Kube, ns: str, manifest: dict) -> str:
 
 
 def wait_disruption(kube: Kube, ns: str, name: str, timeout: float = 60):
+    """Until the pod has its DisruptionTarget condition and is marked for deletion. The controllers
+    write these in two requests (status patch, then delete), so a read can fall between them."""
     return kube.wait_pod(
         ns,
         name,
-        lambda p: d.disruption_target(p) is not None,
+        lambda p: d.disruption_target(p) is not None and p.metadata.deletion_timestamp is not None,
         timeout,
-        what=f"DisruptionTarget on {ns}/{name}",
+        what=f"DisruptionTarget and deletion on {ns}/{name}",
     )
 
 
