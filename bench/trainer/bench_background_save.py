@@ -4,6 +4,9 @@ Trains the same model (6x384 GPT-2, LoRA r=16 on c_attn,c_proj,c_fc by default: 
 the real trainer CLI, interleaving the modes so they see the same machine load:
   * no checkpoints (the baseline training time)
   * spec.checkpoint.backgroundSave false / true, a checkpoint every step and every 10 steps
+  * with --object-store (issue 14): background saves that are also uploaded to a real S3 server (Versity
+    Gateway on 127.0.0.1, tests/harness/object_store.py), every step and every 10 steps: the stall per
+    checkpoint with the background upload against the same mode without it
 and reports for each (median over --rounds rounds): training time and overhead against the baseline
 (fraction of training time); the training stall per checkpoint (`blocked_seconds` the trainer logs: how long
 training waited for the save; and the wall-clock gap across a save step minus a median step, as
@@ -12,12 +15,15 @@ marker) and a raw fsync'd write of the same bytes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/trainer/bench_background_save.py \\
         --out bench/trainer/results-cpu-6x384-background.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/trainer/bench_background_save.py --object-store \\
+        --out bench/trainer/results-cpu-6x384-upload.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -28,17 +34,25 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve()
-sys.path[:0] = [str(HERE.parent)]
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[2])]
 
 from bench_checkpoint import add_model_arguments, build, machine_and_model, raw_write, run_trainer  # noqa: E402
 from finetune_trainer import checkpoints as ckpt  # noqa: E402
 
 
 def run_mode(
-    config: Path, workdir: Path, name: str, background: bool, steps: int, save_steps: int, batch: int
+    config: Path,
+    workdir: Path,
+    name: str,
+    background: bool,
+    steps: int,
+    save_steps: int,
+    batch: int,
+    object_store: dict[str, Any] | None = None,
 ):
     data = yaml.safe_load(config.read_text())
     data["background_save"] = background
+    data["object_store"] = object_store
     mode_config = workdir / f"{name}.yaml"
     mode_config.write_text(yaml.safe_dump(data))
     out = workdir / name / "run"
@@ -51,6 +65,7 @@ def run_mode(
 def summarise(events: list[dict[str, Any]], baseline_gap: float | None) -> dict[str, Any]:
     logs = {e["step"]: e for e in events if e.get("event") == "train_log" and "loss" in e}
     commits = [e for e in events if e.get("event") == "checkpoint_committed"]
+    uploads = [e for e in events if e.get("event") == "checkpoint_uploaded"]
     save_steps = {c["step"] for c in commits}
     steps = sorted(logs)
     gaps = {s: logs[s]["ts"] - logs[s - 1]["ts"] for s in steps if s - 1 in logs}
@@ -74,6 +89,14 @@ def summarise(events: list[dict[str, Any]], baseline_gap: float | None) -> dict[
                 "background": all(c.get("background") for c in commits),
             }
         )
+    if uploads:
+        # an upload runs only for the newest commit it was offered: with a commit every step, fewer uploads
+        result.update(
+            {
+                "uploads": len(uploads),
+                "upload_seconds_median": statistics.median(u["seconds"] for u in uploads),
+            }
+        )
     return result
 
 
@@ -85,14 +108,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="repeat every mode; medians are reported")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--object-store",
+        action="store_true",
+        help="also run background saves uploaded to a real S3 server on loopback (hack/objectstore, cached)",
+    )
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fto-bench-bg-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = build(workdir, args.n_layer, args.n_embd, args.n_head, args.lora_r, args.targets.split(","))
+    store = None
+    if args.object_store:
+        from tests.harness.object_store import ObjectStore
+
+        store = ObjectStore(workdir / "s3")
+        store.start()
+        os.environ.update(store.env())
     rounds: list[dict[str, Any]] = []
     newest = None
-    for _ in range(args.rounds):  # every mode in every round, interleaved: all see the same load
+    for round_index in range(args.rounds):  # every mode in every round, interleaved: all see the same load
         runs: dict[str, Any] = {}
         never = 10 * args.steps
         _, events = run_mode(config, workdir, "no-checkpoints", False, args.steps, never, args.batch)
@@ -105,7 +140,17 @@ def main() -> int:
                 runs[name] = summarise(events, baseline["step_gap_seconds_median"])
                 runs[name]["overhead_fraction"] = runs[name]["train_seconds"] / baseline["train_seconds"] - 1
                 newest = max(ckpt.committed_checkpoints(out), key=lambda r: r.step)
+            if store is not None:
+                name = f"background-every-{every}+upload"
+                remote = store.config(prefix=f"bench/{name}/{round_index}")
+                out, events = run_mode(config, workdir, name, True, args.steps, every, args.batch, remote)
+                runs[name] = summarise(events, baseline["step_gap_seconds_median"])
+                runs[name]["overhead_fraction"] = runs[name]["train_seconds"] / baseline["train_seconds"] - 1
+                if not runs[name].get("uploads"):
+                    raise SystemExit(f"{name}: no checkpoint was uploaded; see {out.parent}/trainer.log")
         rounds.append(runs)
+    if store is not None:
+        store.stop()
     runs = {name: _median_over(rounds, name) for name in rounds[0]}
     assert newest is not None
     raw = [raw_write(newest.path, workdir / f"raw-{i}") for i in range(5)]
@@ -122,7 +167,10 @@ def main() -> int:
         f"device {result['device']}, threads {result['threads']}, model {result['model']}, {newest.bytes} B"
     )
     print(f"raw fsync'd write of the same bytes: {result['raw_fsync_write_seconds_median']:.4f} s")
-    header = f"{'run':28} {'train s':>8} {'overhead':>9} {'blocked s':>10} {'gap stall s':>11} {'save s':>8}"
+    header = (
+        f"{'run':28} {'train s':>8} {'overhead':>9} {'blocked s':>10} {'gap stall s':>11} {'save s':>8}"
+        f" {'uploads':>7} {'upload s':>8}"
+    )
     print(header)
     for name, r in runs.items():
         cells = [
@@ -131,6 +179,8 @@ def main() -> int:
             _cell(r.get("blocked_seconds_median"), 10),
             _cell(r.get("stall_from_step_gaps_seconds_median"), 11),
             _cell(r.get("save_seconds_median"), 8),
+            f"{r.get('uploads', '-'):>7}",
+            _cell(r.get("upload_seconds_median"), 8),
         ]
         print(f"{name:28} " + " ".join(cells))
     if args.out:

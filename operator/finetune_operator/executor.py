@@ -86,8 +86,8 @@ _POD_ACTIONS = (CreatePod, DeletePod, ReleasePod, AnnotatePod)
 class CreateRefusedError(Exception):
     """The apiserver refused one of the attempt's objects with a 4xx that is not a conflict."""
 
-    def __init__(self, refusal: refusals.Refusal, error: ApiException):
-        super().__init__(f"{refusal.kind} {refusal.name}: {error.status} {refusal.message}")
+    def __init__(self, refusal: refusals.Refusal, error: Exception):
+        super().__init__(f"{refusal.kind} {refusal.name}: {refusal.code} {refusal.message}")
         self.refusal, self.error = refusal, error
 
 
@@ -261,6 +261,8 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     except ApiException as error:
         raise _refused("ConfigMap", cm, error) or error from None
     pod = _attempt_pod(runtime, attempt_job, uid, world, action.attempt, action.run_directory)
+    if world.workload is not None and world.workload.admitted and world.workload.flavors:
+        pod = kueue.place_pod(pod, _flavor_placement(runtime, world.workload.flavors))
     try:
         core.create_namespaced_pod(namespace, pod)
     except ApiException as error:
@@ -272,6 +274,29 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
             raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
         return False  # ours (created by an earlier pass whose status write was lost): adopt it
     return True
+
+
+def _flavor_placement(runtime: Runtime, names: tuple[str, ...]) -> kueue.FlavorPlacement:
+    """The node labels and tolerations of the ResourceFlavors Kueue admitted the job on (read when the
+    attempt's pod is made: one GET per flavor, usually one). A flavor deleted since the admission adds
+    nothing; one the operator may not read (an older chart's RBAC) or two that contradict each other keep
+    the job waiting with the reason in its status."""
+    _, custom, _ = runtime.apis()
+    flavors = []
+    for name in names:
+        try:
+            flavors.append(
+                custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.RESOURCE_FLAVORS, name)
+            )
+        except ApiException as error:
+            if error.status == 404:
+                continue
+            raise _refused("ResourceFlavor", {"metadata": {"name": name}}, error) or error from None
+    try:
+        return kueue.flavor_placement(flavors)
+    except ValueError as conflict:
+        refusal = refusals.Refusal("ResourceFlavor", ",".join(names), 409, "FlavorConflict", str(conflict))
+        raise CreateRefusedError(refusal, conflict) from None
 
 
 def _attempt_pod(

@@ -1,9 +1,10 @@
 """Kueue (issue 15, docs/operator.md "Kueue"): the Workload the operator owns per queued FineTuneJob.
 
 Pure: the labels that put a job under Kueue, the Workload manifest (its one podSet is the trainer pod the
-next attempt gets), the view of a Workload as the API returns it, and the two status writes the owner of a
-Workload makes (give the reservation back after an eviction; Finished). handlers.py reads, executor.py
-writes; decisions.py decides with `WorkloadView`s.
+next attempt gets), the view of a Workload as the API returns it, the node placement an admission's
+ResourceFlavors give the trainer pod, and the two status writes the owner of a Workload makes (give the
+reservation back after an eviction; Finished). handlers.py reads, executor.py writes; decisions.py decides
+with `WorkloadView`s.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LABEL_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 ANNOTATION_RESOURCES = "finetune.dev/trainer-resources"
 PODSET = "trainer"
 PRIORITY_CLASSES = "workloadpriorityclasses"
+RESOURCE_FLAVORS = "resourceflavors"
 
 
 def workload_name(job: str) -> str:
@@ -50,6 +52,7 @@ class WorkloadView:
     quota_reserved: bool = False
     admitted: bool = False
     cluster_queue: str | None = None
+    flavors: tuple[str, ...] = ()  # the ResourceFlavors the admission assigned to the trainer's podSet
     evicted: str | None = None  # reason of a True Evicted condition (Preempted, Deactivated, ...)
     evicted_message: str | None = None
     finished: bool = False
@@ -71,6 +74,11 @@ def workload_view(name: str, obj: dict[str, Any] | None) -> WorkloadView:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     conditions = list(status.get("conditions") or [])
     evicted = _true(conditions, "Evicted")
+    admission = status.get("admission") or {}
+    assigned: set[str] = set()
+    for podset in admission.get("podSetAssignments") or []:
+        if podset.get("name") == PODSET:
+            assigned.update(str(f) for f in (podset.get("flavors") or {}).values() if f)
     return WorkloadView(
         name=name,
         exists=True,
@@ -79,7 +87,8 @@ def workload_view(name: str, obj: dict[str, Any] | None) -> WorkloadView:
         resources_key=(meta.get("annotations") or {}).get(ANNOTATION_RESOURCES),
         quota_reserved=_true(conditions, "QuotaReserved") is not None,
         admitted=_true(conditions, "Admitted") is not None,
-        cluster_queue=(status.get("admission") or {}).get("clusterQueue"),
+        cluster_queue=admission.get("clusterQueue"),
+        flavors=tuple(sorted(assigned)),
         evicted=(evicted.get("reason") or "Evicted") if evicted else None,
         evicted_message=evicted.get("message") if evicted else None,
         finished=_true(conditions, "Finished") is not None,
@@ -137,6 +146,51 @@ def build_workload(
         # Kueue requires the class's value next to the reference (its own job reconciler copies it)
         spec["priority"] = priority if priority is not None else 0
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workload", "metadata": meta, "spec": spec}
+
+
+@dataclass(frozen=True)
+class FlavorPlacement:
+    """Where the admitted flavors say the trainer pod runs: what Kueue injects into the pods of the jobs it
+    manages itself (the flavors' spec.nodeLabels as a nodeSelector, their spec.tolerations)."""
+
+    node_selector: dict[str, str]
+    tolerations: tuple[dict[str, Any], ...]
+
+
+def flavor_placement(flavors: list[dict[str, Any]]) -> FlavorPlacement:
+    """The placement of the admitted ResourceFlavors (as the API returns them). Two flavors that pin the
+    same label to different values cannot both hold: a ValueError names them (Kueue's own flavor assignment
+    never admits such a pair for one podSet; a flavor edited after the admission could)."""
+    selector: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    for flavor in flavors:
+        name = (flavor.get("metadata") or {}).get("name", "?")
+        spec = flavor.get("spec") or {}
+        for key, value in (spec.get("nodeLabels") or {}).items():
+            if key in selector and selector[key] != value:
+                raise ValueError(
+                    f"ResourceFlavors {owner[key]} and {name} pin node label {key} to "
+                    f"{selector[key]!r} and {value!r}"
+                )
+            selector[key], owner[key] = str(value), name
+        for toleration in spec.get("tolerations") or []:
+            if toleration not in tolerations:
+                tolerations.append(dict(toleration))
+    return FlavorPlacement(selector, tuple(tolerations))
+
+
+def place_pod(pod: dict[str, Any], placement: FlavorPlacement) -> dict[str, Any]:
+    """The trainer pod with the flavors' placement added: their node labels join spec.scheduling's
+    nodeSelector (an admitted flavor wins a key both name: it is where the quota was given) and their
+    tolerations join the pod's."""
+    spec = dict(pod.get("spec") or {})
+    if placement.node_selector:
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **placement.node_selector}
+    if placement.tolerations:
+        have = list(spec.get("tolerations") or [])
+        spec["tolerations"] = have + [t for t in placement.tolerations if t not in have]
+    return {**pod, "spec": spec}
 
 
 def _set(conditions: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:

@@ -54,12 +54,15 @@ def judge_refusal(refusal: Refusal) -> tuple[RefusalVerdict, str]:
     - retry: the apiserver is unavailable or throttling (429, 5xx, timeouts): the loop's own backoff.
     """
     text = refusal.message.lower()
+    if refusal.reason == "FlavorConflict":  # Kueue's ResourceFlavors, fixable by their admin
+        return "wait", "FlavorConflict"
     if refusal.code == 403:
         if "no priorityclass with name" in text:
             return "wait", "PriorityClassNotFound"
         if "exceeded quota" in text or "for quota" in text:  # "status unknown for quota": just created
             return "wait", "QuotaExceeded"
-        if "cannot create resource" in text:  # RBAC: the operator's own permissions, fixable by an admin
+        if "cannot create resource" in text or "cannot get resource" in text:
+            # RBAC: the operator's own permissions (an older chart without a new rule), fixable by an admin
             return "wait", "OperatorForbidden"
         if "because it is being terminated" in text:
             # The namespace is going away and the job with it: not the job's failure. Waiting keeps the

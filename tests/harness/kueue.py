@@ -286,12 +286,14 @@ class Kueue:
         quota: dict[str, str],
         name: str = "team-a",
         preemption: dict[str, str] | None = None,
+        flavor_spec: dict[str, Any] | None = None,
     ) -> str:
-        """ResourceFlavor + ClusterQueue (`quota`: resource -> nominal quota) + LocalQueue `name` in
-        `namespace`. Returns the LocalQueue's name (what a job's `kueue.x-k8s.io/queue-name` says)."""
+        """ResourceFlavor (`flavor_spec`: its nodeLabels, tolerations, ...) + ClusterQueue (`quota`:
+        resource -> nominal quota) + LocalQueue `name` in `namespace`. Returns the LocalQueue's name (what
+        a job's `kueue.x-k8s.io/queue-name` says)."""
         flavor, cq = f"fto-{self.suffix}-{namespace}"[:63], f"fto-{self.suffix}-{namespace}"[:63]
         self.kube.custom.create_cluster_custom_object(
-            GROUP, VERSION, "resourceflavors", self._obj("ResourceFlavor", flavor, {})
+            GROUP, VERSION, "resourceflavors", self._obj("ResourceFlavor", flavor, flavor_spec or {})
         )
         cq_spec: dict[str, Any] = {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},

@@ -181,9 +181,10 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-# Kueue: the value of a job's kueue.x-k8s.io/priority-class (WorkloadPriorityClass), copied into its Workload.
+# Kueue: the value of a job's kueue.x-k8s.io/priority-class (WorkloadPriorityClass), copied into its Workload;
+# the admitted ResourceFlavors' node labels and tolerations, added to the trainer pod.
 - apiGroups: [kueue.x-k8s.io]
-  resources: [workloadpriorityclasses]
+  resources: [workloadpriorityclasses, resourceflavors]
   verbs: [get]
 # Namespaces: a namespace being deleted wakes its jobs' loops (kopf stops watching a terminating namespace,
 # so no job or pod event would); in a namespaced install kopf also matches its patterns against them.

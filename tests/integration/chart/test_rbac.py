@@ -62,10 +62,11 @@ RESOURCES = {
     "lease": ("coordination.k8s.io", "leases"),
     "custom_object_status": ("finetune.dev", "finetunejobs/status"),
 }
-KUEUE_RESOURCES = {
-    "custom_object": ("kueue.x-k8s.io", "workloads"),
-    "custom_object_status": ("kueue.x-k8s.io", "workloads/status"),
-    "cluster_custom_object": ("kueue.x-k8s.io", "workloadpriorityclasses"),
+#: Kueue's objects (operator/finetune_operator/kueue.py): the plural constant a custom-object call names.
+KUEUE_PLURALS = {
+    "kueue.PLURAL": "workloads",
+    "kueue.PRIORITY_CLASSES": "workloadpriorityclasses",
+    "kueue.RESOURCE_FLAVORS": "resourceflavors",
 }
 CLIENT_CALL = re.compile(
     r"\.(create|read|list|patch|replace|delete|get)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
@@ -101,10 +102,14 @@ def client_calls(sources: Iterable[Path]) -> dict[Perm, list[str]]:
                 if resource not in RESOURCES:
                     continue  # e.g. `.get_running_loop`, `.delete_with_job`
                 group, plural = RESOURCES[resource]
-                # Kueue's Workloads (operator/finetune_operator/kueue.py): custom-object calls whose
-                # arguments (this line and the next two) name kueue.GROUP
-                if resource in KUEUE_RESOURCES and "kueue.GROUP" in " ".join(lines[lineno - 1 : lineno + 2]):
-                    group, plural = KUEUE_RESOURCES[resource]
+                # Kueue's objects: custom-object calls whose arguments (this line and the next two) name
+                # kueue.GROUP and one of its plurals
+                call = " ".join(lines[lineno - 1 : lineno + 2])
+                if "custom_object" in resource and "kueue.GROUP" in call:
+                    (plural,) = [p for c, p in KUEUE_PLURALS.items() if re.search(rf"{c}\b", call)]
+                    group = "kueue.x-k8s.io"
+                    if resource == "custom_object_status":
+                        plural += "/status"
                 # the custom-objects API says `get_`, the typed APIs say `read_`
                 perm = (group, plural, VERBS.get(verb, verb))
                 uses.setdefault(perm, []).append(f"{path.name}:{lineno}")
@@ -247,6 +252,7 @@ CLUSTER_SCOPED_READS = {
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
     ("kueue.x-k8s.io", "workloadpriorityclasses", "get"),  # Kueue: a job's priority class value
+    ("kueue.x-k8s.io", "resourceflavors", "get"),  # Kueue: the admitted flavors' node labels, tolerations
 }
 
 

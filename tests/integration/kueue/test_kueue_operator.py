@@ -1,12 +1,15 @@
-"""FineTuneJobs through the real Kueue (issue 15) on the local cluster: one quota, two jobs — one runs, the
-other waits Queued and runs when the first finishes (its Workload Finished frees the quota); a high-priority
+"""FineTuneJobs through the real Kueue (issue 15) on the local cluster: one quota, two jobs — one runs (on
+its admitted flavor's node labels and toleration), the other waits Queued and runs when the first finishes
+(its Workload Finished frees the quota); a high-priority
 job preempts a running low-priority one through Kueue (emergency checkpoint, Queued, resumed, one preemption
-counted). Tiny jobs (tests/scenarios/operator_scenarios.py): each test takes about a minute."""
+counted) and finishes with the adapter of the same job run undisturbed. Tiny jobs
+(tests/scenarios/operator_scenarios.py): each test takes about a minute."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.harness.kube import wait_for
 from tests.harness.kueue import GROUP, VERSION, Kueue, _condition_true
 from tests.integration.operator.conftest import LocalProvider
 from tests.scenarios import operator_scenarios as sc
@@ -28,11 +31,25 @@ def _reasons(p: LocalProvider, name: str) -> list[str]:
     return [e.reason for e in sc.events(p, name)]
 
 
+#: The flavor's placement, which the trainer pod must carry: a label every node has here, a toleration.
+FLAVOR_TOLERATION = {"key": "fto.dev/kueue-flavor", "operator": "Exists", "effect": "NoSchedule"}
+
+
 def test_one_quota_two_jobs_one_waits_queued_then_runs(provider: LocalProvider, kueue: Kueue) -> None:
     p = provider
-    queue = kueue.queue(p.namespace, ONE_JOB)
+    node_labels = {"kubernetes.io/os": "linux"}
+    flavor = {"nodeLabels": node_labels, "tolerations": [FLAVOR_TOLERATION]}
+    queue = kueue.queue(p.namespace, ONE_JOB, flavor_spec=flavor)
     sc.apply_job(p, _queued_job("first", p.trainer_image, queue, steps=8, save_steps=4, step_sleep=0.1))
     sc.wait_status(p, "first", lambda s: s.get("phase") in ("Pending", "Running"), 60, "first admitted")
+    # admitted on the flavor: the trainer pod carries its node labels and toleration
+    (trainer,) = wait_for(lambda: sc.pods(p, "first"), 30, what="first's trainer pod")
+    assert node_labels.items() <= (trainer.spec.node_selector or {}).items(), trainer.spec.node_selector
+    tolerations = [t.to_dict() for t in trainer.spec.tolerations or []]
+    assert any(
+        (t["key"], t["operator"], t["effect"]) == ("fto.dev/kueue-flavor", "Exists", "NoSchedule")
+        for t in tolerations
+    ), tolerations
     sc.apply_job(p, _queued_job("second", p.trainer_image, queue, steps=8, save_steps=4, step_sleep=0.1))
     waiting = sc.wait_phase(p, "second", "Queued", timeout=60)
     assert waiting["reason"] == "WaitingForAdmission" and queue in waiting["message"], sc.summary(waiting)
@@ -69,3 +86,7 @@ def test_high_priority_preempts_low_through_kueue(provider: LocalProvider, kueue
     s = sc.assert_succeeded(p, "low", 16)
     restarts = s["restarts"]
     assert restarts["preemption"] == 1 and sum(restarts.values()) == 1, restarts
+    # the same job undisturbed (outside Kueue, now that the quota's pods are gone) trains the same adapter
+    sc.apply_job(p, sc.tiny_job("low-undisturbed", p.trainer_image, steps=16, save_steps=4, step_sleep=0.05))
+    sc.assert_succeeded(p, "low-undisturbed", 16)
+    assert sc.final_adapter_sha256(p, "low") == sc.final_adapter_sha256(p, "low-undisturbed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from finetune_operator.actions import (
     CreatePod,
     CreateWorkload,
@@ -20,8 +21,11 @@ from finetune_operator.actions import (
 from finetune_operator.decisions import reconcile
 from finetune_operator.kueue import (
     ANNOTATION_RESOURCES,
+    FlavorPlacement,
     build_workload,
     finished_patch,
+    flavor_placement,
+    place_pod,
     release_reservation_patch,
     resources_key,
     workload_view,
@@ -244,6 +248,60 @@ def test_status_patches_keep_kueues_other_conditions() -> None:
     assert [c["type"] for c in released] == ["Evicted", "QuotaReserved", "Admitted"]
     done = finished_patch(wl, NOW, True, "ok")["status"]["conditions"]
     assert [c["type"] for c in done][-1] == "Finished" and done[-1]["lastTransitionTime"] == T(NOW)
+
+
+def test_the_admitted_flavors_are_read_from_the_trainers_pod_set() -> None:
+    body = workload(admitted=True)
+    body["status"]["admission"]["podSetAssignments"] = [
+        {"name": "trainer", "flavors": {"cpu": "spot", "memory": "spot", "nvidia.com/gpu": "h100-spot"}},
+        {"name": "someone-elses", "flavors": {"cpu": "on-demand"}},
+    ]
+    assert workload_view("job-kueue", body).flavors == ("h100-spot", "spot")
+    assert workload_view("job-kueue", workload(admitted=False)).flavors == ()
+
+
+def _flavor(name: str, labels: dict[str, str], tolerations: list[dict[str, str]] | None = None) -> dict:
+    spec: dict[str, Any] = {"nodeLabels": labels}
+    if tolerations is not None:
+        spec["tolerations"] = tolerations
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+SPOT_TOLERATION = {
+    "key": "cloud.google.com/gke-spot",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+
+
+def test_flavor_placement_joins_node_labels_and_tolerations_and_refuses_a_contradiction() -> None:
+    placement = flavor_placement(
+        [
+            _flavor("spot", {"cloud.google.com/gke-spot": "true"}, [SPOT_TOLERATION]),
+            _flavor("h100-spot", {"cloud.google.com/gke-spot": "true", "gpu": "h100"}, [SPOT_TOLERATION]),
+        ]
+    )
+    assert placement == FlavorPlacement(
+        {"cloud.google.com/gke-spot": "true", "gpu": "h100"}, (SPOT_TOLERATION,)
+    )
+    with pytest.raises(ValueError, match=r"spot and on-demand pin node label cloud\.google\.com/gke-spot"):
+        flavor_placement(
+            [
+                _flavor("spot", {"cloud.google.com/gke-spot": "true"}),
+                _flavor("on-demand", {"cloud.google.com/gke-spot": "false"}),
+            ]
+        )
+
+
+def test_place_pod_adds_the_flavors_to_the_jobs_own_scheduling() -> None:
+    own = {"key": "team", "operator": "Exists", "effect": "NoSchedule"}
+    trainer = {"metadata": {"name": "p"}, "spec": {"nodeSelector": {"team": "a"}, "tolerations": [own]}}
+    placed = place_pod(trainer, FlavorPlacement({"gpu": "h100"}, (SPOT_TOLERATION, own)))
+    assert placed["spec"]["nodeSelector"] == {"team": "a", "gpu": "h100"}
+    assert placed["spec"]["tolerations"] == [own, SPOT_TOLERATION]
+    assert trainer["spec"]["nodeSelector"] == {"team": "a"}, "the input is not changed"
+    assert place_pod(trainer, FlavorPlacement({}, ())) == trainer
 
 
 def test_queued_condition_only_on_jobs_that_were_queued() -> None:

@@ -7,6 +7,7 @@ from finetune_operator.actions import CreatePod, Event, PatchStatus
 from finetune_operator.decisions import reconcile
 from finetune_operator.refusals import (
     REFUSAL_RECHECK_SECONDS,
+    Refusal,
     judge_refusal,
     refusal_from_response,
     refused_step,
@@ -55,6 +56,13 @@ def test_refusal_is_read_from_the_status_body() -> None:
         ),
         (
             403,
+            'resourceflavors.kueue.x-k8s.io "spot" is forbidden: User "system:serviceaccount:x:op" cannot '
+            'get resource "resourceflavors" in API group "kueue.x-k8s.io" at the cluster scope',
+            "wait",
+            "OperatorForbidden",
+        ),
+        (
+            403,
             'persistentvolumeclaims "job-checkpoints" is forbidden: unable to create new content in '
             "namespace ns because it is being terminated",
             "wait",
@@ -70,6 +78,13 @@ def test_refusal_is_read_from_the_status_body() -> None:
 )
 def test_refusal_verdicts(code: int, message: str, verdict: str, reason: str) -> None:
     assert judge_refusal(refusal(code, message)) == (verdict, reason)
+
+
+def test_contradicting_kueue_flavors_wait_for_their_admin() -> None:
+    conflict = Refusal(
+        "ResourceFlavor", "a,b", 409, "FlavorConflict", "ResourceFlavors a and b pin node label x"
+    )
+    assert judge_refusal(conflict) == ("wait", "FlavorConflict")
 
 
 def test_invalid_object_fails_the_job_with_the_apiservers_message_and_a_warning() -> None:
