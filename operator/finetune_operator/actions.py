@@ -132,12 +132,14 @@ class World:
     shared_volume: bool = False  # the checkpoint claim is ReadWriteMany: never force on the timeout alone
     # Kueue (issue 15): the job's `kueue.x-k8s.io/queue-name` label (None: not queued, Kueue never consulted),
     # its Workload (None: not read), whether Kueue's Workload API exists, and the resources key
-    # (kueue.resources_key) of the trainer pod the next attempt would get.
+    # (kueue.resources_key) of the trainer pod the next attempt would get. `workload_watched`: the Workload
+    # came from the watch-fed cache, so its next change wakes the job (no need to poll it).
     queue: str | None = None
     priority_class: str | None = None
     workload: WorkloadView | None = None
     kueue_installed: bool = True
     next_resources_key: str | None = None
+    workload_watched: bool = False
 
 
 @dataclass

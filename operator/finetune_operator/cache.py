@@ -1,6 +1,6 @@
-"""What the operator's watches have told it: each job's latest body, its trainer pods, the nodes and the
-claims, kept in memory by the kopf event handlers (handlers.py), and the `World` assembled from that without
-any request.
+"""What the operator's watches have told it: each job's latest body, its trainer pods, the nodes, the
+claims and the Kueue Workloads it owns, kept in memory by the kopf event handlers (handlers.py), and the
+`World` assembled from that without any request.
 
 The cache decides only *whether* a job needs a look: a pass on the cached World that finds nothing to do
 costs no request at all (a thousand jobs at rest cost nothing). A pass that would act re-reads the job, its
@@ -16,10 +16,12 @@ its deletion, owners and access modes (memory stays small with thousands of node
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from finetune_api.effective import effective_job
 from finetune_api.models import FineTuneJob, FineTuneJobStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
 
@@ -38,6 +40,8 @@ class WatchCache:
     pods: dict[JobKey, dict[str, views.PodView]] = field(default_factory=dict)  # by the job label
     nodes: dict[str, views.NodeView] = field(default_factory=dict)
     claims: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (namespace, claim name)
+    #: Kueue's Workloads the operator owns, by the job label (only where Kueue is installed).
+    workloads: dict[JobKey, kueue.WorkloadView] = field(default_factory=dict)
     #: Each job's spec parsed once per (uid, generation): parsing is most of a cached look's CPU, and the
     #: spec changes only with the generation.
     parsed: dict[JobKey, tuple[tuple[str, int], FineTuneJob]] = field(default_factory=dict)
@@ -80,6 +84,15 @@ class WatchCache:
             self.claims.pop((namespace, name), None)
         else:
             self.claims[(namespace, name)] = claim_facts(claim)
+
+    def observe_workload(self, key: JobKey, workload: dict[str, Any], deleted: bool = False) -> None:
+        """`key`: the namespace and the Workload's job label."""
+        name = str((workload.get("metadata") or {}).get("name", ""))
+        if deleted:
+            if (view := self.workloads.get(key)) is not None and view.name == name:
+                del self.workloads[key]
+        else:
+            self.workloads[key] = kueue.workload_view(name, workload)
 
     def jobs_using_claim(self, namespace: str, claim: str) -> list[JobKey]:
         return [
@@ -150,6 +163,30 @@ def assemble_world(
     return Assembled(job, str(meta["uid"]), world, str(meta.get("resourceVersion") or ""))
 
 
+def with_workload(
+    world: World,
+    job: FineTuneJob,
+    labels: dict[str, str],
+    workload: kueue.WorkloadView | None,
+    installed: bool,
+    watched: bool,
+) -> World:
+    """The World with what Kueue decides for a job labelled kueue.x-k8s.io/queue-name: its Workload (read
+    from the API, or `watched`: from the watch-fed cache), whether Kueue is installed, and the resources
+    key of the trainer pod the next attempt would get."""
+    return dataclasses.replace(
+        world,
+        queue=labels.get(kueue.LABEL_QUEUE_NAME) or None,
+        priority_class=labels.get(kueue.LABEL_PRIORITY_CLASS) or None,
+        workload=workload,
+        kueue_installed=installed,
+        next_resources_key=kueue.resources_key(
+            builders.trainer_resources(effective_job(job, world.status.effective))
+        ),
+        workload_watched=watched,
+    )
+
+
 def claim_needed(phase: str | None, nodes: dict[str, views.NodeView]) -> bool:
     """The claim is read for a job that may create a pod (a terminating claim blocks it) and for a pod on a
     troubled node (is the volume shared?)."""
@@ -171,14 +208,18 @@ def cached_world(
     cache: WatchCache, key: JobKey, *, now: datetime, node_lost_seconds: float
 ) -> Assembled | None:
     """The World as the watches show it, or None when only the API can say (the job unknown or being
-    deleted, an invalid spec, a pod on a node the cache has not seen)."""
+    deleted, an invalid spec, a pod on a node the cache has not seen, a queued job whose Workload the
+    Workload watch has not shown: not created yet, or Kueue not installed)."""
     namespace, name = key
     body = cache.jobs.get(key)
     meta = (body or {}).get("metadata") or {}
     if body is None or meta.get("deletionTimestamp"):
         return None
-    if (meta.get("labels") or {}).get(kueue.LABEL_QUEUE_NAME):
-        return None  # Kueue admits it: Workloads are not watched, so its looks read them from the API
+    labels = meta.get("labels") or {}
+    queued = bool(labels.get(kueue.LABEL_QUEUE_NAME))
+    workload = cache.workloads.get(key)
+    if queued and workload is None:
+        return None
     stamp = (str(meta.get("uid")), int(meta.get("generation") or 0))
     parsed = cache.parsed.get(key)
     if parsed is not None and parsed[0] == stamp:
@@ -201,7 +242,13 @@ def cached_world(
     claim: Claim = None
     if claim_needed((body.get("status") or {}).get("phase"), nodes):
         claim = cache.claims.get((namespace, builders.pvc_name(job)))
-    return assemble_world(name, body, job, pods, nodes, claim, now=now, node_lost_seconds=node_lost_seconds)
+    assembled = assemble_world(
+        name, body, job, pods, nodes, claim, now=now, node_lost_seconds=node_lost_seconds
+    )
+    if not queued:
+        return assembled
+    world = with_workload(assembled.world, job, labels, workload, installed=True, watched=True)
+    return dataclasses.replace(assembled, world=world)
 
 
 @dataclass(frozen=True)
@@ -212,6 +259,7 @@ class Keys:
     pods: frozenset[tuple[JobKey, str]] = frozenset()
     nodes: frozenset[str] = frozenset()
     claims: frozenset[tuple[str, str]] = frozenset()
+    workloads: frozenset[tuple[JobKey, str]] = frozenset()  # (the job label's key, Workload name)
     #: What the decisions look at of each node: as cached when the relist went out, or as listed.
     node_views: tuple[tuple[str, views.NodeView], ...] = ()
 
@@ -222,6 +270,7 @@ def cached_keys(cache: WatchCache) -> Keys:
         pods=frozenset((key, name) for key, pods in cache.pods.items() for name in pods),
         nodes=frozenset(cache.nodes),
         claims=frozenset(cache.claims),
+        workloads=frozenset((key, view.name) for key, view in cache.workloads.items()),
         node_views=tuple(cache.nodes.items()),
     )
 
@@ -266,4 +315,8 @@ def drop_ghosts(cache: WatchCache, before: Keys, listed: Keys) -> set[JobKey]:
         if (namespace, claim) in cache.claims:
             cache.observe_claim(namespace, {"metadata": {"name": claim}}, deleted=True)
             woken.update(cache.jobs_using_claim(namespace, claim))
+    for key, name in before.workloads - listed.workloads:
+        if (view := cache.workloads.get(key)) is not None and view.name == name:
+            cache.observe_workload(key, {"metadata": {"name": name}}, deleted=True)
+            woken.add(key)
     return woken

@@ -134,11 +134,21 @@ def _requeue_for_node(step: Step, pod: PodView, world: World) -> None:
     step.requeue(WATCH_NODE_SECONDS)
 
 
-#: While a job is queued or runs under Kueue, look at its Workload this often (admission and eviction send
-#: no job or pod event; a Workload watch would, see docs/operator.md "Kueue").
+#: While a job is queued or runs under Kueue and its Workload was read from the API (not yet seen by the
+#: operator's Workload watch): look again this soon, when the watch-fed cache will normally have it.
 KUEUE_RECHECK_SECONDS = 2.0
+#: The Workload is in the watch-fed cache: its changes (admission, eviction) wake the job; this is only the
+#: safety net.
+KUEUE_WATCHED_RECHECK_SECONDS = 60.0
 #: Kueue's Workload API missing: look again this rarely.
 KUEUE_MISSING_RECHECK_SECONDS = 30.0
+
+
+def kueue_recheck_seconds(world: World) -> float:
+    """How soon a queued (or Kueue-run) job looks at its Workload again without an event."""
+    if not world.kueue_installed:
+        return KUEUE_MISSING_RECHECK_SECONDS
+    return KUEUE_WATCHED_RECHECK_SECONDS if world.workload_watched else KUEUE_RECHECK_SECONDS
 
 
 def _queued(world: World, step: Step, reason: str, text: str, event_type: str = "Normal") -> None:
@@ -154,9 +164,8 @@ def _kueue_admits(world: World, step: Step) -> bool:
     """Kueue's say before the next attempt's pod (docs/operator.md "Kueue"): True when the job's Workload
     is admitted for exactly that pod; else the actions that get it there, and the job shows Queued."""
     queue, wl, status = world.queue, world.workload, world.status
-    step.requeue(KUEUE_RECHECK_SECONDS)
+    step.requeue(kueue_recheck_seconds(world))
     if not world.kueue_installed:
-        step.requeue(KUEUE_MISSING_RECHECK_SECONDS)
         _queued(
             world,
             step,
@@ -413,8 +422,8 @@ def reconcile(world: World) -> Step:
     if outcome is None:
         assert current is not None
         _while_running(world, current, step)
-        if world.queue is not None:  # an eviction sends no pod event
-            step.requeue(KUEUE_RECHECK_SECONDS)
+        if world.queue is not None:  # an eviction sends no job or pod event: a Workload event, or this
+            step.requeue(kueue_recheck_seconds(world))
         return step
 
     plan = plan_next(spec, status, outcome)

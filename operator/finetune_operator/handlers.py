@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from finetune_api.effective import effective_job
 from finetune_api.models import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobStatus
 from finetune_api.status import OperatorStatus
 from finetune_api.trainer_config import InvalidManifest, parse_job
@@ -56,6 +54,7 @@ from finetune_operator.cache import (
     claim_needed,
     drop_ghosts,
     refresh_nodes,
+    with_workload,
 )
 from finetune_operator.executor import StaleRead, execute
 from finetune_operator.finalizers import (
@@ -174,6 +173,7 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
                 core.list_namespaced_persistent_volume_claim(namespace, _preload_content=False)
             )["items"]
     nodes = response_json(core.list_node(_preload_content=False))["items"]
+    workloads = list_workloads(custom, scope)
 
     def ns_name(item: dict[str, Any]) -> tuple[str, str]:
         meta = item.get("metadata") or {}
@@ -190,12 +190,54 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
         ),
         nodes=frozenset(str((n.get("metadata") or {}).get("name")) for n in nodes),
         claims=frozenset(ns_name(c) for c in claims),
+        workloads=frozenset(
+            (
+                (ns_name(w)[0], str(((w.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
+                ns_name(w)[1],
+            )
+            for w in workloads
+        ),
         node_views=tuple(
             (name, views.node_view(name, n))
             for n in nodes
             for name in [str((n.get("metadata") or {}).get("name"))]
         ),
     )
+
+
+def list_workloads(custom: Any, scope: list[str] | None) -> list[dict[str, Any]]:
+    """The Kueue Workloads the operator owns (by the job label) in scope (None: every namespace); none
+    where Kueue is not installed (404) or the operator may not list them (an older chart: 403)."""
+    try:
+        if scope is None:
+            return list(
+                response_json(
+                    custom.list_cluster_custom_object(
+                        kueue.GROUP,
+                        kueue.VERSION,
+                        kueue.PLURAL,
+                        label_selector=LABEL_JOB,
+                        _preload_content=False,
+                    )
+                )["items"]
+            )
+        found: list[dict[str, Any]] = []
+        for namespace in scope:
+            found += response_json(
+                custom.list_namespaced_custom_object(
+                    kueue.GROUP,
+                    kueue.VERSION,
+                    namespace,
+                    kueue.PLURAL,
+                    label_selector=LABEL_JOB,
+                    _preload_content=False,
+                )
+            )["items"]
+        return found
+    except ApiException as error:
+        if error.status in (403, 404):
+            return []
+        raise
 
 
 async def _orphan_sweep_loop(runtime: Runtime) -> None:
@@ -314,6 +356,20 @@ async def claim_event(
     runtime.cache.observe_claim(namespace, claim, deleted=event.get("type") == "DELETED")
     for key in runtime.cache.jobs_using_claim(namespace, name):
         _wake(runtime, key)
+
+
+@kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={LABEL_JOB: kopf.PRESENT})
+async def workload_event(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """Kueue admitted, evicted, deactivated or finished a job's Workload: wake the job (admission and
+    eviction send no job or pod event). kopf watches Workloads only where Kueue's CRD is installed, and
+    starts when it is installed later."""
+    runtime = runtime_of(memo)
+    key = (namespace or "default", labels[LABEL_JOB])
+    workload = dict(event.get("object") or {})
+    runtime.cache.observe_workload(key, workload, deleted=event.get("type") == "DELETED")
+    _wake(runtime, key)
 
 
 @kopf.on.event("", "v1", "namespaces")
@@ -563,23 +619,13 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
 def with_kueue(
     custom: Any, namespace: str, name: str, meta: dict[str, Any], job: FineTuneJob, world: World
 ) -> World:
-    """The World with what Kueue decides for a job labelled kueue.x-k8s.io/queue-name (its Workload, read
-    from the API: Workloads are not watched, so a queued job's looks always read it; cache.cached_world)."""
+    """The World with what Kueue decides for a job labelled kueue.x-k8s.io/queue-name, its Workload read
+    from the API (a pass that may act decides on fresh reads; cached looks take it from the watch)."""
     labels = meta.get("labels") or {}
-    queue = labels.get(kueue.LABEL_QUEUE_NAME) or None
-    if queue is None:
+    if not labels.get(kueue.LABEL_QUEUE_NAME):
         return world
     workload, kueue_installed = read_workload(custom, namespace, kueue.workload_name(name))
-    return dataclasses.replace(
-        world,
-        queue=queue,
-        priority_class=labels.get(kueue.LABEL_PRIORITY_CLASS) or None,
-        workload=workload,
-        kueue_installed=kueue_installed,
-        next_resources_key=kueue.resources_key(
-            builders.trainer_resources(effective_job(job, world.status.effective))
-        ),
-    )
+    return with_workload(world, job, labels, workload, installed=kueue_installed, watched=False)
 
 
 def read_workload(custom: Any, namespace: str, name: str) -> tuple[kueue.WorkloadView | None, bool]:

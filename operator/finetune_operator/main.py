@@ -55,8 +55,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class KueueAbsentIsNormal(logging.Filter):
+    """kopf warns at each resource scan that a handler's resource has no CRD. For Kueue's Workloads that
+    is the normal state of a cluster without Kueue (the watch starts when Kueue is installed): say so at
+    INFO. A warning that names other resources too stays a warning."""
+
+    PREFIX = "Unresolved resources cannot be served"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno == logging.WARNING and message.startswith(self.PREFIX):
+            names = message.split(":", 1)[1].split(",")
+            if all("kueue.x-k8s.io" in n for n in names):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+                record.msg, record.args = "Kueue is not installed: its Workloads are not watched (yet)", ()
+                return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def setup_logging(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(KueueAbsentIsNormal())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -159,11 +159,12 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
   resources: [events]
   verbs: [create]
 # Kueue (jobs labelled kueue.x-k8s.io/queue-name; harmless where Kueue is not installed): one Workload per
-# queued job, read each pass, created, deleted on suspend or when the next attempt needs other resources;
-# its status patched to hand the quota back after an eviction and to mark it Finished.
+# queued job, watched into the operator's cache (admission and eviction wake the job) and listed by its slow
+# resync, read before a pass acts, created, deleted on suspend or when the next attempt needs other
+# resources; its status patched to hand the quota back after an eviction and to mark it Finished.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, create, delete]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads/status]
   verbs: [patch]

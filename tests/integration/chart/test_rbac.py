@@ -102,11 +102,17 @@ def client_calls(sources: Iterable[Path]) -> dict[Perm, list[str]]:
                 if resource not in RESOURCES:
                     continue  # e.g. `.get_running_loop`, `.delete_with_job`
                 group, plural = RESOURCES[resource]
-                # Kueue's objects: custom-object calls whose arguments (this line and the next two) name
-                # kueue.GROUP and one of its plurals
-                call = " ".join(lines[lineno - 1 : lineno + 2])
+                # Kueue's objects: custom-object calls whose arguments (this line and the next few) name
+                # kueue.GROUP; the plural is the first of kueue's plural constants there
+                call = " ".join(lines[lineno - 1 : lineno + 6])
                 if "custom_object" in resource and "kueue.GROUP" in call:
-                    (plural,) = [p for c, p in KUEUE_PLURALS.items() if re.search(rf"{c}\b", call)]
+                    found = {
+                        m.start(): KUEUE_PLURALS[c]
+                        for c in KUEUE_PLURALS
+                        for m in re.finditer(rf"{c}\b", call)
+                    }
+                    assert found, f"{path.name}:{lineno}: a Kueue call without one of {list(KUEUE_PLURALS)}"
+                    plural = found[min(found)]
                     group = "kueue.x-k8s.io"
                     if resource == "custom_object_status":
                         plural += "/status"
@@ -129,6 +135,10 @@ def _kopf_resource(call: ast.Call) -> tuple[str, str] | None:
             import finetune_api.models as models
 
             return str(getattr(models, node.id))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "kueue":
+            import finetune_operator.kueue as kueue_module  # kueue.GROUP, kueue.PLURAL
+
+            return str(getattr(kueue_module, node.attr))
         raise AssertionError(f"cannot read kopf decorator argument {ast.dump(node)}")
 
     group = value(args[0])

@@ -172,6 +172,32 @@ def test_the_cache_stands_in_only_where_it_knows(fake: FakeCluster, runtime: Run
     assert "managedFields" not in cache.jobs[KEY]["metadata"] and look() is not None
 
 
+def test_a_queued_job_is_looked_at_from_the_cache_once_the_workload_watch_has_shown_its_workload(
+    fake: FakeCluster,
+) -> None:
+    cache = WatchCache()
+    queued = copy.deepcopy(fake.job)
+    queued["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    cache.observe_job(KEY, queued)
+    look = lambda: cached_world(cache, KEY, now=NOW, node_lost_seconds=120.0)  # noqa: E731
+    assert look() is None  # no Workload seen: not created yet, or Kueue absent; the API says which
+    workload = {
+        "metadata": {"name": f"{NAME}-kueue", "labels": {"finetune.dev/job": NAME}},
+        "spec": {"queueName": "team-a"},
+        "status": {"conditions": [{"type": "Admitted", "status": "True"}]},
+    }
+    cache.observe_workload(KEY, workload)
+    assembled = look()
+    assert assembled is not None
+    world = assembled.world
+    assert (world.queue, world.workload_watched, world.kueue_installed) == ("team-a", True, True)
+    assert world.workload is not None and world.workload.admitted and world.next_resources_key
+    cache.observe_workload(KEY, {"metadata": {"name": "someone-else"}}, deleted=True)
+    assert look() is not None  # a deletion of another name leaves it
+    cache.observe_workload(KEY, workload, deleted=True)
+    assert look() is None
+
+
 def test_claim_events_keep_what_decisions_read_and_wake_the_job_using_it(fake: FakeCluster) -> None:
     runtime = Runtime()
     memo = {"runtime": runtime}
@@ -266,8 +292,11 @@ class ListingCluster(FakeCluster):
         super().__init__()
         self.nodes = ["n1"]
         self.node_bodies: dict[str, dict[str, Any]] = {}
+        self.workloads: list[dict[str, Any]] = []
 
-    def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+    def list_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, **_: Any) -> Any:
+        if plural == "workloads":
+            return SimpleNamespace(data=json.dumps({"items": self.workloads}))
         return {"items": [copy.deepcopy(self.job)]}
 
     def list_namespaced_persistent_volume_claim(self, namespace: str, **_: Any) -> Any:
@@ -288,6 +317,13 @@ def test_the_resync_drops_what_a_watch_missed_and_has_those_jobs_read_the_api(
     handlers.run_once(runtime, NS, NAME)
     running(fake, "job-1", "n1")
     watch_everything(runtime, fake, {"n1": ready_node("n1"), "gone-node": ready_node("gone-node")})
+    # a Workload deleted while the Workload watch was down, and one that is still there
+    kept = {"metadata": {"name": "idle-kueue", "namespace": NS, "labels": {"finetune.dev/job": "idle"}}}
+    fake.workloads = [kept]
+    runtime.cache.observe_workload((NS, "idle"), kept)
+    runtime.cache.observe_workload(
+        (NS, "deleted-meanwhile"), {"metadata": {"name": "deleted-meanwhile-kueue"}}
+    )
     ghost_pod = copy.deepcopy(fake.pods["job-1"])
     ghost_pod["metadata"]["name"] = "job-0"  # deleted while the pod watch was down: no DELETED event
     runtime.cache.observe_pod(KEY, ghost_pod)
@@ -297,13 +333,14 @@ def test_the_resync_drops_what_a_watch_missed_and_has_those_jobs_read_the_api(
     before = handlers.cached_keys(runtime.cache)
     listed = handlers.list_keys(runtime, [NS])
     assert listed.pods == {(KEY, "job-1")} and listed.jobs == {KEY} and listed.nodes == {"n1"}
-    assert listed.claims == {(NS, "job-checkpoints")}
+    assert listed.claims == {(NS, "job-checkpoints")} and listed.workloads == {((NS, "idle"), "idle-kueue")}
     runtime.cache.observe_pod(KEY, {**ghost_pod, "metadata": {"name": "job-2"}})  # added after the list
     woken = handlers.resync(runtime, before, listed)
     assert woken == [(NS, "deleted-meanwhile"), KEY]
     assert runtime.reread == {(NS, "deleted-meanwhile"), KEY} and not runtime.wakes[(NS, "idle")].is_set()
     assert sorted(runtime.cache.pods[KEY]) == ["job-1", "job-2"]  # the ghost gone, the newcomer kept
     assert (NS, "deleted-meanwhile") not in runtime.cache.jobs and set(runtime.cache.nodes) == {"n1"}
+    assert set(runtime.cache.workloads) == {(NS, "idle")}
     now_listed = dataclasses.replace(listed, pods=listed.pods | {(KEY, "job-2")})
     assert handlers.resync(runtime, handlers.cached_keys(runtime.cache), now_listed) == []  # nothing else
 

@@ -110,6 +110,20 @@ def test_a_queued_job_creates_its_workload_and_waits_queued_without_a_pod() -> N
     assert step.actions == [] and step.requeue_seconds is not None
 
 
+def test_a_watched_workload_is_not_polled_one_read_from_the_api_is_looked_at_again_soon() -> None:
+    patch = only(reconcile(queued_world(workload())), PatchStatus).patch
+    read = queued_world(workload(), st=status(observedGeneration=1, **patch))
+    watched = replace(read, workload_watched=True)
+    waiting = [reconcile(w) for w in (read, watched)]
+    assert [s.actions for s in waiting] == [[], []]
+    assert [s.requeue_seconds for s in waiting] == [2.0, 60.0]  # admission wakes a watched job
+    running = queued_world(workload(admitted=True), st=running_status(), pods=[pod("job-1")])
+    steps = [reconcile(w) for w in (running, replace(running, workload_watched=True))]
+    assert [s.requeue_seconds for s in steps] == [2.0, 30.0]  # the node's own look every 30 s stays
+    missing = replace(queued_world(None), kueue_installed=False)
+    assert reconcile(missing).requeue_seconds == 30.0  # no Workload API: looked at rarely
+
+
 def test_admission_creates_the_pod_and_says_so() -> None:
     st = status(observedGeneration=1, phase="Queued", reason="WaitingForAdmission", message="waiting")
     step = reconcile(queued_world(workload(admitted=True), st=st))

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from finetune_operator.main import JsonFormatter, parse_args
+from finetune_operator.main import JsonFormatter, KueueAbsentIsNormal, parse_args
 
 
 def test_args_defaults_and_scope(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -27,6 +27,26 @@ def test_json_log_lines_carry_extras() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "decision: NodeLost" and line["finetunejob"] == "ns/job"
     assert line["level"] == "info" and "settings" not in line
+
+
+def test_kopf_warning_about_kueue_missing_is_info_and_others_stay_warnings() -> None:
+    def warning(text: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.test", logging.WARNING, "f", 1, text, (), None)
+
+    kueue_missing = (
+        "Unresolved resources cannot be served (try creating their CRDs): kueue.x-k8s.io/v1beta2/workloads"
+    )
+    kueue_only = warning(kueue_missing)
+    logging.getLogger("kopf.test").setLevel(logging.INFO)
+    assert KueueAbsentIsNormal().filter(kueue_only) and kueue_only.levelno == logging.INFO
+    assert "Kueue is not installed" in kueue_only.getMessage()
+    logging.getLogger("kopf.test").setLevel(logging.WARNING)  # the operator's default for kopf: dropped
+    assert not KueueAbsentIsNormal().filter(warning(kueue_missing))
+    typo = warning(
+        "Unresolved resources cannot be served (try creating their CRDs): finetune.dev/v1alpha1/fnetunejobs, "
+        "kueue.x-k8s.io/v1beta2/workloads"
+    )
+    assert KueueAbsentIsNormal().filter(typo) and typo.levelno == logging.WARNING
 
 
 def test_leader_election_and_release_flags(monkeypatch) -> None:  # type: ignore[no-untyped-def]
