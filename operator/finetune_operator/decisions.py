@@ -210,6 +210,8 @@ def _kueue_admits(world: World, step: Step) -> bool:
                 "Deactivated",
                 f"its Kueue Workload {wl.name} is deactivated (spec.active: false)",
             )
+        elif wl.inadmissible:  # a LocalQueue that does not exist (a typo), an inactive ClusterQueue, ...
+            _queued(world, step, "Inadmissible", f"Kueue cannot queue it: {wl.inadmissible}", "Warning")
         elif (status.phase, status.reason) != ("Queued", "Evicted"):
             # After an eviction the job keeps saying why it waits until Kueue admits it again.
             _queued(world, step, "WaitingForAdmission", waiting)

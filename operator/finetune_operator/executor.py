@@ -141,16 +141,7 @@ def _carry_out(
         try:
             created = _create_attempt(runtime, job, uid, world, action)
         except CreateRefusedError as refused:
-            step = refusals.refused_step(world, refused.refusal)
-            if not step.actions and step.requeue_seconds is None:
-                raise refused.error from None  # transient: the loop's backoff retries
-            log.warning(
-                "create refused: %s",
-                refused,
-                extra={"finetunejob": f"{namespace}/{name}", "attempt": action.attempt},
-            )
-            execute(runtime, job, uid, world, step.actions, fence.resource_version)
-            return True, step.requeue_seconds
+            return True, _show_refusal(runtime, job, uid, world, refused, fence, action.attempt)
         if created:  # before the status write: should that lose a race, the next pass adopts silently
             _event(
                 core,
@@ -202,11 +193,37 @@ def _carry_out(
             },
         )
     elif isinstance(action, CreateWorkload | DeleteWorkload | PatchWorkloadStatus):
-        _workload_action(runtime, job, uid, world, action)
+        try:
+            _workload_action(runtime, job, uid, world, action)
+        except CreateRefusedError as refused:
+            return True, _show_refusal(runtime, job, uid, world, refused, fence, world.status.attempt + 1)
     elif isinstance(action, Recovered):
         runtime.metrics.observe_recovery(namespace, name, action.seconds)
         log.info("recovered after %.1f s", action.seconds, extra={"finetunejob": f"{namespace}/{name}"})
     return False, None
+
+
+def _show_refusal(
+    runtime: Runtime,
+    job: FineTuneJob,
+    uid: str,
+    world: World,
+    refused: CreateRefusedError,
+    fence: Fence,
+    attempt: int,
+) -> float | None:
+    """The attempt's object was refused: show why on the job (refusals.refused_step) and end the pass;
+    the seconds until the next look. A transient refusal is raised for the loop's backoff."""
+    step = refusals.refused_step(world, refused.refusal)
+    if not step.actions and step.requeue_seconds is None:
+        raise refused.error from None
+    log.warning(
+        "create refused: %s",
+        refused,
+        extra={"finetunejob": f"{job.metadata.namespace}/{job.metadata.name}", "attempt": attempt},
+    )
+    execute(runtime, job, uid, world, step.actions, fence.resource_version)
+    return step.requeue_seconds
 
 
 def _refused(kind: str, body: dict[str, Any], error: ApiException) -> CreateRefusedError | None:
@@ -339,15 +356,19 @@ def _workload_action(
                 decisions.run_directory(uid, world.status),
             )
             priority = None
-            if world.priority_class:  # its value goes into the Workload (a missing class: 404, retried)
-                wpc = custom.get_cluster_custom_object(
-                    kueue.GROUP, kueue.VERSION, kueue.PRIORITY_CLASSES, world.priority_class
+            if world.priority_class:  # its value goes into the Workload
+                priority = _workload_priority(
+                    custom, kueue.workload_name(job.metadata.name), world.priority_class
                 )
-                priority = int(wpc.get("value") or 0)
             body = kueue.build_workload(
                 job.metadata.name, namespace, uid, world.queue or "", world.priority_class, pod, priority
             )
-            custom.create_namespaced_custom_object(kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, body)
+            try:
+                custom.create_namespaced_custom_object(
+                    kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, body
+                )
+            except ApiException as error:  # Kueue's webhook says no: its words on the job
+                raise _refused("Workload", body, error) or error from None
         elif isinstance(action, DeleteWorkload):
             custom.delete_namespaced_custom_object(
                 kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL, action.name
@@ -359,6 +380,26 @@ def _workload_action(
     except ApiException as error:
         if error.status not in (404, 409):
             raise
+
+
+def _workload_priority(custom: Any, workload: str, priority_class: str) -> int:
+    """The value of the job's WorkloadPriorityClass; one that does not exist (a typo in the label) keeps
+    the job waiting, saying so, until it is created or the label fixed."""
+    try:
+        wpc = custom.get_cluster_custom_object(
+            kueue.GROUP, kueue.VERSION, kueue.PRIORITY_CLASSES, priority_class
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise _refused("Workload", {"metadata": {"name": workload}}, error) or error from None
+        text = (
+            f"its WorkloadPriorityClass {priority_class!r} (label {kueue.LABEL_PRIORITY_CLASS}) does not "
+            "exist: create it or fix the label"
+        )
+        raise CreateRefusedError(
+            refusals.Refusal("Workload", workload, 404, "PriorityClassNotFound", text), error
+        ) from None
+    return int(wpc.get("value") or 0)
 
 
 def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:

@@ -53,6 +53,9 @@ class WorkloadView:
     admitted: bool = False
     cluster_queue: str | None = None
     flavors: tuple[str, ...] = ()  # the ResourceFlavors the admission assigned to the trainer's podSet
+    inadmissible: str | None = (
+        None  # Kueue's message when it cannot queue it (QuotaReserved False, Inadmissible)
+    )
     evicted: str | None = None  # reason of a True Evicted condition (Preempted, Deactivated, ...)
     evicted_message: str | None = None
     finished: bool = False
@@ -74,6 +77,8 @@ def workload_view(name: str, obj: dict[str, Any] | None) -> WorkloadView:
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     conditions = list(status.get("conditions") or [])
     evicted = _true(conditions, "Evicted")
+    reserved: dict[str, Any] = next((c for c in conditions if c.get("type") == "QuotaReserved"), {})
+    inadmissible = reserved.get("status") == "False" and reserved.get("reason") == "Inadmissible"
     admission = status.get("admission") or {}
     assigned: set[str] = set()
     for podset in admission.get("podSetAssignments") or []:
@@ -89,6 +94,7 @@ def workload_view(name: str, obj: dict[str, Any] | None) -> WorkloadView:
         admitted=_true(conditions, "Admitted") is not None,
         cluster_queue=admission.get("clusterQueue"),
         flavors=tuple(sorted(assigned)),
+        inadmissible=(reserved.get("message") or "no detail") if inadmissible else None,
         evicted=(evicted.get("reason") or "Evicted") if evicted else None,
         evicted_message=evicted.get("message") if evicted else None,
         finished=_true(conditions, "Finished") is not None,

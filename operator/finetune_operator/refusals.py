@@ -54,8 +54,8 @@ def judge_refusal(refusal: Refusal) -> tuple[RefusalVerdict, str]:
     - retry: the apiserver is unavailable or throttling (429, 5xx, timeouts): the loop's own backoff.
     """
     text = refusal.message.lower()
-    if refusal.reason == "FlavorConflict":  # Kueue's ResourceFlavors, fixable by their admin
-        return "wait", "FlavorConflict"
+    if refusal.reason in ("FlavorConflict", "PriorityClassNotFound"):  # Kueue's objects, fixable outside
+        return "wait", refusal.reason
     if refusal.code == 403:
         if "no priorityclass with name" in text:
             return "wait", "PriorityClassNotFound"
@@ -96,8 +96,9 @@ def refused_step(world: World, refusal: Refusal) -> Step:
     step.requeue(REFUSAL_RECHECK_SECONDS)
     if status.reason == reason and status.message == text:
         return step  # already shown (and its Event posted): do not repeat it every recheck
-    if status.phase is None:
-        step.actions.append(PatchStatus(phase_patch(status, "Pending", reason, text, world.now)))
+    if status.phase is None:  # a new job: Queued when it is Kueue's Workload that was refused
+        new_phase: Literal["Queued", "Pending"] = "Queued" if refusal.kind == "Workload" else "Pending"
+        step.actions.append(PatchStatus(phase_patch(status, new_phase, reason, text, world.now)))
     else:  # Restarting / Suspended (resuming): keep the phase and its pending decision, say why
         step.actions.append(PatchStatus(OperatorStatus.patch(reason=reason, message=text)))
     step.actions.append(Event("Warning", reason, text))

@@ -90,3 +90,26 @@ def test_high_priority_preempts_low_through_kueue(provider: LocalProvider, kueue
     sc.apply_job(p, sc.tiny_job("low-undisturbed", p.trainer_image, steps=16, save_steps=4, step_sleep=0.05))
     sc.assert_succeeded(p, "low-undisturbed", 16)
     assert sc.final_adapter_sha256(p, "low") == sc.final_adapter_sha256(p, "low-undisturbed")
+
+
+def test_typos_in_the_queue_or_priority_class_are_shown_on_the_job(
+    provider: LocalProvider, kueue: Kueue
+) -> None:
+    """A LocalQueue that does not exist (Kueue's own words), a WorkloadPriorityClass that does not exist:
+    the job waits Queued with a Warning saying which, and runs nothing."""
+    p = provider
+    queue = kueue.queue(p.namespace, ONE_JOB)
+    sc.apply_job(p, _queued_job("noqueue", p.trainer_image, "team-typo", steps=4))
+    waiting = sc.wait_status(p, "noqueue", lambda s: s.get("reason") == "Inadmissible", 60, "inadmissible")
+    assert waiting["phase"] == "Queued", sc.summary(waiting)
+    assert waiting["message"] == "Kueue cannot queue it: LocalQueue team-typo doesn't exist", waiting[
+        "message"
+    ]
+    sc.apply_job(p, _queued_job("noclass", p.trainer_image, queue, "no-such-class", steps=4))
+    missing = sc.wait_status(
+        p, "noclass", lambda s: s.get("reason") == "PriorityClassNotFound", 60, "priority class not found"
+    )
+    assert missing["phase"] == "Queued" and "'no-such-class'" in missing["message"], sc.summary(missing)
+    for name in ("noqueue", "noclass"):
+        assert "Warning" in {e.type for e in sc.events(p, name)}
+        assert not sc.pods(p, name)

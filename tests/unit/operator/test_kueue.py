@@ -30,6 +30,7 @@ from finetune_operator.kueue import (
     resources_key,
     workload_view,
 )
+from finetune_operator.refusals import REFUSAL_RECHECK_SECONDS, Refusal, refused_step
 from finetune_operator.status_patches import conditions_for
 
 from tests.unit.operator.decision_helpers import (
@@ -122,6 +123,37 @@ def test_a_watched_workload_is_not_polled_one_read_from_the_api_is_looked_at_aga
     assert [s.requeue_seconds for s in steps] == [2.0, 30.0]  # the node's own look every 30 s stays
     missing = replace(queued_world(None), kueue_installed=False)
     assert reconcile(missing).requeue_seconds == 30.0  # no Workload API: looked at rarely
+
+
+def test_a_queue_kueue_cannot_use_is_shown_with_kueues_words() -> None:
+    body = workload()
+    body["status"]["conditions"] = [
+        {
+            "type": "QuotaReserved",
+            "status": "False",
+            "reason": "Inadmissible",
+            "message": "LocalQueue team-x doesn't exist",
+        }
+    ]
+    step = reconcile(queued_world(body))
+    patch = only(step, PatchStatus).patch
+    assert (patch["phase"], patch["reason"]) == ("Queued", "Inadmissible")
+    assert patch["message"] == "Kueue cannot queue it: LocalQueue team-x doesn't exist"
+    warning = only(step, Event)
+    assert (warning.type, warning.reason) == ("Warning", "Inadmissible")
+    body["status"]["conditions"][0]["reason"] = "Pending"  # ordinary waiting for quota: no Kueue detail
+    patch = only(reconcile(queued_world(body)), PatchStatus).patch
+    assert patch["reason"] == "WaitingForAdmission"
+
+
+def test_a_missing_workload_priority_class_keeps_the_job_queued_saying_so() -> None:
+    text = "its WorkloadPriorityClass 'hihg' (label kueue.x-k8s.io/priority-class) does not exist"
+    refusal = Refusal("Workload", "job-kueue", 404, "PriorityClassNotFound", text)
+    step = refused_step(queued_world(None), refusal)
+    patch = only(step, PatchStatus).patch
+    assert (patch["phase"], patch["reason"]) == ("Queued", "PriorityClassNotFound")
+    assert "'hihg'" in patch["message"] and step.requeue_seconds == REFUSAL_RECHECK_SECONDS
+    assert only(step, Event).type == "Warning"
 
 
 def test_admission_creates_the_pod_and_says_so() -> None:
