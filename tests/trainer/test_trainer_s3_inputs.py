@@ -87,3 +87,33 @@ def test_model_and_dataset_from_the_store_are_fetched_once_and_a_restart_downloa
     # The same bytes as the local files: the same adapter as the uninterrupted local run.
     assert max(again.losses()) == MAX_STEPS
     assert_same_adapter(reference.output_dir, out)
+
+
+def test_a_missing_input_is_a_config_error_and_a_store_that_is_down_is_retried(
+    work: Path, object_store: ObjectStore
+) -> None:
+    """Both found at start, before torch is imported (a second or two each): exit 78 naming the field and
+    the URI for what no retry fixes; exit 1 (the operator retries with backoff) for a store that is down."""
+    config = {
+        "kind": "TrainerConfig",
+        "model": {"name_or_path": f"s3://{object_store.bucket}/models/never-uploaded/"},
+        "dataset": {"examples": [{"text": "hello"}]},
+        "object_store": object_store.config("runs/errors"),
+    }
+    path = work / "config-missing.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**hub_env(work / "hf", "http://127.0.0.1:1"), **object_store.env()}
+    # --resume never: the store is not asked for checkpoints (with auto it is retried for 60 s at start).
+    missing = run(path, work / "out", "--resume", "never", env=env, tag="missing")
+    assert missing.popen.returncode == 78, missing.tail()
+    uri = config["model"]["name_or_path"]
+    expected = f"config error: model.name_or_path: {uri}: no objects under this prefix"
+    assert expected in missing.tail(), missing.tail()
+    assert not (work / "out").exists()  # a config error leaves DIR alone
+
+    object_store.stop()
+    down = run(path, work / "out", "--resume", "never", env=env, tag="down")
+    assert down.popen.returncode == 1, down.tail()
+    term = down.termination()
+    assert term["reason"] == "Error" and "unreachable or failing" in term["message"], term
+    assert f"model.name_or_path: {uri}" in term["message"], term

@@ -69,6 +69,8 @@ class Attempt:
             candidate = self.resume.choose()
         except START_ERRORS as error:
             return self.exits.failed(error)
+        except Exception as error:  # e.g. the object store unreachable at start: exit 1 with its message
+            return self.exits.failed(error)
         startup.mark("config")
         log(
             "config_loaded",
@@ -124,11 +126,13 @@ class Attempt:
         """Before the resume choice: a newer remote commit than any local one is downloaded (main rank)."""
         if config.object_store is None or not self.is_main:
             return
-        from finetune_trainer import remote, upload
+        from finetune_trainer import remote
 
         self.store = remote.open_store(config.object_store)
         self.exits.object_store = True
         if self.args.resume == "auto":  # never / PATH: the user chose; the store only receives uploads
+            from finetune_trainer import upload  # transformers: only when it is needed here
+
             self.exits.durable_at_start = upload.fetch_newer_remote(
                 self.store, config.object_store.prefix, self.output_dir
             )
