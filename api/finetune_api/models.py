@@ -849,7 +849,7 @@ class FineTuneJobSpec(KubeModel):
     cel_rules = (
         CelRule(
             cel=f"!self.model.name_or_path.startsWith('{S3_SCHEME}') || has(self.checkpoint.objectStore)",
-            message=f"a {S3_SCHEME} model is read with spec.checkpoint.objectStore's endpoint, region and "
+            message=f"an {S3_SCHEME} model is read with spec.checkpoint.objectStore's endpoint, region and "
             "credentials: set checkpoint.objectStore",
             field="model.name_or_path",
             check=lambda s: not _is_s3(s.model.name_or_path) or s.checkpoint.object_store is not None,
@@ -857,7 +857,7 @@ class FineTuneJobSpec(KubeModel):
         CelRule(
             cel=f"!has(self.dataset.path) || !self.dataset.path.startsWith('{S3_SCHEME}') "
             "|| has(self.checkpoint.objectStore)",
-            message=f"a {S3_SCHEME} dataset is read with spec.checkpoint.objectStore's endpoint, region and "
+            message=f"an {S3_SCHEME} dataset is read with spec.checkpoint.objectStore's endpoint, region and "
             "credentials: set checkpoint.objectStore",
             field="dataset.path",
             check=lambda s: not _is_s3(s.dataset.path) or s.checkpoint.object_store is not None,
