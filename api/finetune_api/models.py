@@ -187,7 +187,9 @@ class ModelSpec(HFModel):
 
     name_or_path: str = Field(
         min_length=1,
-        description="Hugging Face hub id (e.g. 'gpt2') or an absolute path inside the trainer pod.",
+        description="Hugging Face hub id (e.g. 'gpt2'), an absolute path inside the trainer pod, or "
+        "s3://BUCKET/PREFIX (a saved model directory with config.json, read with checkpoint.objectStore's "
+        "endpoint and credentials, cached in the Hugging Face cache).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     trust_remote_code: bool = Field(False, description="Run model code from the hub (off unless trusted).")
@@ -260,7 +262,11 @@ class DatasetSpec(HFModel):
     name: str | None = Field(None, min_length=1, description="Hub dataset name, e.g. 'tatsu-lab/alpaca'.")
     config_name: str | None = Field(None, description="Hub dataset configuration.")
     path: str | None = Field(
-        None, min_length=1, description="A .json/.jsonl/.csv/.parquet file or a dataset directory in the pod."
+        None,
+        min_length=1,
+        description="A .json/.jsonl/.csv/.parquet file or a dataset directory in the pod, or in the object "
+        "store: s3://BUCKET/KEY (one file) or s3://BUCKET/PREFIX/ (a directory), read with "
+        "checkpoint.objectStore's endpoint and credentials, cached in the Hugging Face cache.",
     )
     examples: list[dict[str, Any]] | None = Field(
         None, min_length=1, description="Inline examples (small jobs, tests, demos)."
@@ -791,6 +797,14 @@ class EnvVar(KubeModel):
     secret_key_ref: SecretKeyRef | None = Field(None, description="Take the value from this Secret key.")
 
 
+#: model.name_or_path / dataset.path read from the object store (the trainer's finetune_trainer.s3_inputs).
+S3_SCHEME = "s3://"
+
+
+def _is_s3(value: str | None) -> bool:
+    return value is not None and value.startswith(S3_SCHEME)
+
+
 class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on what data, with which settings, and how the trainer pod runs."""
 
@@ -833,6 +847,21 @@ class FineTuneJobSpec(KubeModel):
     suspend: bool = Field(False, description="Stop gracefully (emergency checkpoint); resume later.")
 
     cel_rules = (
+        CelRule(
+            cel=f"!self.model.name_or_path.startsWith('{S3_SCHEME}') || has(self.checkpoint.objectStore)",
+            message=f"an {S3_SCHEME} model is read with spec.checkpoint.objectStore's endpoint, region and "
+            "credentials: set checkpoint.objectStore",
+            field="model.name_or_path",
+            check=lambda s: not _is_s3(s.model.name_or_path) or s.checkpoint.object_store is not None,
+        ),
+        CelRule(
+            cel=f"!has(self.dataset.path) || !self.dataset.path.startsWith('{S3_SCHEME}') "
+            "|| has(self.checkpoint.objectStore)",
+            message=f"an {S3_SCHEME} dataset is read with spec.checkpoint.objectStore's endpoint, region and "
+            "credentials: set checkpoint.objectStore",
+            field="dataset.path",
+            check=lambda s: not _is_s3(s.dataset.path) or s.checkpoint.object_store is not None,
+        ),
         CelRule(
             cel="!self.training.load_best_model_at_end || has(self.dataset.eval_split) "
             "|| has(self.dataset.eval_fraction)",

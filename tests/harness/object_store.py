@@ -55,6 +55,9 @@ class ObjectStore:
         self.binary: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root.parent / f"{root.name}.versitygw.log"
+        # The server's own access log (one line per request: operation, key, status): what the clients did,
+        # counted by the server rather than by the code under test.
+        self.access_log_path = root.parent / f"{root.name}.access.log"
 
     @property
     def endpoint(self) -> str:
@@ -78,6 +81,8 @@ class ObjectStore:
             self.secret_key,
             "--port",
             f"127.0.0.1:{self.port}",
+            "--access-log",
+            str(self.access_log_path),
             "posix",
             str(self.root),
         ]
@@ -134,6 +139,21 @@ class ObjectStore:
             for p in sorted(base.rglob("*"))
             if p.is_file() and str(p.relative_to(base)).startswith(prefix)
         }
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """Every request the server logged so far, as (operation, key, HTTP status), e.g.
+        ("GetObject", "models/tiny/config.json", 200); "-" as the key of bucket-level requests (listings)."""
+        if not self.access_log_path.exists():
+            return []
+        out = []
+        for line in self.access_log_path.read_text().splitlines():
+            # S3 access log format: ... [time +zone] remote requester request-id s3_OP KEY URI STATUS ...
+            _, bracket, rest = line.partition("] ")
+            fields = rest.split()
+            if not bracket or len(fields) < 7 or not fields[3].startswith("s3_"):
+                continue
+            out.append((fields[3].removeprefix("s3_"), fields[4], int(fields[6])))
+        return out
 
     def __enter__(self) -> ObjectStore:
         self.start()

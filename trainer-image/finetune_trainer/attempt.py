@@ -20,7 +20,7 @@ from finetune_api.status import TrainerStatus
 from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer import identity
+from finetune_trainer import identity, s3_inputs
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.exits import ExitProtocol
 from finetune_trainer.fence import AttemptFence, Superseded
@@ -69,6 +69,8 @@ class Attempt:
             candidate = self.resume.choose()
         except START_ERRORS as error:
             return self.exits.failed(error)
+        except Exception as error:  # e.g. the object store unreachable at start: exit 1 with its message
+            return self.exits.failed(error)
         startup.mark("config")
         log(
             "config_loaded",
@@ -87,6 +89,7 @@ class Attempt:
         self.sections = identity.spec_sections(config)  # batch x accumulation as one product
         self.exits.config = config
         check_static(config)
+        s3_inputs.check_uris(config)
         go_offline_when_local(config)  # before transformers/datasets are imported (they read it once)
         # Whose directory is this? Before anything is read as ours (final/, checkpoints): another run's
         # final adapter or optimizer state must never pass for this run's.
@@ -104,7 +107,18 @@ class Attempt:
             # otherwise the claim comes when train() creates it).
             self.fence.claim()
         self.fetch_from_object_store(config)
-        return config, None
+        return self.fetch_inputs(config), None
+
+    def fetch_inputs(self, config: TrainerConfig) -> TrainerConfig:
+        """s3:// dataset and model into the Hugging Face cache (every rank: a lock per object lets one
+        download it, the others find it there); the config that loads them from there. The run's identity
+        (`self.sections`) keeps the URIs."""
+        if not s3_inputs.s3_inputs(config):
+            return config
+        startup.mark("config")
+        local, fetched = s3_inputs.fetch_inputs(config, hf_home())
+        startup.mark("s3_inputs", downloaded_bytes=sum(f.downloaded_bytes for f in fetched))
+        return local
 
     # --- spec.checkpoint.objectStore (finetune_trainer.remote / upload): the durable copy ---------------
 
@@ -112,11 +126,13 @@ class Attempt:
         """Before the resume choice: a newer remote commit than any local one is downloaded (main rank)."""
         if config.object_store is None or not self.is_main:
             return
-        from finetune_trainer import remote, upload
+        from finetune_trainer import remote
 
         self.store = remote.open_store(config.object_store)
         self.exits.object_store = True
         if self.args.resume == "auto":  # never / PATH: the user chose; the store only receives uploads
+            from finetune_trainer import upload  # transformers: only when it is needed here
+
             self.exits.durable_at_start = upload.fetch_newer_remote(
                 self.store, config.object_store.prefix, self.output_dir
             )

@@ -24,8 +24,16 @@ class ConfigError(Exception):
     """The config cannot work (exit 78): one line naming the field and the problem."""
 
 
+S3_SCHEME = "s3://"
+
+
 def looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
+
+
+def is_s3(value: str | None) -> bool:
+    """An s3:// input (finetune_trainer.s3_inputs fetches it into the Hugging Face cache)."""
+    return value is not None and value.startswith(S3_SCHEME)
 
 
 class HubUnavailable(Exception):
@@ -120,8 +128,10 @@ def classify_hub_error(error: BaseException, field: str, name: str) -> BaseExcep
 
 
 def needs_hub(config: TrainerConfig) -> bool:
-    """Whether the job reads anything from the Hugging Face hub (a hub model id or a hub dataset name)."""
-    return not looks_like_local_path(config.model.name_or_path) or config.dataset.name is not None
+    """Whether the job reads anything from the Hugging Face hub (a hub model id or a hub dataset name); an
+    s3:// input comes from the object store, not the hub."""
+    model = config.model.name_or_path
+    return not (looks_like_local_path(model) or is_s3(model)) or config.dataset.name is not None
 
 
 def go_offline_when_local(config: TrainerConfig) -> None:
@@ -135,14 +145,14 @@ def go_offline_when_local(config: TrainerConfig) -> None:
 def check_static(config: TrainerConfig) -> None:
     """Checks that need no heavy imports (run before torch is imported, so bad configs fail in a second)."""
     name = config.model.name_or_path
-    if looks_like_local_path(name):
+    if looks_like_local_path(name) and not is_s3(name):  # s3://: s3_inputs.check_uris, then the fetch
         path = Path(name).expanduser()
         if not path.is_dir():
             raise ConfigError(f"model.name_or_path: local path {name} does not exist or is not a directory")
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.name_or_path: {name} has no config.json (not a saved model)")
     data = config.dataset
-    if data.path is not None:
+    if data.path is not None and not is_s3(data.path):
         path = Path(data.path).expanduser()
         if not path.exists():
             raise ConfigError(f"dataset.path: {data.path} does not exist")

@@ -145,7 +145,10 @@ class ExitProtocol:
 
     def failed(self, error: BaseException) -> int:
         """The exit for an exception that ended the attempt: 78, 65, 73, 75, 76, 74, else 1."""
-        from finetune_trainer.callbacks import PreemptedBeforeFirstStep
+        # Only once training was set up (callbacks imports transformers: 10 s that an error at start, a config
+        # error included, must not wait for before its exit).
+        callbacks = sys.modules.get("finetune_trainer.callbacks")
+        before_first_step = callbacks.PreemptedBeforeFirstStep if callbacks is not None else ()
 
         if isinstance(error, InvalidManifest):
             for line in error.errors:
@@ -162,7 +165,7 @@ class ExitProtocol:
         if isinstance(error, Superseded):
             log("superseded", level="error", message=str(error), attempt=error.attempt, newer=error.newer)
             return self.exit_with(EXIT_SUPERSEDED, "Superseded", message=str(error))
-        if isinstance(error, PreemptedBeforeFirstStep):
+        if isinstance(error, before_first_step):
             return self.exit_with(
                 EXIT_PREEMPTED, "Preempted", message="SIGTERM before the first step", save_seconds=0.0
             )
@@ -217,11 +220,7 @@ class ExitProtocol:
 
 
 def _is_cuda_oom(error: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(error, torch.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # not imported (an error at start): not a CUDA OOM; no 10 s import
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return True
     return isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)

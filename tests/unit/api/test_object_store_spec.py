@@ -73,3 +73,25 @@ def test_credentials_are_required() -> None:
     with pytest.raises(InvalidManifest) as raised:
         parse_job(job({"bucket": "ckpts"}))
     assert any(e.startswith("spec.checkpoint.objectStore.credentials:") for e in raised.value.errors)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "field"),
+    [
+        ("model", "name_or_path", "s3://models/tiny/", "spec.model.name_or_path"),
+        ("dataset", "path", "s3://data/train.jsonl", "spec.dataset.path"),
+    ],
+)
+def test_s3_inputs_need_the_object_store_and_reach_the_trainer_as_given(
+    section: str, key: str, value: str, field: str
+) -> None:
+    """An s3:// model or dataset is read with checkpoint.objectStore's endpoint and key pair: without one the
+    job is refused naming the field; with one the URI reaches the trainer config unchanged."""
+    document = job(STORE)
+    document["spec"][section][key] = value
+    config = trainer_config_from_job(parse_job(document))
+    assert getattr(getattr(config, section), key) == value
+    del document["spec"]["checkpoint"]
+    with pytest.raises(InvalidManifest) as raised:
+        parse_job(document)
+    assert [e for e in raised.value.errors if e.startswith(f"{field}: an s3:// ")], raised.value.errors
