@@ -83,6 +83,9 @@ class TerminationMessage(BaseModel):
     # spec.checkpoint.objectStore: the newest checkpoint whose remote commit marker is written (it survives
     # the loss of the volume), e.g. checkpoint-35; absent when nothing is in the store yet.
     durable_checkpoint: str | None = None
+    # spec.checkpoint.objectStore, on success: "final" when DIR/final was uploaded to PREFIX/final/ (marker
+    # last); absent when the store could not take it within the trainer's wait (final/ is on the volume).
+    durable_final: str | None = None
 
     def to_json(self) -> str:
         text = self.model_dump_json(exclude_none=True)

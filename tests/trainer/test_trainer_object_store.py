@@ -37,7 +37,7 @@ def remote_committed(store: ObjectStore) -> list[int]:
     return sorted(
         int(key.split("/")[-2].split("-")[1])
         for key in store.objects(PREFIX)
-        if key.endswith("/COMMITTED.json")
+        if key.endswith("/COMMITTED.json") and key.split("/")[-2].startswith("checkpoint-")
     )
 
 
@@ -60,6 +60,13 @@ def resume_from_store(ref: Reference, config: Path, out: Path, store: ObjectStor
     assert {s: ref.losses[s] for s in losses} == losses, "losses after the resume point differ"
     assert proc.termination()["durable_checkpoint"] == f"checkpoint-{MAX_STEPS}"
     assert remote_committed(store)[-1] == MAX_STEPS
+    # the trained adapter outlives the volume too: final/ in the store, every file as on the volume
+    assert proc.termination()["durable_final"] == "final"
+    local = {
+        str(p.relative_to(out / "final")): p.stat().st_size for p in (out / "final").rglob("*") if p.is_file()
+    }
+    remote = {k.removeprefix(f"{PREFIX}/final/"): v for k, v in store.objects(f"{PREFIX}/final/").items()}
+    assert remote == local and "adapter_model.safetensors" in remote, (remote, local)
     return proc
 
 

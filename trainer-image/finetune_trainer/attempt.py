@@ -351,6 +351,15 @@ class Attempt:
                 before_replace=lambda: self.fence.check("publishing final/"),
                 identity=self.identity_fields(),
             )
+            if self.store is not None and config.object_store is not None:  # the result outlives the volume
+                from finetune_trainer import upload
+
+                self.exits.durable_final = upload.upload_final(
+                    self.store,
+                    config.object_store.prefix,
+                    self.output_dir,
+                    before_marker=lambda: self.fence.check("uploading final/'s marker"),
+                )
         dist.barrier()
         log(
             "final_written",

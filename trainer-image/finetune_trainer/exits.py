@@ -51,6 +51,7 @@ class ExitProtocol:
         self.trainer: Any = None  # once built: the step
         self.object_store = False  # spec.checkpoint.objectStore in use: the message names the durable copy
         self.durable_at_start: str | None = None  # the newest remote committed checkpoint at start
+        self.durable_final: str | None = None  # 'final' once DIR/final is in the store
 
     def _newest_commit(self) -> ckpt.CommitRecord | None:
         record = self.run_state.last_commit if self.run_state is not None else None
@@ -121,11 +122,13 @@ class ExitProtocol:
     # ------------------------------------------------------------------------------------- endings
 
     def completed(self, final: dict[str, Any] | None = None) -> int:
-        """0: DIR/final is written (now, or `final` is the marker of one complete at start)."""
+        """0: DIR/final is written (now, or `final` is the marker of one complete at start). With an object
+        store the message says whether final/ reached it (`durable_final`: 'final', or null)."""
         path = str(self.output_dir / FINAL_DIR)
+        durable = {"durable_final": self.durable_final} if self.object_store else {}
         if final is not None:
             return self.exit_with(EXIT_SUCCEEDED, "Completed", final=path, final_step=final.get("step"))
-        return self.exit_with(EXIT_SUCCEEDED, "Completed", final=path)
+        return self.exit_with(EXIT_SUCCEEDED, "Completed", final=path, **durable)
 
     def preempted(self, run: Any) -> int:
         """75 after training stopped on SIGTERM: how long the emergency save took and whether in time."""

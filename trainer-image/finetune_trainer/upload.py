@@ -1,4 +1,5 @@
-"""Background upload of committed checkpoints to the object store (issue 14), and its TrainerCallback.
+"""Background upload of committed checkpoints to the object store (issue 14), and its TrainerCallback; the
+final adapter's upload at the end.
 
 One thread uploads the newest locally committed checkpoint it was offered (an older one still waiting is
 dropped: the newer commit supersedes it). A failure (store down, timeout, a file that does not verify) is
@@ -12,9 +13,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from finetune_api.contract import FINAL_DIR
 from finetune_api.status import TrainerStatus
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -218,6 +221,54 @@ class CheckpointUploadCallback(TrainerCallback):
             preempted=since is not None,
         )
         return control
+
+
+def upload_final(
+    store: Any, prefix: str, output_dir: Path, before_marker: Callable[[], None] | None = None
+) -> str | None:
+    """DIR/final, once published, to PREFIX/final/ (files verified as a checkpoint's, marker last), so the
+    trained adapter outlives the volume too. Retried with backoff for up to FINISH_WAIT_SECONDS; a store
+    that stays down leaves final/ on the volume only (a warning: the job still succeeded). `before_marker`:
+    the attempt fence. Returns the durable final's name ('final') or None."""
+    marker = ckpt.final_complete(output_dir)
+    if marker is None:
+        return None
+    record = ckpt.CommitRecord(
+        path=output_dir / FINAL_DIR,
+        step=int(marker["step"]),
+        committed_at=str(marker.get("committed_at") or ""),
+        files={str(k): int(v) for k, v in marker["files"].items()},
+        checksums=dict(marker.get("checksums") or {}),
+    )
+    deadline, delay, attempt = time.monotonic() + FINISH_WAIT_SECONDS, 1.0, 0
+    while True:
+        attempt += 1
+        try:
+            result = remote.upload_checkpoint(store, prefix, record, before_marker=before_marker)
+        except Superseded:
+            raise
+        except Exception as error:
+            left = deadline - time.monotonic()
+            log(
+                "final_upload_failed",
+                level="warning",
+                attempt=attempt,
+                retry_in_seconds=min(delay, max(0.0, left)) if left > 0 else None,
+                error=f"{type(error).__name__}: {error}"[:500],
+            )
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(MAX_BACKOFF_SECONDS, delay * 2)
+            continue
+        log(
+            "final_uploaded",
+            step=record.step,
+            bytes=result.bytes,
+            files=result.files,
+            seconds=round(result.seconds, 4),
+        )
+        return record.name
 
 
 #: At start: how long to keep trying to reach the store before giving up (the newest checkpoint may be there).
