@@ -223,7 +223,7 @@ def test_object_store_down_for_a_minute_training_goes_on_and_uploads_catch_up(
         # (an upload in flight at the stop may still have landed).
         assert at_restart["step"] > up["step"] + 50, (sc.summary(up), sc.summary(at_restart))
         assert at_restart["durableCheckpointStep"] <= up["durableCheckpointStep"] + 10, shown
-        assert at_restart["lastCheckpointStep"] > at_restart["durableCheckpointStep"] + 50, shown
+        assert at_restart["lastCheckpointStep"] >= at_restart["durableCheckpointStep"] + 20, shown
         # The alert fired during the outage, stayed until the store was back, and cleared after it while the
         # trainer still ran.
         fired = [t for t, _, state in timeline if state == "firing"]
