@@ -134,6 +134,7 @@ def test_claim_deleted_mid_run_resumes_from_the_object_store(
     chosen = trainer_events(p, s["podName"], "resume_from")
     assert chosen and chosen[0]["checkpoint"] == resumed, chosen
     assert s["durableCheckpointStep"] == 24 and remote_committed(store, prefix)[-1] == 24
+    assert sc.printer_columns(p, "lost").get("DURABLE") == "24"  # kubectl get ftj: the Durable column
 
     reference = sc.assert_succeeded(p, "undisturbed", 24)
     assert reference["attempt"] == 1, sc.summary(reference)
