@@ -186,6 +186,8 @@ def build_crd() -> dict[str, Any]:
         {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartsTotal"},
         {"name": "Last checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpointStep"},
+        # spec.checkpoint.objectStore (issue 14): the newest step whose copy is committed in the store
+        {"name": "Durable", "type": "integer", "jsonPath": ".status.durableCheckpointStep"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.loss", "priority": 1},
         {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
         {"name": "Steps/s", "type": "number", "jsonPath": ".status.stepsPerSecond", "priority": 1},

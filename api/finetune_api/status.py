@@ -140,7 +140,8 @@ class TrainerStatus(OwnedStatus):
 
     started_from: str | None = Field(
         None,
-        description="Where the run started: 'fresh', or the checkpoint it continued from (claim-relative).",
+        description="Where the run started: 'fresh', or the checkpoint it continued from (claim-relative); "
+        "after its volume was lost, the object store's copy it resumed from (s3://bucket/key).",
     )
     step: int | None = Field(None, description="Last optimizer step the trainer reported.")
     total_steps: int | None = Field(None, description="Optimizer steps of the whole run.")

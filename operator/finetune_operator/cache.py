@@ -242,6 +242,11 @@ def cached_world(
     claim: Claim = None
     if claim_needed((body.get("status") or {}).get("phase"), nodes):
         claim = cache.claims.get((namespace, builders.pvc_name(job)))
+        attempts = int((body.get("status") or {}).get("attempt") or 0)
+        if claim is None and attempts > 0 and job.spec.checkpoint.object_store is not None:
+            # An object-store job's claim missing after attempts counts as a lost volume (decisions.
+            # volume_lost): only the API can say it is really gone, not merely unseen by the watch yet.
+            return None
     assembled = assemble_world(
         name, body, job, pods, nodes, claim, now=now, node_lost_seconds=node_lost_seconds
     )

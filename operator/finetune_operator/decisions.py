@@ -78,6 +78,27 @@ def claim_blocker(claim: ClaimView | None, uid: str) -> str | None:
     return None
 
 
+#: status.reason and Warning Event: an object-store job's checkpoint claim was deleted (its volume is lost).
+VOLUME_LOST = "VolumeLost"
+
+
+def volume_lost(world: World) -> bool:
+    """The job's checkpoint claim was deleted after it trained on it (terminating, or gone) while the job
+    keeps the durable copy of its checkpoints in an object store: recoverable, a new claim and a resume from
+    the store. Without a store the volume held the only copy, and with checkpoint.existingClaimName the
+    claim is the user's (the operator never creates it): `claim_blocker` and the next pod go on as before."""
+    claim, checkpoint = world.claim, world.spec.checkpoint
+    if checkpoint.object_store is None or checkpoint.existing_claim_name or claim is None:
+        return False
+    return world.status.attempt > 0 and (claim.deleting or not claim.exists)
+
+
+def _durable_text(status: FineTuneJobStatus) -> str:
+    if status.durable_checkpoint_step is None:
+        return "the store holds no committed checkpoint of this run yet: training starts over"
+    return f"resuming from the store's newest committed checkpoint (step {status.durable_checkpoint_step})"
+
+
 def run_directory(uid: str, status: FineTuneJobStatus) -> str:
     """This job's run directory on the claim: recorded in status at the first attempt (runs/<uid>); a job
     that started before run directories existed (attempts made, none recorded) keeps the legacy one."""
@@ -283,22 +304,44 @@ def _create_next(world: World, step: Step, phase: Phase, reason: str, message: s
             _cleanup_pod(step, pod, world)
         step.requeue(WATCH_NODE_SECONDS)
         return
+    lost = volume_lost(world)
     blocked = claim_blocker(world.claim, world.uid)
-    if blocked is not None:
+    if lost:
+        # Said once, when first seen: the claim still terminating (then waited for), or already gone.
+        text = _volume_lost_text(world, waiting=blocked is not None)
+        said = status.reason == VOLUME_LOST
+        if blocked is not None:
+            step.requeue(CLAIM_RECHECK_SECONDS)
+            if not said:
+                step.actions.append(PatchStatus(OperatorStatus.patch(reason=VOLUME_LOST, message=text)))
+                step.actions.append(Event("Warning", VOLUME_LOST, text))
+            return
+        patch.update(phase_patch(status, phase, VOLUME_LOST, text, world.now))
+    elif blocked is not None:
         _wait_for_claim(world, step, blocked)
         return
     how = f"run directory {directory}"
-    if status.last_checkpoint is None and world.spec.checkpoint.resume_from:
+    if lost:
+        how += f", on a new claim: {_durable_text(status)}"
+    elif status.last_checkpoint is None and world.spec.checkpoint.resume_from:
         how += f", continuing from {world.spec.checkpoint.resume_from} if it has no checkpoint yet"
     step.actions.append(
         CreatePod(
             attempt, directory, patch, "AttemptCreated", f"created pod {name} (attempt {attempt}, {how})"
         )
     )
+    if lost and not said:
+        step.actions.append(Event("Warning", VOLUME_LOST, text))
 
 
 #: How often a job waiting for its previous claim to go looks again (the claim's deletion sends no job event).
 CLAIM_RECHECK_SECONDS = 2.0
+
+
+def _volume_lost_text(world: World, waiting: bool) -> str:
+    claim = world.claim.name if world.claim is not None else "the checkpoint claim"
+    then = "waiting for it to go, then a new claim" if waiting else "a new claim"
+    return f"checkpoint volume lost (claim {claim} was deleted): {then}; {_durable_text(world.status)}"
 
 
 def _wait_for_claim(world: World, step: Step, text: str) -> None:

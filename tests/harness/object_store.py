@@ -1,11 +1,15 @@
 """A real S3 server for tests (issue 14): Versity Gateway (posix backend) built by hack/objectstore/build.sh
-from the Go module proxy, started on 127.0.0.1 on a free port with generated credentials and a fresh bucket.
+from the Go module proxy, started on 127.0.0.1 (or, for pods of the local cluster, on the node address
+10.89.0.1: the host's end of the node's veth, hack/cluster/node.sh NODE_IP) on a free port with generated
+credentials and a fresh bucket.
 
     with ObjectStore(tmp_path / "s3") as store:     # builds (cached) and starts versitygw
         env.update(store.env())                     # FTO_S3_ACCESS_KEY_ID / FTO_S3_SECRET_ACCESS_KEY
         config["object_store"] = store.config(prefix="runs/a")
         store.stop()                                # "the store is down": connections are refused
         store.start()                               # back on the same port, with the same data
+
+    ObjectStore(tmp_path / "s3", host=NODE_ADDRESS)     # reachable from the local cluster's pods
 
 The bucket is a directory under the server's root (the posix backend serves each top-level directory as a
 bucket), so a test can see exactly what reached the store. `object_store` is the pytest fixture.
@@ -31,6 +35,12 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "hack" / "objectstore" / "build.sh"
 ACCESS_KEY_ENV = "FTO_S3_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "FTO_S3_SECRET_ACCESS_KEY"
+LOOPBACK = "127.0.0.1"
+#: hack/cluster/node.sh NODE_IP: the host's end of the node's veth; pods reach the host there (as the hub
+#: stand-in in tests/integration/operator/test_shared_cache_cluster.py).
+NODE_ADDRESS = "10.89.0.1"
+#: The only addresses a test server may bind: no traffic to any other address.
+ALLOWED_HOSTS = (LOOPBACK, NODE_ADDRESS)
 
 
 def build() -> Path:
@@ -39,17 +49,20 @@ def build() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 class ObjectStore:
-    def __init__(self, root: Path, bucket: str = "checkpoints"):
+    def __init__(self, root: Path, bucket: str = "checkpoints", host: str = LOOPBACK):
+        if host not in ALLOWED_HOSTS:
+            raise ValueError(f"the test object store binds only {' or '.join(ALLOWED_HOSTS)}, not {host}")
         self.root = root
         self.bucket = bucket
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.access_key = "fto" + secrets.token_hex(8)
         self.secret_key = secrets.token_hex(20)
         self.binary: Path | None = None
@@ -61,7 +74,7 @@ class ObjectStore:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def bucket_dir(self) -> Path:
@@ -80,7 +93,7 @@ class ObjectStore:
             "--secret",
             self.secret_key,
             "--port",
-            f"127.0.0.1:{self.port}",
+            f"{self.host}:{self.port}",
             "--access-log",
             str(self.access_log_path),
             "posix",
@@ -94,7 +107,7 @@ class ObjectStore:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"versitygw exited {self.proc.returncode}:\n{self.log_path.read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
@@ -129,6 +142,29 @@ class ObjectStore:
             "endpoint": self.endpoint,
             "region": "us-east-1",
             "path_style": True,
+        }
+
+    def job_spec(self, secret_name: str, prefix: str = "") -> dict[str, Any]:
+        """A FineTuneJob's spec.checkpoint.objectStore for this server (the key pair in Secret `secret_name`,
+        see `secret`); each run's checkpoints go under <prefix>/runs/<job uid>/."""
+        spec: dict[str, Any] = {
+            "bucket": self.bucket,
+            "endpoint": self.endpoint,
+            "region": "us-east-1",
+            "pathStyle": True,
+            "credentials": {"secretName": secret_name},
+        }
+        if prefix:
+            spec["prefix"] = prefix
+        return spec
+
+    def secret(self, name: str) -> dict[str, Any]:
+        """The Secret that `job_spec` names, with the default keys (accessKeyId, secretAccessKey)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"accessKeyId": self.access_key, "secretAccessKey": self.secret_key},
         }
 
     def objects(self, prefix: str = "") -> dict[str, int]:

@@ -4,6 +4,7 @@ lost, a kill mid-upload, the store down mid-run. Real processes, real signals, t
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -54,6 +55,9 @@ def resume_from_store(ref: Reference, config: Path, out: Path, store: ObjectStor
     assert [e["checkpoint"] for e in downloaded] == [f"checkpoint-{expect}"], proc.tail()
     chosen = named(proc, "resume_from")
     assert chosen and chosen[0]["checkpoint"] == f"checkpoint-{expect}", proc.tail()
+    # The new directory's RUN.json (and so status.startedFrom) names the store's copy it resumed from.
+    started = json.loads((out / "RUN.json").read_text())["started_from"]
+    assert started == f"s3://{store.bucket}/{PREFIX}/checkpoint-{expect}", started
     assert_same_adapter(ref.output_dir, out)
     losses = proc.losses()
     assert sorted(losses) == list(range(expect + 1, MAX_STEPS + 1))

@@ -55,6 +55,8 @@ class Attempt:
         self.run_id: str = args.run_id or ""
         self.resume: ResumePolicy | None = None
         self.store: Any = None  # spec.checkpoint.objectStore: the S3 client (main rank)
+        # The checkpoint this start downloaded from the store (name, s3:// URL): a lost volume's resume point.
+        self.fetched: tuple[str, str] | None = None
 
     def main(self) -> int:
         started = time.monotonic()
@@ -133,9 +135,13 @@ class Attempt:
         if self.args.resume == "auto":  # never / PATH: the user chose; the store only receives uploads
             from finetune_trainer import upload  # transformers: only when it is needed here
 
-            self.exits.durable_at_start = upload.fetch_newer_remote(
-                self.store, config.object_store.prefix, self.output_dir
-            )
+            store = config.object_store
+            before = ckpt.committed_checkpoints(self.output_dir)
+            self.exits.durable_at_start = upload.fetch_newer_remote(self.store, store.prefix, self.output_dir)
+            after = ckpt.committed_checkpoints(self.output_dir)
+            if after and (not before or after[0].step > before[0].step):
+                key = "/".join(part for part in (store.prefix, after[0].name) if part)
+                self.fetched = (after[0].name, f"s3://{store.bucket}/{key}")
 
     def upload_callbacks(self, config: TrainerConfig, run: Any, metrics: Any, reporter: Any) -> list[Any]:
         """CheckpointUploadCallback, after every other (callbacks.trainer_callbacks): it hands the newest
@@ -309,7 +315,10 @@ class Attempt:
         source = self.resume.source if self.resume is not None else None
         started = identity.claim_relative(resume.path) if resume is not None and source else identity.FRESH
         if resume is not None and source is None:
-            started = "(a run directory without RUN.json, adopted)"  # written before run identities existed
+            if self.fetched is not None and self.fetched[0] == resume.path.name:
+                started = self.fetched[1]  # the volume was lost: the store's copy is where this run resumes
+            else:
+                started = "(a run directory without RUN.json, adopted)"  # from before run identities
         job = config.job.model_dump() if config.job is not None else None
         self.identity = identity.RunIdentity(
             run_id=self.run_id,

@@ -109,7 +109,10 @@ def test_printer_columns_and_names() -> None:
     wide = [c["name"] for c in columns if c.get("priority")]
     # `kubectl get ftj` says why (issue 12): the reason at default priority, throughput and ETA with -o wide
     # Queue: the job's Kueue LocalQueue (label kueue.x-k8s.io/queue-name, issue 15)
-    assert default == ["Phase", "Reason", "Step", "Restarts", "Last checkpoint", "Queue", "Age"]
+    # Durable: the newest checkpoint committed in spec.checkpoint.objectStore (issue 14)
+    assert default == ["Phase", "Reason", "Step", "Restarts", "Last checkpoint", "Durable", "Queue", "Age"]
+    durable = next(c for c in columns if c["name"] == "Durable")
+    assert durable == {"name": "Durable", "type": "integer", "jsonPath": ".status.durableCheckpointStep"}
     assert {"Steps/s", "Remaining", "Message"} <= set(wide)
     assert next(c for c in columns if c["name"] == "Reason")["jsonPath"] == ".status.reason"
     assert version["subresources"] == {"status": {}}
