@@ -493,6 +493,23 @@ class CheckpointSpec(KubeModel):
             field="resumeFrom",
             check=lambda c: _relative_without_dotdot(c.resume_from),
         ),
+        CelRule(
+            cel="!has(self.ephemeralVolume) || !self.ephemeralVolume || has(self.objectStore)",
+            message="ephemeralVolume needs objectStore: an ephemeral volume goes with its pod, so the "
+            "checkpoints must live in the object store",
+            field="ephemeralVolume",
+            check=lambda c: not c.ephemeral_volume or c.object_store is not None,
+        ),
+        CelRule(
+            cel="!has(self.ephemeralVolume) || !self.ephemeralVolume || "
+            "(!has(self.existingClaimName) && !has(self.resumeFrom))",
+            message="ephemeralVolume cannot be used with existingClaimName or resumeFrom (both name a claim "
+            "that outlives the pod)",
+            field="ephemeralVolume",
+            check=lambda c: (
+                not c.ephemeral_volume or (c.existing_claim_name is None and c.resume_from is None)
+            ),
+        ),
     )
 
     volume_size: Quantity = Field(
@@ -509,6 +526,14 @@ class CheckpointSpec(KubeModel):
     )
     existing_claim_name: DnsSubdomain | None = Field(
         None, description="Use this PVC instead of creating one (never deleted)."
+    )
+    ephemeral_volume: bool = Field(
+        False,
+        description="With objectStore: the checkpoint volume is a generic ephemeral volume made with each "
+        "trainer pod and deleted with it (volumeSize, storageClassName, accessModes as for the claim), so a "
+        "replacement pod is not pinned to the zone of a disk and may land wherever capacity is; every "
+        "attempt resumes from the store's newest committed checkpoint. Put the Hugging Face cache on a "
+        "sharedClaim (or read the model from s3://), or each attempt downloads the model again.",
     )
     delete_with_job: bool = Field(
         False, description="Delete the checkpoint volume when the FineTuneJob is deleted (default: keep it)."

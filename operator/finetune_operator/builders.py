@@ -126,20 +126,40 @@ def _meta(job: FineTuneJob, uid: str, name: str, component: str, owned: bool = T
 # ---------------------------------------------------------------------------------------------- objects
 
 
-def build_pvc(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
-    """The checkpoint volume; None when the spec names an existing claim (used as is, never deleted)."""
+def has_job_claim(job: FineTuneJob) -> bool:
+    """Whether the job's checkpoints live on a claim of its own that outlives its pods (not with
+    checkpoint.ephemeralVolume: each pod gets a fresh volume)."""
+    return not job.spec.checkpoint.ephemeral_volume
+
+
+def _checkpoint_claim_spec(job: FineTuneJob) -> dict[str, Any]:
     ckpt = job.spec.checkpoint
-    if ckpt.existing_claim_name:
-        return None
-    meta = _meta(job, uid, pvc_name(job), "checkpoints", owned=ckpt.delete_with_job)
-    meta["annotations"] = {ANNOTATION_VOLUME_JOB_UID: uid}
     spec: dict[str, Any] = {
         "accessModes": [ckpt.access_mode],
         "resources": {"requests": {"storage": ckpt.volume_size}},
     }
     if ckpt.storage_class_name is not None:  # "" = no class, as in any PVC; unset = the default class
         spec["storageClassName"] = ckpt.storage_class_name
+    return spec
+
+
+def build_pvc(job: FineTuneJob, uid: str) -> dict[str, Any] | None:
+    """The checkpoint volume; None when the spec names an existing claim (used as is, never deleted) or asks
+    for an ephemeral volume (made by Kubernetes with each pod)."""
+    ckpt = job.spec.checkpoint
+    if ckpt.existing_claim_name or ckpt.ephemeral_volume:
+        return None
+    meta = _meta(job, uid, pvc_name(job), "checkpoints", owned=ckpt.delete_with_job)
+    meta["annotations"] = {ANNOTATION_VOLUME_JOB_UID: uid}
+    spec = _checkpoint_claim_spec(job)
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+def _checkpoint_volume(job: FineTuneJob) -> dict[str, Any]:
+    if job.spec.checkpoint.ephemeral_volume:  # the PVC <pod>-checkpoints, owned by the pod, goes with it
+        template = {"spec": _checkpoint_claim_spec(job)}
+        return {"name": "checkpoints", "ephemeral": {"volumeClaimTemplate": template}}
+    return {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(job)}}
 
 
 def build_service_account(job: FineTuneJob, uid: str) -> dict[str, Any]:
@@ -415,7 +435,7 @@ def build_pod(
         },
         "containers": [container],
         "volumes": [
-            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(job)}},
+            _checkpoint_volume(job),
             {"name": "config", "configMap": {"name": config_map_name(job)}},
             # Scratch only (HOME, small tool caches): a limit keeps a runaway writer from filling the node's
             # disk, which would get this and other pods evicted.

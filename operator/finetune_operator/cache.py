@@ -240,7 +240,7 @@ def cached_world(
                 return None
             nodes[pod.node_name] = node
     claim: Claim = None
-    if claim_needed((body.get("status") or {}).get("phase"), nodes):
+    if builders.has_job_claim(job) and claim_needed((body.get("status") or {}).get("phase"), nodes):
         claim = cache.claims.get((namespace, builders.pvc_name(job)))
         attempts = int((body.get("status") or {}).get("attempt") or 0)
         if claim is None and attempts > 0 and job.spec.checkpoint.object_store is not None:

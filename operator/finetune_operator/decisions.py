@@ -90,6 +90,8 @@ def volume_lost(world: World) -> bool:
     claim, checkpoint = world.claim, world.spec.checkpoint
     if checkpoint.object_store is None or checkpoint.existing_claim_name or claim is None:
         return False
+    if checkpoint.ephemeral_volume:  # a fresh volume with every pod, by design: nothing was lost
+        return False
     return world.status.attempt > 0 and (claim.deleting or not claim.exists)
 
 

@@ -592,7 +592,7 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
             nodes[pod.node_name] = views.node_view(pod.node_name, node)
     claim: dict[str, Any] | None = None
     # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
-    if claim_needed((body.get("status") or {}).get("phase"), nodes):
+    if builders.has_job_claim(job) and claim_needed((body.get("status") or {}).get("phase"), nodes):
         try:
             claim = response_json(
                 core.read_namespaced_persistent_volume_claim(

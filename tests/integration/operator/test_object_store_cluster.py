@@ -9,11 +9,14 @@ tests/harness/object_store.py) on the node address 10.89.0.1, which pods reach; 
 - The store stopped for a minute mid-run: training goes on, the uploads catch up, every checkpoint retention
   keeps is in the store, the job succeeds; the shipped FineTuneJobCheckpointUploadsFailing rule (its window
   and `for` shortened) fires and clears in a real Prometheus scraping the trainer pod.
+- checkpoint.ephemeralVolume: every pod gets a fresh volume; a pod deleted mid-run, the next resumes from
+  the store, and the final adapter (in the store) is the undisturbed run's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -143,6 +146,49 @@ def test_claim_deleted_mid_run_resumes_from_the_object_store(
         f"\nvolume lost at durable step {durable}; resumed from {resumed}; succeeded {recovered:.1f} s after "
         f"the loss; test {time.monotonic() - t0:.1f} s"
     )
+
+
+def test_ephemeral_volume_every_pod_gets_a_new_volume_and_resumes_from_the_store(
+    provider: LocalProvider, operator: OperatorProcess, store: ObjectStore
+) -> None:
+    """checkpoint.ephemeralVolume: no claim of the job's own; each trainer pod gets a fresh volume (a generic
+    ephemeral volume, deleted with the pod), so a replacement is pinned to no disk's zone. A pod deleted
+    mid-run: the next one resumes from the store and the adapter (final/, uploaded to the store) is the
+    undisturbed run's."""
+    p, t0 = provider, time.monotonic()
+    sc.apply_job(p, store_job("plain", p.trainer_image, store))
+    ephemeral = store_job("eph", p.trainer_image, store)
+    ephemeral["spec"]["checkpoint"]["ephemeralVolume"] = True
+    sc.apply_job(p, ephemeral)
+    before = sc.wait_status(
+        p,
+        "eph",
+        lambda s: (s.get("durableCheckpointStep") or 0) >= 8 and s.get("phase") == "Running",
+        180,
+        "eph: a checkpoint durable in the store",
+    )
+    victim = before["podName"]
+    first_claim = p.kube.core.read_namespaced_persistent_volume_claim(f"{victim}-checkpoints", p.namespace)
+    p.kube.core.delete_namespaced_pod(victim, p.namespace)
+
+    s = sc.assert_succeeded(p, "eph", 24)
+    assert s["attempt"] == 2 and s["restarts"]["preemption"] == 1, sc.summary(s)
+    assert s["restarts"]["error"] == 0, sc.summary(s)
+    claims = {
+        c.metadata.name: c for c in p.kube.core.list_namespaced_persistent_volume_claim(p.namespace).items
+    }
+    assert "eph-checkpoints" not in claims, sorted(claims)  # no claim of the job's own
+    second_claim = claims[f"{s['podName']}-checkpoints"]  # the pod's own, made by Kubernetes
+    assert second_claim.metadata.owner_references[0].kind == "Pod"
+    assert second_claim.spec.volume_name != first_claim.spec.volume_name
+    prefix = run_prefix(p, "eph")
+    assert s["startedFrom"].startswith(f"s3://{store.bucket}/{prefix}/checkpoint-"), sc.summary(s)
+    assert "VolumeLost" not in {e.reason for e in sc.events(p, "eph")}
+    # the trained adapter is in the store (the volume went with the pod)
+    final = (store.bucket_dir / prefix / "final" / "adapter_model.safetensors").read_bytes()
+    sc.assert_succeeded(p, "plain", 24)
+    assert hashlib.sha256(final).hexdigest() == sc.final_adapter_sha256(p, "plain")
+    print(f"\nephemeral volume: resumed from {s['startedFrom']}; test {time.monotonic() - t0:.1f} s")
 
 
 def fast_upload_rule(path: Path) -> Path:

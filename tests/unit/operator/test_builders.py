@@ -76,6 +76,33 @@ def test_existing_claim_is_used_as_is() -> None:
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared-ckpts"
 
 
+def test_ephemeral_volume_is_made_with_each_pod_and_no_claim_is_created() -> None:
+    store = {"bucket": "ckpt", "credentials": {"secretName": "s3-keys"}}
+    j = job(
+        checkpoint={
+            "ephemeralVolume": True,
+            "volumeSize": "20Gi",
+            "storageClassName": "pd-balanced",
+            "objectStore": store,
+        }
+    )
+    assert b.build_pvc(j, UID) is None and not b.has_job_claim(j)
+    (volume,) = [v for v in b.build_pod(j, UID, 2)["spec"]["volumes"] if v["name"] == "checkpoints"]
+    assert volume == {
+        "name": "checkpoints",
+        "ephemeral": {
+            "volumeClaimTemplate": {
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "20Gi"}},
+                    "storageClassName": "pd-balanced",
+                }
+            }
+        },
+    }
+    assert b.has_job_claim(job())
+
+
 def test_role_allows_only_own_status_and_posting_events() -> None:
     role = b.build_role(job(), UID)
     assert role["rules"] == [

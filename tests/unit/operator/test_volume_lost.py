@@ -65,6 +65,14 @@ def test_a_lost_claim_counts_only_with_an_object_store_after_the_job_trained_on_
     assert not volume_lost(world(st=status(observedGeneration=1), sp=store_spec(), claim=TERMINATING))
 
 
+def test_an_ephemeral_volume_is_new_with_every_pod_by_design_not_lost() -> None:
+    ephemeral = store_spec(ephemeralVolume=True)
+    assert not volume_lost(world(st=restarting(), sp=ephemeral, claim=GONE))
+    step = reconcile(world(st=restarting(), sp=ephemeral, claim=GONE))
+    assert only(step, CreatePod).attempt == 2  # the next pod at once, no VolumeLost, no wait for a claim
+    assert VOLUME_LOST not in [e.reason for e in events(step)]
+
+
 def test_with_an_object_store_the_job_waits_for_the_lost_claim_then_resumes_from_the_store() -> None:
     step = reconcile(world(st=restarting(), sp=store_spec(), claim=TERMINATING))
     assert "CreatePod" not in kinds(step) and step.requeue_seconds == CLAIM_RECHECK_SECONDS
