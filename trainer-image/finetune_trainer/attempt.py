@@ -17,19 +17,16 @@ from typing import Any
 
 from finetune_api.contract import FINAL_DIR
 from finetune_api.status import TrainerStatus
-from finetune_api.trainer_config import InvalidManifest, TrainerConfig, load_trainer_config
+from finetune_api.trainer_config import TrainerConfig, load_trainer_config
 
 from finetune_trainer import checkpoints as ckpt
 from finetune_trainer import identity, s3_inputs
 from finetune_trainer.build import ConfigError, check_static, go_offline_when_local
 from finetune_trainer.exits import ExitProtocol
-from finetune_trainer.fence import AttemptFence, Superseded
+from finetune_trainer.fence import AttemptFence
 from finetune_trainer.logs import log, set_context, startup
 from finetune_trainer.preemption import FINISHING, LOADING, Preemption
-from finetune_trainer.resume import NoIntactCheckpoint, ResumePolicy
-
-#: Endings found before training: exit at once with their code (exits.ExitProtocol.failed).
-START_ERRORS = (Superseded, InvalidManifest, ConfigError, NoIntactCheckpoint)
+from finetune_trainer.resume import ResumePolicy
 
 
 class Attempt:
@@ -69,10 +66,8 @@ class Attempt:
                 return self.exits.completed(final)
             assert self.resume is not None
             candidate = self.resume.choose()
-        except START_ERRORS as error:
-            return self.exits.failed(error)
-        except Exception as error:  # e.g. the object store unreachable at start: exit 1 with its message
-            return self.exits.failed(error)
+        except Exception as error:  # config, fence, no intact checkpoint, the store unreachable, ...
+            return self.exits.failed(error)  # each its exit code (ExitProtocol.failed), with its message
         startup.mark("config")
         log(
             "config_loaded",
