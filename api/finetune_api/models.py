@@ -826,7 +826,8 @@ class EnvVar(KubeModel):
 S3_SCHEME = "s3://"
 
 
-def _is_s3(value: str | None) -> bool:
+def is_s3(value: str | None) -> bool:
+    """An s3:// input (the trainer fetches it into the Hugging Face cache: finetune_trainer.s3_inputs)."""
     return value is not None and value.startswith(S3_SCHEME)
 
 
@@ -877,7 +878,7 @@ class FineTuneJobSpec(KubeModel):
             message=f"an {S3_SCHEME} model is read with spec.checkpoint.objectStore's endpoint, region and "
             "credentials: set checkpoint.objectStore",
             field="model.name_or_path",
-            check=lambda s: not _is_s3(s.model.name_or_path) or s.checkpoint.object_store is not None,
+            check=lambda s: not is_s3(s.model.name_or_path) or s.checkpoint.object_store is not None,
         ),
         CelRule(
             cel=f"!has(self.dataset.path) || !self.dataset.path.startsWith('{S3_SCHEME}') "
@@ -885,7 +886,7 @@ class FineTuneJobSpec(KubeModel):
             message=f"an {S3_SCHEME} dataset is read with spec.checkpoint.objectStore's endpoint, region and "
             "credentials: set checkpoint.objectStore",
             field="dataset.path",
-            check=lambda s: not _is_s3(s.dataset.path) or s.checkpoint.object_store is not None,
+            check=lambda s: not is_s3(s.dataset.path) or s.checkpoint.object_store is not None,
         ),
         CelRule(
             cel="!self.training.load_best_model_at_end || has(self.dataset.eval_split) "

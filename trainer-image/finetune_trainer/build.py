@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from finetune_api.models import is_s3
 from finetune_api.trainer_config import TrainerConfig
 
 from finetune_trainer.logs import log, startup
@@ -24,16 +25,8 @@ class ConfigError(Exception):
     """The config cannot work (exit 78): one line naming the field and the problem."""
 
 
-S3_SCHEME = "s3://"
-
-
 def looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
-
-
-def is_s3(value: str | None) -> bool:
-    """An s3:// input (finetune_trainer.s3_inputs fetches it into the Hugging Face cache)."""
-    return value is not None and value.startswith(S3_SCHEME)
 
 
 class HubUnavailable(Exception):
@@ -156,13 +149,8 @@ def check_static(config: TrainerConfig) -> None:
         path = Path(data.path).expanduser()
         if not path.exists():
             raise ConfigError(f"dataset.path: {data.path} does not exist")
-        if path.is_file() and path.suffix not in _DATA_BUILDERS:
-            raise ConfigError(
-                f"dataset.path: unsupported file type {path.suffix!r} "
-                f"(use {', '.join(sorted(_DATA_BUILDERS))})"
-            )
-        if path.is_file() and _is_blank(path):
-            raise ConfigError(f"dataset.path: {data.path} is empty (no rows)")
+        if path.is_file():
+            check_data_file(path, data.path)
     if data.examples is not None:
         field = data.text_field if data.format == "text" else data.messages_field
         for i, example in enumerate(data.examples):
@@ -170,6 +158,18 @@ def check_static(config: TrainerConfig) -> None:
                 raise ConfigError(
                     f"dataset.examples[{i}]: has no field {field!r} (dataset.{data.format}_field)"
                 )
+
+
+def check_data_file(path: Path, shown: str) -> None:
+    """A dataset file the loaders can read: a known type, not empty. `shown`: how dataset.path named it
+    (a local path, or the s3:// URI it was fetched from)."""
+    if path.suffix not in _DATA_BUILDERS:
+        raise ConfigError(
+            f"dataset.path: {shown}: unsupported file type {path.suffix!r} "
+            f"(use {', '.join(sorted(_DATA_BUILDERS))})"
+        )
+    if _is_blank(path):
+        raise ConfigError(f"dataset.path: {shown} is empty (no rows)")
 
 
 def _is_blank(path: Path) -> bool:

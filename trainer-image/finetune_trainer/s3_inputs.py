@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune_api.models import S3_SCHEME, is_s3
 from finetune_api.trainer_config import ObjectStoreConfig, TrainerConfig
 
 from finetune_trainer import checkpoints as ckpt
-from finetune_trainer.build import _DATA_BUILDERS, S3_SCHEME, ConfigError, _is_blank, is_s3
+from finetune_trainer.build import _DATA_BUILDERS, ConfigError, check_data_file
 from finetune_trainer.logs import log
 
 #: Streamed in chunks of this size: a multi-GB model never sits in memory whole.
@@ -396,12 +397,7 @@ def fetch_inputs(config: TrainerConfig, hf_home: Path) -> tuple[TrainerConfig, l
                 raise ConfigError(f"model.name_or_path: {raw}: no config.json under it (not a saved model)")
             model = model.model_copy(update={"name_or_path": str(done.local)})
         else:
-            if done.local.is_file() and done.local.suffix not in _DATA_BUILDERS:
-                raise ConfigError(
-                    f"dataset.path: {raw}: unsupported file type {done.local.suffix!r} "
-                    f"(use {', '.join(sorted(_DATA_BUILDERS))})"
-                )
-            if done.local.is_file() and _is_blank(done.local):
-                raise ConfigError(f"dataset.path: {raw} is empty (no rows)")
+            if done.local.is_file():
+                check_data_file(done.local, raw)
             dataset = dataset.model_copy(update={"path": str(done.local)})
     return config.model_copy(update={"model": model, "dataset": dataset}), fetched
