@@ -13,7 +13,7 @@ from finetune_operator.cache import WatchCache, cached_world
 from finetune_operator.decisions import CLAIM_RECHECK_SECONDS, VOLUME_LOST, reconcile, volume_lost
 from finetune_operator.views import ClaimView
 
-from tests.unit.operator.decision_helpers import NOW, kinds, only, pod, spec, status, world
+from tests.unit.operator.decision_helpers import NOW, kinds, only, pod, running_status, spec, status, world
 
 STORE = {
     "bucket": "checkpoints",
@@ -132,15 +132,7 @@ def test_without_an_object_store_a_deleted_claim_is_handled_as_before() -> None:
 
 
 def test_the_pod_deleted_with_its_claim_spends_the_preemption_budget_not_the_error_budget() -> None:
-    running = status(
-        observedGeneration=1,
-        phase="Running",
-        attempt=1,
-        podName="job-1",
-        step=14,
-        lastCheckpointStep=12,
-        durableCheckpointStep=12,
-    )
+    running = running_status(step=14, lastCheckpointStep=12, durableCheckpointStep=12)
     ended = pod("job-1", exit_code=75, deleted=True, message={"reason": "Preempted", "checkpoint_step": 14})
     step = reconcile(world(st=running, pods=[ended], sp=store_spec(), claim=TERMINATING))
     decided = only(step, Decided)
