@@ -18,6 +18,7 @@ bucket), so a test can see exactly what reached the store. `object_store` is the
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -175,6 +176,14 @@ class ObjectStore:
             for p in sorted(base.rglob("*"))
             if p.is_file() and str(p.relative_to(base)).startswith(prefix)
         }
+
+    def committed_steps(self, prefix: str) -> list[int]:
+        """Steps of the checkpoints directly under `prefix` whose remote commit marker is stored."""
+        found = (
+            re.fullmatch(rf"{re.escape(prefix)}/checkpoint-(\d+)/COMMITTED\.json", key)
+            for key in self.objects(prefix)
+        )
+        return sorted(int(m[1]) for m in found if m)
 
     def requests(self) -> list[tuple[str, str, int]]:
         """Every request the server logged so far, as (operation, key, HTTP status), e.g.

@@ -34,14 +34,6 @@ def env(store: ObjectStore, **extra: str) -> dict[str, str]:
     return base_env(**store.env(), NO_PROXY="127.0.0.1", **extra)
 
 
-def remote_committed(store: ObjectStore) -> list[int]:
-    return sorted(
-        int(key.split("/")[-2].split("-")[1])
-        for key in store.objects(PREFIX)
-        if key.endswith("/COMMITTED.json") and key.split("/")[-2].startswith("checkpoint-")
-    )
-
-
 def named(proc: Proc, event: str) -> list[dict[str, Any]]:
     return [e for e in proc.events() if e.get("event") == event]
 
@@ -63,7 +55,7 @@ def resume_from_store(ref: Reference, config: Path, out: Path, store: ObjectStor
     assert sorted(losses) == list(range(expect + 1, MAX_STEPS + 1))
     assert {s: ref.losses[s] for s in losses} == losses, "losses after the resume point differ"
     assert proc.termination()["durable_checkpoint"] == f"checkpoint-{MAX_STEPS}"
-    assert remote_committed(store)[-1] == MAX_STEPS
+    assert store.committed_steps(PREFIX)[-1] == MAX_STEPS
     # the trained adapter outlives the volume too: final/ in the store, every file as on the volume
     assert proc.termination()["durable_final"] == "final"
     local = {
@@ -87,8 +79,8 @@ def test_sigterm_uploads_within_the_deadline_and_a_lost_volume_resumes_from_the_
     stopped = term["checkpoint_step"]
     # The emergency checkpoint was committed locally and uploaded before the exit: it is the durable one.
     assert term["durable_checkpoint"] == term["checkpoint"] == f"checkpoint-{stopped}", term
-    assert remote_committed(object_store)[-1] == stopped
-    assert len(remote_committed(object_store)) <= 2  # remote retention (save_total_limit 2)
+    assert object_store.committed_steps(PREFIX)[-1] == stopped
+    assert len(object_store.committed_steps(PREFIX)) <= 2  # remote retention (save_total_limit 2)
     uploaded = named(proc, "checkpoint_uploaded")
     assert all(e["bytes"] > 0 and e["seconds"] >= 0 for e in uploaded), uploaded
     # Every file of the marker is in the store with the committed size.
@@ -110,7 +102,7 @@ def test_a_kill_mid_upload_leaves_nothing_that_is_used(
     torn = named(proc, "fault_injection_upload_kill")[0]["checkpoint"]
     keys = object_store.objects(f"{PREFIX}/{torn}/")
     assert keys and f"{PREFIX}/{torn}/COMMITTED.json" not in keys, keys
-    newest = remote_committed(object_store)[-1]
+    newest = object_store.committed_steps(PREFIX)[-1]
     assert int(torn.split("-")[1]) > newest
     resume_from_store(reference, config, out, object_store, newest)
 
@@ -131,5 +123,5 @@ def test_the_store_down_mid_run_delays_uploads_and_never_fails_training(
     assert proc.wait() == 0, proc.tail()
     assert steps_while_down > 0, "training waited for the store"
     assert proc.termination()["durable_checkpoint"] == f"checkpoint-{MAX_STEPS}"
-    assert remote_committed(object_store)[-1] == MAX_STEPS
+    assert object_store.committed_steps(PREFIX)[-1] == MAX_STEPS
     assert_same_adapter(reference.output_dir, out)

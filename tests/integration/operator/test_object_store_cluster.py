@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -61,14 +60,6 @@ def store_job(name: str, image: str, store: ObjectStore, **spec: Any) -> dict[st
 
 def run_prefix(p: LocalProvider, name: str) -> str:
     return f"{PREFIX}/runs/{sc.get_job(p, name)['metadata']['uid']}"
-
-
-def remote_committed(store: ObjectStore, prefix: str) -> list[int]:
-    """Steps of the checkpoints whose remote commit marker is in the store (read from its directory)."""
-    found = (
-        re.fullmatch(rf"{re.escape(prefix)}/checkpoint-(\d+)/COMMITTED\.json", k) for k in store.objects()
-    )
-    return sorted(int(m[1]) for m in found if m)
 
 
 def claim_dir(p: LocalProvider, claim: str) -> Path:
@@ -136,7 +127,7 @@ def test_claim_deleted_mid_run_resumes_from_the_object_store(
     assert s["startedFrom"] == f"s3://{store.bucket}/{prefix}/{resumed}", sc.summary(s)
     chosen = trainer_events(p, s["podName"], "resume_from")
     assert chosen and chosen[0]["checkpoint"] == resumed, chosen
-    assert s["durableCheckpointStep"] == 24 and remote_committed(store, prefix)[-1] == 24
+    assert s["durableCheckpointStep"] == 24 and store.committed_steps(prefix)[-1] == 24
     assert sc.printer_columns(p, "lost").get("DURABLE") == "24"  # kubectl get ftj: the Durable column
 
     reference = sc.assert_succeeded(p, "undisturbed", 24)
@@ -285,7 +276,7 @@ def test_object_store_down_for_a_minute_training_goes_on_and_uploads_catch_up(
         # Caught up, nothing lost: every checkpoint retention keeps locally is committed in the store.
         prefix = run_prefix(p, job)
         assert s["durableCheckpointStep"] == steps, sc.summary(s)
-        local, remote = local_committed(p, job), remote_committed(store, prefix)
+        local, remote = local_committed(p, job), store.committed_steps(prefix)
         assert local == remote and remote[-1] == steps, (local, remote)
         # The series the alert reads, scraped from the trainer pod: up during the outage, flat from shortly
         # after the store is back; the durable step flat during the outage, then up to the last step.
