@@ -152,9 +152,10 @@ bud_once() {
 }
 
 # --- import into the node's containerd, sending only the blobs it lacks --------------------------
-import_image() {
-  local image=$1 layout start=$SECONDS
-  [[ -S $CTRD_SOCK ]] || { log "node not up: $image built but not imported (run hack/cluster.sh up, then images)"; return 0; }
+# The image as an OCI layout in the cache: what both the local node and the kind nodes
+# (hack/kind.sh load) import from.
+write_layout() {
+  local image=$1 layout
   layout=$IMAGES_CACHE/oci/${image//[\/:]/_}
   mkdir -p "$layout"
   # skopeo, not `buildah push`: buildah re-exports and gzips every layer on each push (2.5 min for the
@@ -162,6 +163,13 @@ import_image() {
   # blob's digest is its diffID) and skips the blobs the layout already has.
   skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
     "containers-storage:[overlay@$BUILDAH_ROOT+$BUILDAH_RUNROOT]$image" "oci:$layout:$image" >/dev/null
+}
+
+import_image() {
+  local image=$1 layout start=$SECONDS
+  write_layout "$image"
+  [[ -S $CTRD_SOCK ]] || { log "node not up: $image built but not imported (run hack/cluster.sh up, then images)"; return 0; }
+  layout=$IMAGES_CACHE/oci/${image//[\/:]/_}
   local have
   have=$(ctr --address "$CTRD_SOCK" -n k8s.io content ls -q 2>/dev/null || true)
   python3 "$here/oci_delta.py" --layout "$layout" --ref "$image" --have <(printf '%s\n' "$have") \
@@ -199,7 +207,7 @@ main() {
   build_base
   if [[ $what == trainer || $what == all ]]; then
     build_dockerfile trainer trainer-image/Dockerfile "localhost/finetune-trainer:$TAG"
-    ((import)) && import_image "localhost/finetune-trainer:$TAG"
+    if ((import)); then import_image "localhost/finetune-trainer:$TAG"; else write_layout "localhost/finetune-trainer:$TAG"; fi
   fi
   if [[ $what == tiny || $what == all ]]; then
     # The demo/test image: the trainer + the tiny offline model, one small layer (cached) on top. Built
@@ -207,11 +215,11 @@ main() {
     EXTRA_BUILD_ARGS=(--build-arg "TRAINER_IMAGE=localhost/finetune-trainer:$TAG")
     build_dockerfile tiny trainer-image/Dockerfile.tiny "localhost/finetune-trainer:tiny"
     EXTRA_BUILD_ARGS=()
-    ((import)) && import_image "localhost/finetune-trainer:tiny"
+    if ((import)); then import_image "localhost/finetune-trainer:tiny"; else write_layout "localhost/finetune-trainer:tiny"; fi
   fi
   if [[ $what == operator || $what == all ]]; then
     build_dockerfile operator operator/Dockerfile "localhost/finetune-operator:$TAG"
-    ((import)) && import_image "localhost/finetune-operator:$TAG"
+    if ((import)); then import_image "localhost/finetune-operator:$TAG"; else write_layout "localhost/finetune-operator:$TAG"; fi
   fi
   log "images done in $((SECONDS - start)) s"
 }
