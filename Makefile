@@ -1,8 +1,11 @@
 # Two commands for a newcomer: `make demo` (a real fine-tune that is preempted and resumes) and `make test`.
-.PHONY: test demo crd observability lint clean-cluster
+.PHONY: test e2e demo crd observability lint clean-cluster
 
 test:  ## set up what is missing (cached), lint, run every test
 	hack/test.sh $(ARGS)
+
+e2e:  ## the whole kind e2e suite on a kind cluster built here (hack/kind.sh; needs hack/cluster.sh build, images)
+	hack/e2e.sh $(ARGS)
 
 demo:  ## build what is missing (cached), start the local cluster, run the preemption demo
 	hack/demo.sh

@@ -6,6 +6,7 @@
 #   make test                      # everything
 #   make test ARGS='-m "not cluster"'   # no cluster (pytest arguments pass through)
 #   FTO_KEEP_CLUSTER=1 make test   # leave a cluster this run started up afterwards
+#   FTO_KIND=off make test         # without the kind e2e subset (hack/e2e.sh --quick) at the end
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -55,7 +56,7 @@ if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 && ${FTO_TEST_SERIAL:-0} != 1 
   # kubelet and the operator, which the tests without a cluster (unit, trainer processes) fill. They share
   # nothing but the CPU. The second run's output is printed when both are done. FTO_TEST_SERIAL=1: one run.
   beside=$(mktemp -t fto-tests-no-cluster.XXXXXX.log)
-  .venv/bin/python -m pytest --durations=15 -p no:cacheprovider -m "not cluster" >"$beside" 2>&1 &
+  .venv/bin/python -m pytest --durations=15 -p no:cacheprovider -m "not cluster and not kind" >"$beside" 2>&1 &
   beside_pid=$!
   cluster_rc=0
   .venv/bin/python -m pytest --durations=20 -m cluster || cluster_rc=$?
@@ -77,4 +78,12 @@ if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 ]]; then
   step "Cluster teardown leaves no process, mount or rule behind (then up again)"
   FTO_TEST_DOWN=1 .venv/bin/python -m pytest -q -p no:randomly \
     tests/integration/test_cluster_harness.py -k test_down_leaves_no_process_or_mount_then_up_again
+fi
+
+if [[ ${FTO_CLUSTER:-off} == existing && $# -eq 0 && ${FTO_KIND:-on} != off ]]; then
+  # Last: a kind cluster of three real nodes (kind-config.yaml) on a private Docker engine, the kind
+  # subset of tests/e2e on it, then everything removed and the host compared with before (hack/e2e.sh;
+  # `make e2e` runs the whole kind suite). FTO_KIND=off skips it.
+  step "kind e2e subset (hack/e2e.sh --quick)"
+  FTO_IMAGES_FRESH=1 hack/e2e.sh --quick
 fi

@@ -1,8 +1,9 @@
-"""kind e2e fixtures. Everything here is skipped, with the reason, where Docker or kind is missing (no
-machine of this project has Docker). The scenarios and the in-cluster provider they run with are the same
-code the local-cluster suites run on every CI run (tests/integration/chart/test_chart_cluster.py).
+"""kind e2e fixtures. Everything here is skipped, with the reason, where Docker or kind is missing. The
+scenarios and the in-cluster provider they run with are the same code the local-cluster suites run
+(tests/integration/chart/test_chart_cluster.py).
 
-    .venv/bin/pytest tests/e2e -m kind -v        # FTO_KIND_KEEP=1 keeps the cluster afterwards
+    make e2e                                     # here: hack/kind.sh builds, starts, loads, then pytest
+    .venv/bin/pytest tests/e2e -m kind -v        # stock Docker + kind; FTO_KIND_KEEP=1 keeps the cluster
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from tests.e2e.chart_operator import (
     delete_namespace,
     helm_binary,
 )
-from tests.e2e.kind import OPERATOR_IMAGE, TINY_IMAGE, TRAINER_IMAGE, KindCluster, why_not_available
+from tests.e2e.kind import (
+    IMAGES_LOADED,
+    OPERATOR_IMAGE,
+    TINY_IMAGE,
+    TRAINER_IMAGE,
+    KindCluster,
+    why_not_available,
+)
 from tests.harness.kube import Kube
 
 # The kind nodes carry the control-plane taint; the operator runs there, away from the workers the
@@ -48,8 +56,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def kind_cluster() -> Iterator[KindCluster]:
     cluster = KindCluster()
     cluster.create()
-    KindCluster.build_images()
-    cluster.load_images(OPERATOR_IMAGE, TRAINER_IMAGE, TINY_IMAGE)
+    if not IMAGES_LOADED:
+        KindCluster.build_images()
+        cluster.load_images(OPERATOR_IMAGE, TRAINER_IMAGE, TINY_IMAGE)
     yield cluster
     if cluster.created_here and os.environ.get("FTO_KIND_KEEP") != "1":
         cluster.delete()

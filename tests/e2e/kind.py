@@ -1,5 +1,12 @@
 """A kind cluster from kind-config.yaml, where Docker and kind exist: create, load images, read volumes,
 pause a node. Everything here shells out to `docker` and `kind`; nothing runs where they are missing.
+
+Two ways to get the cluster and its images:
+- on this project's machines (no registry): `hack/kind.sh build/up/load` builds the node image, creates
+  the cluster on a private Docker engine and streams the project's images into the nodes; the tests run
+  with `FTO_KIND_IMAGES=loaded` and that engine's DOCKER_HOST (`hack/kind.sh env`), as `make test` does;
+- with stock Docker, kind and internet: the fixture creates the cluster from kind-config.yaml, builds the
+  images with `docker build` and `kind load`s them (README, "kind e2e suite").
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ OPERATOR_IMAGE = os.environ.get("FTO_KIND_OPERATOR_IMAGE", "localhost/finetune-o
 TRAINER_IMAGE = os.environ.get("FTO_KIND_TRAINER_IMAGE", "localhost/finetune-trainer:dev")
 TINY_IMAGE = os.environ.get("FTO_KIND_TINY_IMAGE", "localhost/finetune-trainer:tiny")
 TINY_CONTAINERFILE = REPO_ROOT / "trainer-image" / "Dockerfile.tiny"
+# "loaded": hack/kind.sh load has put the images into the nodes already (nothing to build or load here)
+IMAGES_LOADED = os.environ.get("FTO_KIND_IMAGES") == "loaded"
 
 
 def why_not_available() -> str | None:
@@ -31,7 +40,7 @@ def why_not_available() -> str | None:
         detail = ((r.stderr or r.stdout).strip().splitlines() or ["docker info failed"])[-1]
         return f"no Docker engine reachable: {detail}"
     if shutil.which("kind") is None:
-        return "kind not found (go install sigs.k8s.io/kind@latest)"
+        return "kind not found (hack/kind.sh build, or go install sigs.k8s.io/kind@latest)"
     return None
 
 

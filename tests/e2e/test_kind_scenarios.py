@@ -58,7 +58,8 @@ def test_application_error_budget(kind_provider: InClusterProvider) -> None:
 
 
 def test_operator_pod_killed(kind_provider: InClusterProvider) -> None:
-    sc.operator_restarts(kind_provider)
+    # 96 steps: with 48 the job finished while the chart's operator pod was coming back (see the scenario)
+    sc.operator_restarts(kind_provider, steps=96)
 
 
 def test_invalid_spec(kind_provider: InClusterProvider) -> None:

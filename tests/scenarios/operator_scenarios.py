@@ -444,12 +444,14 @@ def app_error_budget(p: Provider, name: str = "apperror") -> dict[str, Any]:
     return s
 
 
-def operator_restarts(p: Provider, name: str = "oprestart") -> dict[str, Any]:
+def operator_restarts(p: Provider, name: str = "oprestart", steps: int = 48) -> dict[str, Any]:
     """Kill the operator mid-job, and again between a pod's end and its replacement: no duplicate pod,
-    no lost or doubled counter."""
-    # 48 steps: after checkpoint 8 the trainer must still be running when the operator stops and its pod is
-    # deleted (with 24 steps of 0.3 s it could finish first, once pods were no longer throttled to 0.3 CPU).
-    apply_job(p, tiny_job(name, p.trainer_image, steps=48, step_sleep=0.3))
+    no lost or doubled counter.
+
+    `steps`: after checkpoint 8 the trainer must still be running when the operator stops and its pod is
+    deleted. 48 steps of 0.3 s are enough for an operator process (with 24 the job could finish first); an
+    in-cluster operator pod takes ~15 s to come back (readiness probe), and kind runs this with 96."""
+    apply_job(p, tiny_job(name, p.trainer_image, steps=steps, step_sleep=0.3))
     wait_checkpoint(p, name, 4)
     p.restart_operator(kill=True)  # mid-job
     s = wait_checkpoint(p, name, 8)
@@ -458,7 +460,7 @@ def operator_restarts(p: Provider, name: str = "oprestart") -> dict[str, Any]:
     p.kube.core.delete_namespaced_pod(s["podName"], p.namespace)
     time.sleep(6)  # the trainer saves and exits; the pod object stays (our finalizer) until recorded
     p.start_operator()
-    s = assert_succeeded(p, name, 48)
+    s = assert_succeeded(p, name, steps)
     assert s["restarts"]["preemption"] == 1 and s["restartsTotal"] == 1 and s["attempt"] == 2, summary(s)
     seen = {pod.metadata.name for pod in pods(p, name)}
     assert seen == {f"{name}-2"}, seen
