@@ -21,6 +21,15 @@ go_env() {
   PATH=/usr/local/go/bin:$PATH
 }
 
+# The Debian mirror apt already uses (so we name no host here): for debootstrap (hack/images, hack/kind).
+debian_mirror() {
+  local uri
+  uri=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    grep -v security | head -1 | awk '{print $2}' || true)
+  [[ -n $uri ]] || die "cannot find a Debian mirror in /etc/apt sources"
+  echo "$uri"
+}
+
 ts() { date +%H:%M:%S; }
 log() { printf '[%s] %s\n' "$(ts)" "$*" >&2; }
 die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }

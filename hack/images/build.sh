@@ -30,15 +30,6 @@ BASE_RECIPE=1
 
 bah() { buildah --root "$BUILDAH_ROOT" --runroot "$BUILDAH_RUNROOT" --storage-driver overlay "$@"; }
 
-# The Debian mirror apt already uses (so we name no host here).
-debian_mirror() {
-  local uri
-  uri=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
-    grep -v security | head -1 | awk '{print ($1 == "deb") ? $2 : $2}')
-  [[ -n $uri ]] || die "cannot find a Debian mirror in /etc/apt sources"
-  echo "$uri"
-}
-
 # --- base image --------------------------------------------------------------------------------
 build_base() {
   require_cmds debootstrap buildah

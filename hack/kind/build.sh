@@ -121,17 +121,18 @@ PY
 # Image labels record what an image was built from, so a changed input rebuilds it and nothing else.
 image_key() { docker image inspect -f '{{index .Config.Labels "fto.key"}}' "$1" 2>/dev/null || true; }
 
+# Bump ROOTFS_RECIPE when changing how the rootfs is made (it is part of the cache key with the packages).
+ROOTFS_RECIPE=1
 ROOTFS_PACKAGES=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,e2fsprogs,containerd,runc,containernetworking-plugins,busybox-static,iputils-ping
 
 # Step 1: the node's root filesystem, debootstrap from the Debian mirror apt already uses (a cached tar).
 build_rootfs() {
   local key tar
-  key=$(printf '%s\n' "$ROOTFS_PACKAGES" "$(declare -f build_rootfs)" | sha256sum | cut -c1-16)
+  key=$(printf '%s\n' "$ROOTFS_RECIPE" "$ROOTFS_PACKAGES" | sha256sum | cut -c1-16)
   tar=$KIND_CACHE/rootfs-bookworm-$key.tar
   if [[ ! -s $tar ]]; then
     local root start=$SECONDS mirror
-    mirror=$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -v security | head -1 | awk '{print $2}' || true)
-    [[ -n $mirror ]] || die "cannot find a Debian mirror in /etc/apt sources"
+    mirror=$(debian_mirror)
     root=$(mktemp -d "$KIND_CACHE/rootfs.XXXXXX")
     log "debootstrap bookworm for the kind node (minbase + $ROOTFS_PACKAGES) ..."
     nice -n 10 debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" bookworm "$root" "$mirror" \
