@@ -29,9 +29,12 @@ if [[ ${FTO_IMAGES_FRESH:-0} != 1 ]]; then  # make test has just done all of thi
 fi
 step "kind tools (Debian's docker.io) and node image (hack/kind.sh tools, build: cached; cold ≈ 15 min)"
 hack/kind.sh tools
-hack/kind.sh build
+# The host is recorded before the engine starts (build starts it), so that a leftover of an earlier run
+# cannot hide what this one leaves: such a leftover is removed first.
+[[ ${FTO_KIND_KEEP:-0} == 1 ]] || hack/kind.sh down >/dev/null
 before=$(mktemp -t fto-kind-host-before.XXXXXX)
 hack/kind/hoststate.sh >"$before"
+hack/kind.sh build
 if [[ ${FTO_KIND_KEEP:-0} != 1 ]]; then
   trap 'step "Delete the kind cluster and stop its engine (hack/kind.sh down)"; hack/kind.sh down' EXIT
 fi
