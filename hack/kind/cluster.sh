@@ -19,7 +19,6 @@ kind_config() {
 
 kind_up() {
   require_root
-  record_host_paths
   engine_up
   [[ $(image_key "$NODE_IMAGE") ]] || die "no node image: run hack/kind.sh build first"
   if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then

@@ -26,6 +26,7 @@ kind_tools() {
 engine_up() {
   require_root
   require_cmds dockerd containerd
+  docker_up || record_host_paths
   mkdir -p "$DOCKER_ROOT" "$KIND_STATE/exec" "$KIND_STATE/containerd" "$KIND_STATE/logs"
   if ! ctr --address "$ENGINE_CONTAINERD_SOCK" version >/dev/null 2>&1; then
     cat >"$KIND_STATE/containerd/config.toml" <<TOML
@@ -127,10 +128,13 @@ remove_node_cgroups() {
   done
 }
 
-# Paths that do not exist before the engine's first start, so `down` knows which ones it may remove.
+# The host paths that exist before the engine first starts (engine_up), so `down` knows which of them the
+# engine or kind made and may remove.
 record_host_paths() {
   mkdir -p "$KIND_STATE"
   [[ -f $KIND_STATE/host-paths-before ]] && return 0
   local p
-  for p in /lib/modules /run/docker /run/containerd; do [[ -e $p ]] && echo "$p"; done >"$KIND_STATE/host-paths-before"
+  for p in /lib/modules /run/docker /run/containerd; do
+    if [[ -e $p ]]; then echo "$p"; fi
+  done >"$KIND_STATE/host-paths-before"
 }

@@ -20,6 +20,6 @@ for t in iptables-nft-save iptables-legacy-save ip6tables-nft-save ip6tables-leg
 done
 section sysctl; sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding 2>/dev/null
 section cgroups; for c in /sys/fs/cgroup/*/; do find "$c" -mindepth 1 -maxdepth 1 -type d | sort; done
-section processes; pgrep -a 'dockerd|containerd-shim|kindnetd|kubelet' | grep -v -e "$$" | awk '{$1=""; print}' | grep finetune-operator/kind | sort
+section processes; pgrep -af 'dockerd|containerd' | awk '{$1=""; print}' | grep -e finetune-operator/kind -e finetune-kind | sort
 section paths; ls -d /lib/modules /run/docker /run/containerd /etc/docker/key.json /var/run/docker.sock 2>/dev/null
 exit 0
