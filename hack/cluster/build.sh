@@ -22,12 +22,8 @@ go_build_progress() {
 }
 
 build_k8s() {
-  local version=$K8S_VERSION minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  # Without these the binaries say v0.0.0 and the kubelet/kubectl version-skew checks misbehave.
-  local pkg=k8s.io/component-base/version
-  local ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  local c
+  local version=$K8S_VERSION ldflags c
+  ldflags=$(k8s_ldflags)
   for c in "${K8S_COMPONENTS[@]}"; do
     [[ -x $BIN_DIR/$c ]] && { log "$c $version: cached"; continue; }
     (cd "$CLUSTER_DIR/k8s" && CGO_ENABLED=0 go_build_progress "$c $version" "$BIN_DIR/$c" \

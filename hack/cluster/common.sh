@@ -30,6 +30,18 @@ debian_mirror() {
   echo "$uri"
 }
 
+# Where `hack/cluster.sh images` keeps an image as an OCI layout: what the local node and the kind nodes
+# (hack/kind.sh load) import from.
+oci_layout() { echo "$FTO_CACHE/images/oci/${1//[\/:]/_}"; }
+
+# -ldflags for a Kubernetes command: without the version the binaries say v0.0.0 and the kubelet/kubectl
+# version-skew checks misbehave (hack/cluster.sh build; hack/kind.sh build for kubeadm, kube-proxy, kubectl).
+k8s_ldflags() {
+  local minor=${K8S_VERSION#v1.} pkg=k8s.io/component-base/version
+  minor=${minor%%.*}
+  echo "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+}
+
 ts() { date +%H:%M:%S; }
 log() { printf '[%s] %s\n' "$(ts)" "$*" >&2; }
 die() { printf 'cluster: %s\n' "$*" >&2; exit 1; }

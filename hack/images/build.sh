@@ -143,11 +143,10 @@ bud_once() {
 }
 
 # --- import into the node's containerd, sending only the blobs it lacks --------------------------
-# The image as an OCI layout in the cache: what both the local node and the kind nodes
-# (hack/kind.sh load) import from.
+# The image as an OCI layout in the cache (oci_layout): what the local node and the kind nodes import from.
 write_layout() {
   local image=$1 layout
-  layout=$IMAGES_CACHE/oci/${image//[\/:]/_}
+  layout=$(oci_layout "$image")
   mkdir -p "$layout"
   # skopeo, not `buildah push`: buildah re-exports and gzips every layer on each push (2.5 min for the
   # trainer even when nothing changed); skopeo reads the stored layers, keeps them uncompressed (so a
@@ -160,7 +159,7 @@ import_image() {
   local image=$1 layout start=$SECONDS
   write_layout "$image"
   [[ -S $CTRD_SOCK ]] || { log "node not up: $image built but not imported (run hack/cluster.sh up, then images)"; return 0; }
-  layout=$IMAGES_CACHE/oci/${image//[\/:]/_}
+  layout=$(oci_layout "$image")
   local have
   have=$(ctr --address "$CTRD_SOCK" -n k8s.io content ls -q 2>/dev/null || true)
   python3 "$here/oci_delta.py" --layout "$layout" --ref "$image" --have <(printf '%s\n' "$have") \

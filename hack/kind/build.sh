@@ -66,10 +66,8 @@ build_go_tools() {
 build_k8s_extra() {
   ( go_env
     renice -n 10 -p "$BASHPID" >/dev/null
-    local src=$KIND_CACHE/src/k8s minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-    local pkg=k8s.io/component-base/version
-    local ld="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    local src=$KIND_CACHE/src/k8s ld
+    ld=$(k8s_ldflags)
     mkdir -p "$src"
     cp "$CLUSTER_DIR/k8s/go.mod" "$CLUSTER_DIR/k8s/go.sum" "$src/"
     sed -i 's|^module .*|module fto-kind/k8s|' "$src/go.mod"

@@ -3,7 +3,6 @@
 
 OPERATOR_IMAGE=${FTO_KIND_OPERATOR_IMAGE:-localhost/finetune-operator:dev}
 TRAINER_IMAGE=${FTO_KIND_TINY_IMAGE:-localhost/finetune-trainer:tiny}
-OCI_LAYOUTS=$FTO_CACHE/images/oci
 
 # kind-config.yaml, plus what this host needs: kubelet >= 1.35 refuses cgroup v1 unless told not to.
 kind_config() {
@@ -47,7 +46,7 @@ pool_node() {
 # snapshots are what containers run from, and keeping both would double the 6.5 GB trainer on the node.
 import_into() {
   local node=$1 image=$2 layout start=$SECONDS have
-  layout=$OCI_LAYOUTS/${image//[\/:]/_}
+  layout=$(oci_layout "$image")
   [[ -f $layout/index.json ]] || die "$image is not built: run hack/cluster.sh images"
   have=$(mktemp)
   docker exec "$node" sh -c 'ctr -n k8s.io content ls -q; cat /var/lib/fto-discarded-layers 2>/dev/null || true' >"$have"
