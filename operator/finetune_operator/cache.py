@@ -10,8 +10,9 @@ and its pods come on separate watch streams with no order between them, so the c
 that names attempt 2 before it shows pod 2; the Fence catches a stale job, not a stale pod list, and a
 decision on that mix would count a vanished pod. Docs: docs/operator.md "Reads, wake-ups and the cache".
 
-Only the facts the decisions use are kept: a PodView per trainer pod, a NodeView per node, and of each claim
-its deletion, owners and access modes (memory stays small with thousands of nodes and claims).
+Only the facts the decisions use are kept: a PodView per trainer pod, a NodeView per node, of each claim
+its deletion, owners and access modes (memory stays small with thousands of nodes and claims), and of each
+job's ServiceAccount, Role and RoleBinding their names and owners (a replacement pod need not create them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from finetune_operator.actions import World
 
 JobKey = tuple[str, str]  # (namespace, name)
 
+#: The per-job objects that give a trainer pod its identity and its right to patch its job's status
+#: (builders.build_service_account, build_role, build_role_binding): made once, watched so that a
+#: replacement pod can skip creating them (three requests that would each get a 409).
+ACCESS_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+
 #: A PersistentVolumeClaim as read (or the facts of one the cache keeps); None: there is none.
 Claim = dict[str, Any] | None
 
@@ -42,6 +48,8 @@ class WatchCache:
     claims: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (namespace, claim name)
     #: Kueue's Workloads the operator owns, by the job label (only where Kueue is installed).
     workloads: dict[JobKey, kueue.WorkloadView] = field(default_factory=dict)
+    #: Those ACCESS_KINDS objects that carry a job label, by that label: kind → (name, owner uids).
+    access: dict[JobKey, dict[str, tuple[str, tuple[str, ...]]]] = field(default_factory=dict)
     #: Each job's spec parsed once per (uid, generation): parsing is most of a cached look's CPU, and the
     #: spec changes only with the generation.
     parsed: dict[JobKey, tuple[tuple[str, int], FineTuneJob]] = field(default_factory=dict)
@@ -93,6 +101,29 @@ class WatchCache:
                 del self.workloads[key]
         else:
             self.workloads[key] = kueue.workload_view(name, workload)
+
+    def observe_access(self, key: JobKey, kind: str, obj: dict[str, Any], deleted: bool = False) -> None:
+        """`key`: the namespace and the object's job label; `kind`: one of ACCESS_KINDS."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        kinds = self.access.get(key)
+        if deleted:
+            if kinds is not None and kinds.get(kind, ("",))[0] == name:
+                del kinds[kind]
+                if not kinds:
+                    del self.access[key]
+        else:
+            owners = tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or [])
+            self.access.setdefault(key, {})[kind] = (name, owners)
+
+    def has_trainer_access(self, key: JobKey, name: str, uid: str) -> bool:
+        """Whether the job's ServiceAccount, Role and RoleBinding `name` exist, owned by job `uid` (a job
+        re-applied under the same name has another uid: the old ones are being garbage-collected)."""
+        kinds = self.access.get(key) or {}
+        return all(
+            (seen := kinds.get(kind)) is not None and seen[0] == name and uid in seen[1]
+            for kind in ACCESS_KINDS
+        )
 
     def jobs_using_claim(self, namespace: str, claim: str) -> list[JobKey]:
         return [
@@ -265,6 +296,7 @@ class Keys:
     nodes: frozenset[str] = frozenset()
     claims: frozenset[tuple[str, str]] = frozenset()
     workloads: frozenset[tuple[JobKey, str]] = frozenset()  # (the job label's key, Workload name)
+    access: frozenset[tuple[JobKey, str, str]] = frozenset()  # (the job label's key, kind, name)
     #: What the decisions look at of each node: as cached when the relist went out, or as listed.
     node_views: tuple[tuple[str, views.NodeView], ...] = ()
 
@@ -276,6 +308,9 @@ def cached_keys(cache: WatchCache) -> Keys:
         nodes=frozenset(cache.nodes),
         claims=frozenset(cache.claims),
         workloads=frozenset((key, view.name) for key, view in cache.workloads.items()),
+        access=frozenset(
+            (key, kind, seen[0]) for key, kinds in cache.access.items() for kind, seen in kinds.items()
+        ),
         node_views=tuple(cache.nodes.items()),
     )
 
@@ -324,4 +359,6 @@ def drop_ghosts(cache: WatchCache, before: Keys, listed: Keys) -> set[JobKey]:
         if (view := cache.workloads.get(key)) is not None and view.name == name:
             cache.observe_workload(key, {"metadata": {"name": name}}, deleted=True)
             woken.add(key)
+    for key, kind, name in before.access - listed.access:  # nothing decides on them: no job to wake
+        cache.observe_access(key, kind, {"metadata": {"name": name}}, deleted=True)
     return woken

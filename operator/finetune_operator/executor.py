@@ -8,8 +8,10 @@ Kueue Workload) created in the order a replacement relies on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +37,7 @@ from finetune_operator.actions import (
     ReleasePod,
     World,
 )
-from finetune_operator.names import POD_FINALIZER, format_time
+from finetune_operator.names import LABEL_JOB, POD_FINALIZER, format_time
 from finetune_operator.runtime import Runtime
 
 log = logging.getLogger("finetune_operator")
@@ -55,6 +57,8 @@ class Fence:
     name: str
     resource_version: str
     vouched: bool = False  # a conditional write of this pass succeeded: the read was current then
+    #: Given the job as each write returned it (the watch cache takes it: the pass's next look is cached).
+    on_written: Callable[[dict[str, Any]], None] | None = None
 
     def patch_status(self, patch: dict[str, Any]) -> None:
         body: dict[str, Any] = {"status": patch}
@@ -72,6 +76,8 @@ class Fence:
             raise
         if isinstance(result, dict) and result.get("metadata", {}).get("resourceVersion"):
             self.resource_version = result["metadata"]["resourceVersion"]
+            if self.on_written is not None:
+                self.on_written(result)
         self.vouched = True
 
     def check(self) -> None:
@@ -102,7 +108,14 @@ def execute(
     """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
     core, custom, _ = runtime.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
-    fence = Fence(custom, namespace, name, resource_version)
+    key = (namespace, name)
+    fence = Fence(
+        custom,
+        namespace,
+        name,
+        resource_version,
+        on_written=lambda body: runtime.observe(runtime.cache.observe_job, key, body),
+    )
     tracing = _trace.isEnabledFor(logging.DEBUG)
     for action in actions:
         started = time.monotonic()
@@ -143,15 +156,7 @@ def _carry_out(
         except CreateRefusedError as refused:
             return True, _show_refusal(runtime, job, uid, world, refused, fence, action.attempt)
         if created:  # before the status write: should that lose a race, the next pass adopts silently
-            _event(
-                core,
-                runtime.config.instance,
-                job,
-                uid,
-                "Normal",
-                action.event_reason,
-                action.event_message,
-            )
+            _event(runtime, job, uid, "Normal", action.event_reason, action.event_message)
         fence.patch_status(action.status_patch)
         log.info(
             "created pod",
@@ -165,11 +170,13 @@ def _carry_out(
         fence.patch_status(action.status_patch)
         log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
     elif isinstance(action, DeletePod):
-        _delete_pod(core, namespace, action)
+        _observe_pod(runtime, namespace, _delete_pod(core, namespace, action))
     elif isinstance(action, ReleasePod):
-        release_pod(core, namespace, action.name)
+        read = next((p for p in world.pods if p.name == action.name), None)
+        released = release_pod(core, namespace, action.name, read.finalizers if read else None)
+        _observe_pod(runtime, namespace, released)
     elif isinstance(action, Event):
-        _event(core, runtime.config.instance, job, uid, action.type, action.reason, action.message)
+        _event(runtime, job, uid, action.type, action.reason, action.message)
     elif isinstance(action, AnnotatePod):
         try:
             core.patch_namespaced_pod(
@@ -254,11 +261,16 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     # replacement pod saves the create that would get a 409.
     if pvc is not None and not (world.claim is not None and world.claim.exists):
         _create_or_keep(core.create_namespaced_persistent_volume_claim, namespace, pvc)
-    _create_or_keep(
-        core.create_namespaced_service_account, namespace, builders.build_service_account(job, uid)
+    # A replacement whose ServiceAccount, Role and RoleBinding the watches show (owned by this job) saves
+    # three creates that would each get a 409.
+    access_seen = action.attempt > 1 and runtime.on_loop(
+        runtime.cache.has_trainer_access,
+        (namespace, job.metadata.name),
+        builders.service_account_name(job),
+        uid,
     )
-    _create_or_keep(rbac.create_namespaced_role, namespace, builders.build_role(job, uid))
-    _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
+    if not access_seen:
+        _create_trainer_access(core, rbac, namespace, job, uid)
     cm = builders.build_config_map(attempt_job, uid)
     try:
         if action.attempt > 1:  # a replacement: the first attempt made it (one request, not a 409 and two)
@@ -281,7 +293,16 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
     if world.workload is not None and world.workload.admitted and world.workload.flavors:
         pod = kueue.place_pod(pod, _flavor_placement(runtime, world.workload.flavors))
     try:
-        core.create_namespaced_pod(namespace, pod)
+        try:
+            created = core.create_namespaced_pod(namespace, pod, _preload_content=False)
+        except ApiException as error:
+            if not (access_seen and error.status == 403):
+                raise
+            # Refused for a missing ServiceAccount, deleted while the watch was away (the resync has not
+            # dropped it yet): make the three again and try once more.
+            _create_trainer_access(core, rbac, namespace, job, uid)
+            created = core.create_namespaced_pod(namespace, pod, _preload_content=False)
+        _observe_pod(runtime, namespace, _returned(created))
     except ApiException as error:
         if error.status != 409:
             raise _refused("Pod", pod, error) or error from None
@@ -291,6 +312,15 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
             raise RuntimeError(f"pod {pod['metadata']['name']} exists and belongs to someone else") from None
         return False  # ours (created by an earlier pass whose status write was lost): adopt it
     return True
+
+
+def _create_trainer_access(core: Any, rbac: Any, namespace: str, job: FineTuneJob, uid: str) -> None:
+    """The trainer's ServiceAccount, and the Role and RoleBinding that let it patch its job's status."""
+    _create_or_keep(
+        core.create_namespaced_service_account, namespace, builders.build_service_account(job, uid)
+    )
+    _create_or_keep(rbac.create_namespaced_role, namespace, builders.build_role(job, uid))
+    _create_or_keep(rbac.create_namespaced_role_binding, namespace, builders.build_role_binding(job, uid))
 
 
 def _flavor_placement(runtime: Runtime, names: tuple[str, ...]) -> kueue.FlavorPlacement:
@@ -402,47 +432,85 @@ def _workload_priority(custom: Any, workload: str, priority_class: str) -> int:
     return int(wpc.get("value") or 0)
 
 
-def _delete_pod(core: Any, namespace: str, action: DeletePod) -> None:
+def _delete_pod(core: Any, namespace: str, action: DeletePod) -> dict[str, Any] | None:
+    """Delete; the pod as the apiserver returned it (None: already gone)."""
     try:
         if action.grace_seconds is None:
-            core.delete_namespaced_pod(action.name, namespace)
+            response = core.delete_namespaced_pod(action.name, namespace, _preload_content=False)
         else:
-            core.delete_namespaced_pod(action.name, namespace, grace_period_seconds=action.grace_seconds)
+            response = core.delete_namespaced_pod(
+                action.name, namespace, grace_period_seconds=action.grace_seconds, _preload_content=False
+            )
     except ApiException as error:
         if error.status != 404:
             raise
+        return None
+    return _returned(response)
 
 
-def release_pod(core: Any, namespace: str, name: str) -> None:
-    """Remove our finalizer with a JSON patch guarded by a test op (other finalizers are left alone)."""
+def release_pod(
+    core: Any, namespace: str, name: str, finalizers: tuple[str, ...] | None = None
+) -> dict[str, Any] | None:
+    """Remove our finalizer with a JSON patch guarded by a test op (other finalizers are left alone); the
+    pod as the patch returned it (None: not patched). `finalizers`: as the pass read them, which saves a GET
+    (the test op guards the index; if they changed since, the pod is read and the patch made again)."""
+    known = finalizers is not None
     for _ in range(5):
-        try:
-            pod = core.read_namespaced_pod(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        finalizers = list(pod.metadata.finalizers or [])
-        if POD_FINALIZER not in finalizers:
-            return
-        index = finalizers.index(POD_FINALIZER)
+        if not known:
+            try:
+                finalizers = tuple(core.read_namespaced_pod(name, namespace).metadata.finalizers or ())
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        known = False
+        if POD_FINALIZER not in (finalizers or ()):
+            return None
+        index = list(finalizers or ()).index(POD_FINALIZER)
         ops = [
             {"op": "test", "path": f"/metadata/finalizers/{index}", "value": POD_FINALIZER},
             {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ]
         try:
-            core.patch_namespaced_pod(name, namespace, ops)
-            return
+            return _returned(core.patch_namespaced_pod(name, namespace, ops, _preload_content=False))
         except ApiException as error:
             if error.status == 404:
-                return
+                return None
             if error.status not in (409, 422):
                 raise
+    return None
 
 
-def _event(
-    core: Any, instance: str, job: FineTuneJob, uid: str, type_: str, reason: str, message: str
-) -> None:
+def _returned(response: Any) -> dict[str, Any] | None:
+    """The object a write made with `_preload_content=False` returned (None: nothing readable)."""
+    data = getattr(response, "data", None)
+    if not data:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None) -> None:
+    """What a write returned of a trainer pod, into the watch cache (the pass's next look is cached). A pod
+    deleting with no grace and no finalizer left is gone: the apiserver removed it with that write."""
+    if not pod or pod.get("kind") != "Pod":
+        return
+    meta = pod.get("metadata") or {}
+    job = (meta.get("labels") or {}).get(LABEL_JOB)
+    if not job:
+        return
+    gone = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+    gone = gone and meta.get("deletionGracePeriodSeconds") == 0
+    runtime.observe(runtime.cache.observe_pod, (namespace, job), pod, gone)
+
+
+def _event(runtime: Runtime, job: FineTuneJob, uid: str, type_: str, reason: str, message: str) -> None:
+    """Post an Event off the pass (Runtime.post_event): its time is taken now."""
+    core, _, _ = runtime.apis()
+    instance = runtime.config.instance
     namespace = job.metadata.namespace or "default"
     now = datetime.now(UTC)
     body = {
@@ -467,8 +535,12 @@ def _event(
         "reportingComponent": "finetune.dev/operator",
         "reportingInstance": instance[:128],
     }
+    runtime.post_event(_post_event, core, namespace, body)
+    log.info("event %s: %s", reason, message, extra={"finetunejob": f"{namespace}/{job.metadata.name}"})
+
+
+def _post_event(core: Any, namespace: str, body: dict[str, Any]) -> None:
     try:
         core.create_namespaced_event(namespace, body)
-    except ApiException as error:  # an Event is worth a log line, never a failed reconcile
-        log.warning("could not post event %s: %s", reason, error.reason)
-    log.info("event %s: %s", reason, message, extra={"finetunejob": f"{namespace}/{job.metadata.name}"})
+    except Exception as error:  # an Event is worth a log line, never a failed reconcile
+        log.warning("could not post event %s: %s", body["reason"], getattr(error, "reason", error))

@@ -7,11 +7,12 @@ a change of the node its pod runs on or of its claim (cache.py keeps what the wa
 `reconcile` asked for (backoff deadline, pending timeout, node-lost timeout, claim recheck). Each look first
 decides on the cached World, which costs no request; only a look that would act, the first one, and one
 after a failure read the job, its pods, nodes and claim from the API and decide again on that (`run_once`), at
-most `max_concurrent_passes` such passes at once (Runtime.bounded). So jobs at rest cost no request, and the
-work follows the events. A safety resync every `resync_seconds` relists everything once and drops from the
-cache what a watch missed the deletion of (a few LISTs, whatever the number of jobs). All state that
-matters is in the job's status (attempt, counters, budgets, the pending decision), so a restarted operator
-continues where the previous one stopped.
+most `max_concurrent_passes` such passes at once (Runtime.bounded). What the pass's writes return goes into
+the cache, and a pass that acted ends with a cached look on that instead of a confirming read. So jobs at
+rest cost no request, and the work follows the events. A safety resync every `resync_seconds` relists
+everything once and drops from the cache what a watch missed the deletion of (a few LISTs, whatever the
+number of jobs). All state that matters is in the job's status (attempt, counters, budgets, the pending
+decision), so a restarted operator continues where the previous one stopped.
 
 Single writer: every action is decided on a fresh API read, never on the cache; every status write of a
 pass is conditional on the resourceVersion the pass read (a merge patch carrying metadata.resourceVersion),
@@ -23,7 +24,7 @@ replica from acting at all. Pods no job loop will release: finalizers.py.
 
 Over 400 lines: the kopf registrations, the per-job loop and the two ways its World is read (the
 watch cache, the API with the job's Kueue Workload) share the runtime and the wake-ups. The API reads
-(read_world, with_kueue, read_workload) are the next piece to move out.
+(read_world, read_claim, read_workload) are the next piece to move out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,12 +150,14 @@ def resync(runtime: Runtime, before: Keys, listed: Keys) -> list[tuple[str, str]
 
 
 def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
-    """What exists now in the served namespaces: jobs, trainer pods (by the job label), nodes, claims."""
-    core, custom, _ = runtime.apis()
+    """What exists now in the served namespaces: jobs, trainer pods (by the job label), nodes, claims,
+    Kueue Workloads, the trainers' ServiceAccounts, Roles and RoleBindings (by the job label)."""
+    core, custom, rbac = runtime.apis()
     scope = namespaces_in_scope(core, namespaces)
     jobs: list[dict[str, Any]] = []
     pods: list[dict[str, Any]] = []
     claims: list[dict[str, Any]] = []
+    access: list[tuple[str, dict[str, Any]]] = []  # (kind, object)
     if scope is None:
         jobs = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
         pods = response_json(
@@ -163,6 +166,13 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
         claims = response_json(core.list_persistent_volume_claim_for_all_namespaces(_preload_content=False))[
             "items"
         ]
+        for kind, list_all in (
+            ("ServiceAccount", core.list_service_account_for_all_namespaces),
+            ("Role", rbac.list_role_for_all_namespaces),
+            ("RoleBinding", rbac.list_role_binding_for_all_namespaces),
+        ):
+            listed = response_json(list_all(label_selector=LABEL_JOB, _preload_content=False))["items"]
+            access += [(kind, item) for item in listed]
     else:
         for namespace in scope:
             jobs += custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
@@ -172,6 +182,15 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
             claims += response_json(
                 core.list_namespaced_persistent_volume_claim(namespace, _preload_content=False)
             )["items"]
+            for kind, list_in in (
+                ("ServiceAccount", core.list_namespaced_service_account),
+                ("Role", rbac.list_namespaced_role),
+                ("RoleBinding", rbac.list_namespaced_role_binding),
+            ):
+                listed = response_json(list_in(namespace, label_selector=LABEL_JOB, _preload_content=False))[
+                    "items"
+                ]
+                access += [(kind, item) for item in listed]
     nodes = response_json(core.list_node(_preload_content=False))["items"]
     workloads = list_workloads(custom, scope)
 
@@ -196,6 +215,14 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
                 ns_name(w)[1],
             )
             for w in workloads
+        ),
+        access=frozenset(
+            (
+                (ns_name(o)[0], str(((o.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
+                kind,
+                ns_name(o)[1],
+            )
+            for kind, o in access
         ),
         node_views=tuple(
             (name, views.node_view(name, n))
@@ -372,6 +399,38 @@ async def workload_event(
     _wake(runtime, key)
 
 
+@kopf.on.event("", "v1", "serviceaccounts", labels={LABEL_JOB: kopf.PRESENT})
+async def service_account_event(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """The trainer's ServiceAccount, Role and RoleBinding (these three handlers): known to exist, a
+    replacement pod does not create them again (cache.ACCESS_KINDS). Nothing to wake: no decision uses
+    them."""
+    _observe_access(event, namespace, labels, memo, "ServiceAccount")
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels={LABEL_JOB: kopf.PRESENT})
+async def role_event(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    _observe_access(event, namespace, labels, memo, "Role")
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels={LABEL_JOB: kopf.PRESENT})
+async def role_binding_event(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    _observe_access(event, namespace, labels, memo, "RoleBinding")
+
+
+def _observe_access(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, kind: str
+) -> None:
+    key = (namespace or "default", labels[LABEL_JOB])
+    obj = dict(event.get("object") or {})
+    runtime_of(memo).cache.observe_access(key, kind, obj, deleted=event.get("type") == "DELETED")
+
+
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A namespace being deleted: kopf stops watching it, so its jobs' loops would hear nothing more (no job
@@ -439,7 +498,8 @@ async def job_loop(
                             time.monotonic() - woken_at,
                             extra={"finetunejob": f"{namespace}/{name}"},
                         )
-                    requeue = await runtime.bounded(run_once, runtime, namespace, name)
+                    settle = None if terminating else _cached_look(runtime, namespace, name)
+                    requeue = await runtime.bounded(run_once, runtime, namespace, name, settle)
                 failures, fresh = 0, False
             except Exception as error:  # keep the loop alive; the API may be briefly unavailable
                 failures += 1
@@ -507,13 +567,23 @@ def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:
     return None if step.actions else _requeue(step)
 
 
+def _cached_look(runtime: Runtime, namespace: str, name: str) -> Callable[[], float | None]:
+    """For run_once, after it acted: quiet_requeue on the event loop's thread, where the cache lives (the
+    pass's own writes reach the cache before it: Runtime.observe and on_loop keep their order)."""
+    return lambda: runtime.on_loop(quiet_requeue, runtime, namespace, name)
+
+
 def _requeue(step: Step) -> float:
     return step.requeue_seconds if step.requeue_seconds is not None else UNTIL_WOKEN
 
 
-def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
+def run_once(
+    runtime: Runtime, namespace: str, name: str, settle: Callable[[], float | None] | None = None
+) -> float | None:
     """Read the API and reconcile until nothing is left to do; the seconds until the next look (UNTIL_WOKEN:
-    none asked; None: the job is gone)."""
+    none asked; None: the job is gone). `settle`: after acting, decide on the cache instead of reading the
+    API again (the writes' responses are in it: a pass whose work is done ends without a confirming read);
+    its requeue, or None when that look would act (or cannot say): then the API is read again."""
     tracing = trace.isEnabledFor(logging.DEBUG)
     if tracing:
         trace.debug("API pass starts", extra={"finetunejob": f"{namespace}/{name}"})
@@ -551,6 +621,12 @@ def run_once(runtime: Runtime, namespace: str, name: str) -> float | None:
                 )
         if wait is not None:  # the apiserver refused the next attempt: shown on the job, look again later
             return wait
+        if settle is not None and (quiet := settle()) is not None:
+            if tracing:
+                trace.debug(
+                    "pass: done, the cached look agrees", extra={"finetunejob": f"{namespace}/{name}"}
+                )
+            return quiet
     return 1.0
 
 
@@ -576,6 +652,16 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         _fail_invalid(custom, namespace, name, body, str(error))
         return None
     job.metadata.namespace = namespace
+    # After the job (a pod list older than the job's status could miss the attempt it names), the reads are
+    # independent: the claim (a job that may create a pod needs it) and the Workload go beside the pods.
+    labels = meta.get("labels") or {}
+    phase = (body.get("status") or {}).get("phase")
+    claim_read = None
+    if builders.has_job_claim(job) and phase not in ("Succeeded", "Failed"):
+        claim_read = runtime.read_concurrently(read_claim, core, namespace, builders.pvc_name(job))
+    workload_read = None
+    if labels.get(kueue.LABEL_QUEUE_NAME):
+        workload_read = runtime.read_concurrently(read_workload, custom, namespace, kueue.workload_name(name))
     pods_raw = response_json(
         core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}", _preload_content=False)
     )
@@ -592,16 +678,10 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
             nodes[pod.node_name] = views.node_view(pod.node_name, node)
     claim: dict[str, Any] | None = None
     # Read once: the next pod needs it (a terminating claim), and a pod on a troubled node (is it shared?).
-    if builders.has_job_claim(job) and claim_needed((body.get("status") or {}).get("phase"), nodes):
-        try:
-            claim = response_json(
-                core.read_namespaced_persistent_volume_claim(
-                    builders.pvc_name(job), namespace, _preload_content=False
-                )
-            )
-        except ApiException as error:
-            if error.status != 404:
-                raise
+    if claim_read is not None:
+        claim = claim_read.result()
+    elif builders.has_job_claim(job) and claim_needed(phase, nodes):
+        claim = read_claim(core, namespace, builders.pvc_name(job))
     read = assemble_world(
         name,
         body,
@@ -612,20 +692,25 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
         now=datetime.now(UTC),
         node_lost_seconds=runtime.config.node_lost_seconds,
     )
-    world = with_kueue(custom, namespace, name, meta, read.job, read.world)
+    world = read.world
+    if workload_read is not None:
+        # A queued job: what Kueue decides, its Workload read from the API (a pass that may act decides
+        # on fresh reads; cached looks take it from the watch).
+        workload, kueue_installed = workload_read.result()
+        world = with_workload(world, read.job, labels, workload, installed=kueue_installed, watched=False)
     return read.job, read.uid, world, read.resource_version
 
 
-def with_kueue(
-    custom: Any, namespace: str, name: str, meta: dict[str, Any], job: FineTuneJob, world: World
-) -> World:
-    """The World with what Kueue decides for a job labelled kueue.x-k8s.io/queue-name, its Workload read
-    from the API (a pass that may act decides on fresh reads; cached looks take it from the watch)."""
-    labels = meta.get("labels") or {}
-    if not labels.get(kueue.LABEL_QUEUE_NAME):
-        return world
-    workload, kueue_installed = read_workload(custom, namespace, kueue.workload_name(name))
-    return with_workload(world, job, labels, workload, installed=kueue_installed, watched=False)
+def read_claim(core: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The checkpoint claim as the API has it (None: there is none)."""
+    try:
+        return response_json(
+            core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return None
 
 
 def read_workload(custom: Any, namespace: str, name: str) -> tuple[kueue.WorkloadView | None, bool]:

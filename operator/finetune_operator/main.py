@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-reconciles",
         type=int,
-        default=int(env("FTO_MAX_CONCURRENT_RECONCILES", "16")),
+        default=int(env("FTO_MAX_CONCURRENT_RECONCILES", "64")),
         help="at most this many jobs' reconcile passes talk to the API at once (a burst waits its turn)",
     )
     parser.add_argument(

@@ -1,5 +1,6 @@
 """The state of one operator process: its settings, API clients, metrics, per-job wake-ups, the watch
-cache, and the bound on concurrent API passes (and `response_json`, how a raw client response is read).
+cache, the bound on concurrent API passes, the threads a pass reads and posts Events with, and how a pass
+reaches the cache on the event loop's thread (and `response_json`, how a raw client response is read).
 
 main.py creates one `Runtime` and hands it to kopf as the operator's memo (`memo.runtime`). kopf gives each
 handler that memo (for a job's handlers a shallow copy, so they all share this one Runtime); the handlers
@@ -14,7 +15,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from finetune_operator.cache import WatchCache
 from finetune_operator.metrics import OperatorMetrics
 
 T = TypeVar("T")
+#: A pass waits at most this long for the event loop's thread (it is never busy that long unless stopping).
+ON_LOOP_TIMEOUT_SECONDS = 30.0
 _trace = logging.getLogger("finetune_operator.trace")
 
 
@@ -43,7 +46,11 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     #: At most this many reconcile passes talk to the API at once (a burst of pod ends is processed this
     #: many at a time; one slow call holds one slot, not the others).
-    max_concurrent_passes: int = 16
+    #: 64: a burst of 100 preemptions on the local cluster, p99 10 s against 16 s with 16 (bench/scale).
+    max_concurrent_passes: int = 64
+    #: Events are posted by a few threads of their own, off the pass (an Event is never what the next step
+    #: waits for; in a burst each one held a pass slot for a round trip). False: posted in the pass (tests).
+    background_events: bool = True
 
 
 @dataclass
@@ -59,12 +66,17 @@ class Runtime:
     reread: set[tuple[str, str]] = field(default_factory=set)  # jobs whose next look must read the API
     terminating: set[str] = field(default_factory=set)  # namespaces being deleted (kopf stopped watching)
     api: client.ApiClient | None = None
+    #: The event loop the kopf handlers run on (set by the first pass): the watch cache belongs to it.
+    loop: asyncio.AbstractEventLoop | None = None
     _passes: asyncio.Semaphore | None = None
     _executor: ThreadPoolExecutor | None = None
+    _reads: ThreadPoolExecutor | None = None
+    _events: ThreadPoolExecutor | None = None
 
     async def bounded(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking API pass in a thread, at most `max_concurrent_passes` at once (the rest wait)."""
         if self._passes is None or self._executor is None:
+            self.loop = asyncio.get_running_loop()
             bound = max(1, self.config.max_concurrent_passes)
             self._passes = asyncio.Semaphore(bound)
             self._executor = ThreadPoolExecutor(max_workers=bound, thread_name_prefix="reconcile")
@@ -73,6 +85,44 @@ class Runtime:
             if _trace.isEnabledFor(logging.DEBUG) and time.monotonic() - queued > 0.01:
                 _trace.debug("waited %.3f s for a pass slot", time.monotonic() - queued)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def on_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the event loop's thread and return its result: how a pass (in a worker thread)
+        reads or changes the watch cache, which the kopf handlers change on that thread. Calls are run in
+        the order they were made. Without a loop (unit tests), or on its thread: at once."""
+        loop = self.loop
+        if loop is None or _on_thread_of(loop):
+            return fn(*args)
+
+        async def call() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=ON_LOOP_TIMEOUT_SECONDS)
+
+    def observe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Like on_loop, without waiting: a pass records what its own write returned into the cache."""
+        loop = self.loop
+        if loop is None or _on_thread_of(loop):
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
+    def read_concurrently(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start an API read beside the pass's own (a pass's independent reads take one round trip)."""
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(
+                max_workers=max(2, self.config.max_concurrent_passes * 2), thread_name_prefix="read"
+            )
+        return self._reads.submit(fn, *args)
+
+    def post_event(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Post an Event (`fn` logs its own failure) off the pass, or in it (config.background_events)."""
+        if not self.config.background_events:
+            fn(*args)
+            return
+        if self._events is None:
+            self._events = ThreadPoolExecutor(max_workers=4, thread_name_prefix="event")
+        self._events.submit(fn, *args)
 
     def apis(self) -> tuple[Any, Any, Any]:  # the client's stubs reject plain-dict bodies
         if self.api is None:
@@ -83,7 +133,7 @@ class Runtime:
             settings = client.Configuration.get_default_copy()
             # One connection per concurrent pass, plus the sweeps: a smaller pool opens (and drops) a fresh
             # connection per call beyond it in a burst.
-            wanted = self.config.max_concurrent_passes + 8
+            wanted = self.config.max_concurrent_passes * 3 + 8  # a pass's concurrent reads, the Events
             if (settings.connection_pool_maxsize or 0) < wanted:
                 settings.connection_pool_maxsize = wanted
             self.api = client.ApiClient(settings)
@@ -92,6 +142,13 @@ class Runtime:
             client.CustomObjectsApi(self.api),
             client.RbacAuthorizationV1Api(self.api),
         )
+
+
+def _on_thread_of(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:

@@ -147,13 +147,15 @@ token Secret by name (secretKeyRef), which the kubelet resolves; the operator ne
   resources: [configmaps]
   verbs: [create, update]
 # The per-job ServiceAccount/Role/RoleBinding that let a trainer patch only its own job's status
-# (created once; a 409 means it exists).
+# (created with the first attempt; a 409 means it exists). Listed and watched into the operator's cache
+# (the slow resync lists them by the job label): a replacement pod whose three objects the cache shows
+# does not send three creates that would each get a 409.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create]
+  verbs: [list, watch, create]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create]
+  verbs: [list, watch, create]
 # Kubernetes Events for every decision (why a pod was replaced, what changed); kopf posts its warnings.
 - apiGroups: [""]
   resources: [events]

@@ -64,6 +64,8 @@ class FakeCluster:
         self.pods: dict[str, dict[str, Any]] = {}
         self.created: list[str] = []
         self.events: list[dict[str, Any]] = []
+        self.patched: list[str] = []  # pods whose finalizer a JSON patch removed
+        self.reads: list[str] = []  # pods read one by one (GET)
         self.other: dict[str, dict[str, Any]] = {}
 
     # --- CustomObjectsApi ---------------------------------------------------------------
@@ -92,7 +94,7 @@ class FakeCluster:
         node = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
         return SimpleNamespace(data=json.dumps(node))
 
-    def create_namespaced_pod(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_namespaced_pod(self, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
         name = body["metadata"]["name"]
         if name in self.pods:
             raise ApiException(status=409)
@@ -101,31 +103,41 @@ class FakeCluster:
         pod["status"] = {"phase": "Pending"}
         self.pods[name] = pod
         self.created.append(name)
+        return SimpleNamespace(data=json.dumps(pod))
 
     def read_namespaced_pod(self, name: str, namespace: str) -> Any:
+        self.reads.append(name)
         if name not in self.pods:
             raise ApiException(status=404)
         return obj(self.pods[name])
 
-    def patch_namespaced_pod(self, name: str, namespace: str, body: Any) -> None:
+    def patch_namespaced_pod(self, name: str, namespace: str, body: Any, **kw: Any) -> Any:
+        if name not in self.pods:
+            raise ApiException(status=404)
         pod = self.pods[name]
-        if isinstance(body, list):  # JSON patch: test + remove of our finalizer
+        if isinstance(body, list):  # JSON patch: test + remove of our finalizer (422 when the test fails)
             index = int(body[0]["path"].rsplit("/", 1)[1])
-            assert pod["metadata"]["finalizers"][index] == body[0]["value"]
-            del pod["metadata"]["finalizers"][index]
+            finalizers = pod["metadata"].get("finalizers") or []
+            if index >= len(finalizers) or finalizers[index] != body[0]["value"]:
+                raise ApiException(status=422, reason="Unprocessable Entity")
+            del finalizers[index]
+            self.patched.append(name)
             self._maybe_gone(name)
         else:
             merge(pod, body)
+        return SimpleNamespace(data=json.dumps(pod))
 
     def delete_namespaced_pod(
-        self, name: str, namespace: str, grace_period_seconds: int | None = None
-    ) -> None:
+        self, name: str, namespace: str, grace_period_seconds: int | None = None, **kw: Any
+    ) -> Any:
         if name not in self.pods:
             raise ApiException(status=404)
-        meta = self.pods[name]["metadata"]
+        pod = self.pods[name]
+        meta = pod["metadata"]
         meta.setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
         meta["deletionGracePeriodSeconds"] = 0 if grace_period_seconds == 0 else 30
         self._maybe_gone(name)
+        return SimpleNamespace(data=json.dumps(pod))
 
     def _maybe_gone(self, name: str) -> None:
         meta = self.pods[name]["metadata"]
@@ -196,6 +208,7 @@ def fake() -> FakeCluster:
 def runtime(fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     """The operator's state for these tests, its API clients all the fake cluster."""
     state = Runtime()
+    state.config.background_events = False  # posted in the pass: the tests read them right after
     monkeypatch.setattr(state, "apis", lambda: (fake, fake, fake))
     return state
 
@@ -258,11 +271,13 @@ def test_a_replacement_costs_few_round_trips(
             return _original(*args, **kw)
 
         monkeypatch.setattr(fake, method, recorded)
-    handlers.run_once(runtime, NS, NAME)
+    handlers.run_once(runtime, NS, NAME, lambda: handlers.quiet_requeue(runtime, NS, NAME))
     assert fake.status["attempt"] == 2 and fake.created == ["job-1", "job-2"]
-    # decide (+ release), create, confirm: three reads; before, the release took a pass and a read of its own
-    assert calls.count("get_namespaced_custom_object") == 3 and calls.count("list_namespaced_pod") == 3
-    assert calls.count("read_namespaced_pod") == 1  # the release's read of the finalizer list
+    # decide (+ release and delete), create: two reads. The writes' responses are in the cache, so the
+    # cached look after each says what a confirming read would (before: a third read, and the release took
+    # a pass and a read of its own).
+    assert calls.count("get_namespaced_custom_object") == 2 and calls.count("list_namespaced_pod") == 2
+    assert calls.count("read_namespaced_pod") == 0  # the release takes the finalizer list the pass read
     assert "create_namespaced_persistent_volume_claim" not in calls
     assert "create_namespaced_config_map" not in calls and calls.count("replace_namespaced_config_map") == 1
 
@@ -312,10 +327,11 @@ def test_attempt_event_survives_a_status_write_that_loses_a_race(
     still posted, once (found lost in a chart run: 1 of 2 AttemptCreated Events)."""
     create = fake.create_namespaced_pod
 
-    def create_then_someone_writes(namespace: str, body: dict[str, Any]) -> None:
-        create(namespace, body)
+    def create_then_someone_writes(namespace: str, body: dict[str, Any], **kw: Any) -> Any:
+        created = create(namespace, body, **kw)
         meta = fake.job["metadata"]
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return created
 
     monkeypatch.setattr(fake, "create_namespaced_pod", create_then_someone_writes)
     handlers.run_once(runtime, NS, NAME)
@@ -429,7 +445,7 @@ def test_refused_pod_is_shown_on_the_job_and_tried_again(
     )
     create = fake.create_namespaced_pod
 
-    def refused(namespace: str, body: dict[str, Any]) -> None:
+    def refused(namespace: str, body: dict[str, Any], **kw: Any) -> None:
         raise refuse
 
     monkeypatch.setattr(fake, "create_namespaced_pod", refused)
@@ -467,10 +483,73 @@ def test_refused_config_map_fails_the_job(
 def test_unavailable_apiserver_is_retried_by_the_loop(
     fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unavailable(namespace: str, body: dict[str, Any]) -> None:
+    def unavailable(namespace: str, body: dict[str, Any], **kw: Any) -> None:
         raise _status_error(503, "ServiceUnavailable", "the server is currently unable to handle the request")
 
     monkeypatch.setattr(fake, "create_namespaced_pod", unavailable)
     with pytest.raises(ApiException):
         handlers.run_once(runtime, NS, NAME)
     assert "phase" not in fake.status and fake.events == []
+
+
+def test_release_with_a_finalizer_list_changed_since_the_read_reads_the_pod(fake: FakeCluster) -> None:
+    """The pass's own read of the finalizers saves a GET; if they changed since (another controller added
+    one in front of ours), the guarded patch fails and the pod is read and patched again."""
+    fake.pods["p"] = {"metadata": {"name": "p", "finalizers": ["example.com/other", POD_FINALIZER]}}
+    released = executor.release_pod(fake, NS, "p", (POD_FINALIZER,))
+    assert fake.pods["p"]["metadata"]["finalizers"] == ["example.com/other"]
+    assert fake.reads == ["p"] and fake.patched == ["p"]
+    assert released is not None and released["metadata"]["finalizers"] == ["example.com/other"]
+    fake.reads.clear()
+    assert executor.release_pod(fake, NS, "p", ("example.com/other",)) is None  # ours is not there: no call
+    assert fake.reads == [] and fake.patched == ["p"]
+
+
+def test_a_replacement_skips_the_trainers_access_objects_the_watches_show(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ServiceAccount, Role and RoleBinding exist (the watches showed them, owned by this job): a
+    replacement does not create them again. Not shown, or owned by an earlier job of that name: created.
+    And a ServiceAccount deleted unseen: the pod is refused (403), the three are made and the pod again."""
+    handlers.run_once(runtime, NS, NAME)
+    access = {
+        k: v for k, v in fake.other.items() if k.split("/")[0] in ("ServiceAccount", "Role", "RoleBinding")
+    }
+    assert len(access) == 3
+    for key, obj in access.items():
+        runtime.cache.observe_access((NS, NAME), key.split("/")[0], obj)
+    creates: list[str] = []
+    original = fake._create
+
+    def recorded(namespace: str, body: dict[str, Any]) -> None:
+        creates.append(body["kind"])
+        original(namespace, body)
+
+    for method in ("service_account", "role", "role_binding"):
+        monkeypatch.setattr(fake, f"create_namespaced_{method}", recorded)
+    fake.end_pod("job-1", 75, evicted=True)
+    handlers.run_once(runtime, NS, NAME)
+    assert fake.created == ["job-1", "job-2"] and creates == []
+
+    # The ServiceAccount deleted while the watch was away: the apiserver refuses the pod.
+    del fake.other["ServiceAccount/job-trainer"]
+    create_pod = fake.create_namespaced_pod
+
+    def needs_its_service_account(namespace: str, body: dict[str, Any], **kw: Any) -> Any:
+        if "ServiceAccount/job-trainer" not in fake.other:
+            raise ApiException(status=403, reason="Forbidden")
+        return create_pod(namespace, body, **kw)
+
+    monkeypatch.setattr(fake, "create_namespaced_pod", needs_its_service_account)
+    fake.end_pod("job-2", 75, evicted=True)
+    handlers.run_once(runtime, NS, NAME)
+    assert fake.created == ["job-1", "job-2", "job-3"] and creates == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+    ]
+
+    # A job of that name deleted and applied again: the objects the cache shows belong to the old one.
+    creates.clear()
+    fake.job["metadata"]["uid"] = "uid-2"
+    assert not runtime.cache.has_trainer_access((NS, NAME), "job-trainer", "uid-2")

@@ -62,9 +62,9 @@ def test_leader_election_and_release_flags(monkeypatch) -> None:  # type: ignore
         2,
     )
     assert parse_args([]).orphan_sweep_seconds == 60 and not parse_args([]).leader_election
-    assert (parse_args([]).resync_seconds, parse_args([]).max_concurrent_reconciles) == (300, 16)
-    scaled = parse_args(["--resync-seconds", "3600", "--max-concurrent-reconciles", "64"])
-    assert (scaled.resync_seconds, scaled.max_concurrent_reconciles) == (3600, 64)
+    assert (parse_args([]).resync_seconds, parse_args([]).max_concurrent_reconciles) == (300, 64)
+    scaled = parse_args(["--resync-seconds", "3600", "--max-concurrent-reconciles", "8"])
+    assert (scaled.resync_seconds, scaled.max_concurrent_reconciles) == (3600, 8)
     with pytest.raises(SystemExit):
         parse_args(["--max-concurrent-reconciles", "0"])
     assert parse_args(["--release-finalizers", "-n", "a"]).release_finalizers
