@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,18 @@ class StaleRead(Exception):
 
 
 @dataclass
+class Written:
+    """What a pass's writes returned: the job after its last status write, and each trainer pod it wrote
+    (None: gone with that write). handlers.run_once may decide once more on the pass's read plus these."""
+
+    job: dict[str, Any] | None = None
+    pods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: Only status, Events and the ends of pods were written (no pod created or adopted, no Workload
+    #: touched): the read plus these results is the whole World again.
+    only_ends: bool = True
+
+
+@dataclass
 class Fence:
     """The job's resourceVersion this pass decided on. Every status write is conditional on it."""
 
@@ -59,6 +71,7 @@ class Fence:
     vouched: bool = False  # a conditional write of this pass succeeded: the read was current then
     #: Given the job as each write returned it (the watch cache takes it: the pass's next look is cached).
     on_written: Callable[[dict[str, Any]], None] | None = None
+    written: Written = field(default_factory=Written)
 
     def patch_status(self, patch: dict[str, Any]) -> None:
         body: dict[str, Any] = {"status": patch}
@@ -76,6 +89,7 @@ class Fence:
             raise
         if isinstance(result, dict) and result.get("metadata", {}).get("resourceVersion"):
             self.resource_version = result["metadata"]["resourceVersion"]
+            self.written.job = result
             if self.on_written is not None:
                 self.on_written(result)
         self.vouched = True
@@ -104,8 +118,12 @@ def execute(
     world: World,
     actions: list[Action],
     resource_version: str = "",
+    written: Written | None = None,
+    vouched: bool = False,
 ) -> float | None:
-    """Carry out `actions`; a number means: stop this pass and look again after that many seconds."""
+    """Carry out `actions`; a number means: stop this pass and look again after that many seconds.
+    `written`: filled with what the writes returned. `vouched`: `resource_version` is what this pass's own
+    last conditional write returned (pod actions need no check before them)."""
     core, custom, _ = runtime.apis()
     namespace, name = job.metadata.namespace or "default", job.metadata.name
     key = (namespace, name)
@@ -114,7 +132,9 @@ def execute(
         namespace,
         name,
         resource_version,
+        vouched=vouched,
         on_written=lambda body: runtime.observe(runtime.cache.observe_job, key, body),
+        written=written if written is not None else Written(),
     )
     tracing = _trace.isEnabledFor(logging.DEBUG)
     for action in actions:
@@ -152,7 +172,8 @@ def _carry_out(
         fence.patch_status(action.patch)
     elif isinstance(action, CreatePod):
         try:
-            created = _create_attempt(runtime, job, uid, world, action)
+            fence.written.only_ends = False
+            created = _create_attempt(runtime, job, uid, world, action, fence.written)
         except CreateRefusedError as refused:
             return True, _show_refusal(runtime, job, uid, world, refused, fence, action.attempt)
         if created:  # before the status write: should that lose a race, the next pass adopts silently
@@ -167,17 +188,19 @@ def _carry_out(
             },
         )
     elif isinstance(action, AdoptPod):
+        fence.written.only_ends = False
         fence.patch_status(action.status_patch)
         log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
     elif isinstance(action, DeletePod):
-        _observe_pod(runtime, namespace, _delete_pod(core, namespace, action))
+        _observe_pod(runtime, namespace, _delete_pod(core, namespace, action), fence.written)
     elif isinstance(action, ReleasePod):
         read = next((p for p in world.pods if p.name == action.name), None)
         released = release_pod(core, namespace, action.name, read.finalizers if read else None)
-        _observe_pod(runtime, namespace, released)
+        _observe_pod(runtime, namespace, released, fence.written)
     elif isinstance(action, Event):
         _event(runtime, job, uid, action.type, action.reason, action.message)
     elif isinstance(action, AnnotatePod):
+        fence.written.only_ends = False
         try:
             core.patch_namespaced_pod(
                 action.name, namespace, {"metadata": {"annotations": action.annotations}}
@@ -200,6 +223,7 @@ def _carry_out(
             },
         )
     elif isinstance(action, CreateWorkload | DeleteWorkload | PatchWorkloadStatus):
+        fence.written.only_ends = False
         try:
             _workload_action(runtime, job, uid, world, action)
         except CreateRefusedError as refused:
@@ -250,7 +274,9 @@ def _create_or_keep(create: Any, namespace: str, body: dict[str, Any]) -> None:
         raise _refused(body["kind"], body, error) or error from None
 
 
-def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, action: CreatePod) -> bool:
+def _create_attempt(
+    runtime: Runtime, job: FineTuneJob, uid: str, world: World, action: CreatePod, written: Written
+) -> bool:
     """Create the attempt's objects and pod; False when the pod already existed (ours: adopted)."""
     core, _, rbac = runtime.apis()
     namespace = job.metadata.namespace or "default"
@@ -302,7 +328,7 @@ def _create_attempt(runtime: Runtime, job: FineTuneJob, uid: str, world: World, 
             # dropped it yet): make the three again and try once more.
             _create_trainer_access(core, rbac, namespace, job, uid)
             created = core.create_namespaced_pod(namespace, pod, _preload_content=False)
-        _observe_pod(runtime, namespace, _returned(created))
+        _observe_pod(runtime, namespace, _returned(created), written)
     except ApiException as error:
         if error.status != 409:
             raise _refused("Pod", pod, error) or error from None
@@ -493,9 +519,10 @@ def _returned(response: Any) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None) -> None:
-    """What a write returned of a trainer pod, into the watch cache (the pass's next look is cached). A pod
-    deleting with no grace and no finalizer left is gone: the apiserver removed it with that write."""
+def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None, written: Written) -> None:
+    """What a write returned of a trainer pod, into `written` and the watch cache (the pass's next look is
+    cached). A pod deleting with no grace and no finalizer left is gone: the apiserver removed it with that
+    write."""
     if not pod or pod.get("kind") != "Pod":
         return
     meta = pod.get("metadata") or {}
@@ -504,6 +531,7 @@ def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None) -
         return
     gone = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
     gone = gone and meta.get("deletionGracePeriodSeconds") == 0
+    written.pods[str(meta.get("name"))] = None if gone else pod
     runtime.observe(runtime.cache.observe_pod, (namespace, job), pod, gone)
 
 

@@ -14,13 +14,14 @@ everything once and drops from the cache what a watch missed the deletion of (a 
 number of jobs). All state that matters is in the job's status (attempt, counters, budgets, the pending
 decision), so a restarted operator continues where the previous one stopped.
 
-Single writer: every action is decided on a fresh API read, never on the cache; every status write of a
-pass is conditional on the resourceVersion the pass read (a merge patch carrying metadata.resourceVersion),
-and a pass that touches pods before writing status first checks that precondition with an empty
-conditional patch. A 409 means someone else (another operator replica, the trainer) changed the job since:
-the pass stops and the next one re-reads and decides again. So a decision computed on a stale read is never
-recorded and never counted twice (executor.Fence). Leader election (leader.py, chart default) keeps a second
-replica from acting at all. Pods no job loop will release: finalizers.py.
+Single writer: every action is decided on a fresh API read, never on the cache (or, once per read, on that
+read plus what the pass's own writes returned: `after_writes`); every status write of a pass is conditional on
+the resourceVersion the pass read or its last write returned (a merge patch carrying
+metadata.resourceVersion), and a pass that touches pods before writing status first checks that precondition
+with an empty conditional patch. A 409 means someone else (another operator replica, the trainer) changed the
+job since: the pass stops and the next one re-reads and decides again. So a decision computed on a stale read
+is never recorded and never counted twice (executor.Fence). Leader election (leader.py, chart default) keeps a
+second replica from acting at all. Pods no job loop will release: finalizers.py.
 
 Over 400 lines: the kopf registrations, the per-job loop and the two ways its World is read (the
 watch cache, the API with the job's Kueue Workload) share the runtime and the wake-ups. The API reads
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -57,7 +59,7 @@ from finetune_operator.cache import (
     refresh_nodes,
     with_workload,
 )
-from finetune_operator.executor import StaleRead, execute
+from finetune_operator.executor import StaleRead, Written, execute
 from finetune_operator.finalizers import (
     namespaces_in_scope,
     release_if_job_going,
@@ -581,18 +583,27 @@ def run_once(
     runtime: Runtime, namespace: str, name: str, settle: Callable[[], float | None] | None = None
 ) -> float | None:
     """Read the API and reconcile until nothing is left to do; the seconds until the next look (UNTIL_WOKEN:
-    none asked; None: the job is gone). `settle`: after acting, decide on the cache instead of reading the
-    API again (the writes' responses are in it: a pass whose work is done ends without a confirming read);
-    its requeue, or None when that look would act (or cannot say): then the API is read again."""
+    none asked; None: the job is gone).
+
+    `settle`: after acting, decide on the cache instead of reading the API again (what the writes returned
+    is in it: a pass whose work is done ends without a confirming read); its requeue, or None when that look
+    would act (or cannot say). Then the pass decides once more on its own read plus what its writes returned
+    (`after_writes`: a preempted pod's decision and release, then its replacement, with no read between),
+    and after that reads the API again."""
     tracing = trace.isEnabledFor(logging.DEBUG)
     if tracing:
         trace.debug("API pass starts", extra={"finetunejob": f"{namespace}/{name}"})
+    following: tuple[World, str] | None = None  # the World after the previous step's writes
     for _ in range(MAX_PASSES):
         started = time.monotonic()
-        world = read_world(runtime, namespace, name)
-        if world is None:
-            return None
-        job, uid, state, resource_version = world
+        if following is None:
+            world = read_world(runtime, namespace, name)
+            if world is None:
+                return None
+            job, uid, state, resource_version = world
+            vouched = False
+        else:
+            (state, resource_version), vouched, following = following, True, None
         step = decisions.reconcile(state)
         if tracing:
             read = time.monotonic()
@@ -605,8 +616,9 @@ def run_once(
                     extra={"finetunejob": f"{namespace}/{name}"},
                 )
             return _requeue(step)
+        written = Written()
         try:
-            wait = execute(runtime, job, uid, state, step.actions, resource_version)
+            wait = execute(runtime, job, uid, state, step.actions, resource_version, written, vouched)
         except StaleRead as stale:
             log.info("%s; reading it again", stale, extra={"finetunejob": f"{namespace}/{name}"})
             continue
@@ -627,7 +639,29 @@ def run_once(
                     "pass: done, the cached look agrees", extra={"finetunejob": f"{namespace}/{name}"}
                 )
             return quiet
+        if not vouched and settle is not None:
+            following = after_writes(state, written, datetime.now(UTC))
     return 1.0
+
+
+def after_writes(world: World, written: Written, now: datetime) -> tuple[World, str] | None:
+    """The World a step's writes leave: its read, with the job as the last status write returned it and each
+    pod as its write returned it (or gone), and that job's resourceVersion. None where the writes do not say
+    enough: no status write, a changed spec, or more than status, Events and pod ends written (a pod created
+    or adopted, an annotation, Kueue's Workload: the read cannot show what those changed)."""
+    body = written.job
+    if body is None or not written.only_ends or world.queue is not None:
+        return None
+    meta = body.get("metadata") or {}
+    if int(meta.get("generation") or 0) != world.generation or not meta.get("resourceVersion"):
+        return None
+    pods = [p for p in world.pods if p.name not in written.pods]
+    pods += [views.pod_view(pod) for pod in written.pods.values() if pod is not None]
+    status = FineTuneJobStatus.model_validate(body.get("status") or {})
+    following = dataclasses.replace(
+        world, status=status, pods=tuple(sorted(pods, key=lambda p: p.name)), now=now
+    )
+    return following, str(meta["resourceVersion"])
 
 
 def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob, str, World, str] | None:

@@ -14,6 +14,9 @@ from finetune_operator.names import POD_FINALIZER
 from finetune_operator.runtime import Runtime
 from kubernetes.client.rest import ApiException
 
+from tests.unit.operator.decision_helpers import pod as decision_pod
+from tests.unit.operator.decision_helpers import world as decision_world
+
 NS, NAME, UID = "ns", "job", "uid-1"
 
 
@@ -273,10 +276,10 @@ def test_a_replacement_costs_few_round_trips(
         monkeypatch.setattr(fake, method, recorded)
     handlers.run_once(runtime, NS, NAME, lambda: handlers.quiet_requeue(runtime, NS, NAME))
     assert fake.status["attempt"] == 2 and fake.created == ["job-1", "job-2"]
-    # decide (+ release and delete), create: two reads. The writes' responses are in the cache, so the
-    # cached look after each says what a confirming read would (before: a third read, and the release took
-    # a pass and a read of its own).
-    assert calls.count("get_namespaced_custom_object") == 2 and calls.count("list_namespaced_pod") == 2
+    # One read: the restart decision (+ release and delete), then the replacement decided on that read plus
+    # what the writes returned, then a cached look (the writes' responses are in the cache) that says what
+    # a confirming read would. Before: three reads, and the release took a pass and a read of its own.
+    assert calls.count("get_namespaced_custom_object") == 1 and calls.count("list_namespaced_pod") == 1
     assert calls.count("read_namespaced_pod") == 0  # the release takes the finalizer list the pass read
     assert "create_namespaced_persistent_volume_claim" not in calls
     assert "create_namespaced_config_map" not in calls and calls.count("replace_namespaced_config_map") == 1
@@ -347,7 +350,7 @@ def test_create_conflict_with_a_foreign_pod_raises(
     fake.pods["job-1"] = {"metadata": {"name": "job-1", "ownerReferences": [{"uid": "other"}]}, "spec": {}}
     action = actions.CreatePod(1, False, {}, "AttemptCreated", "x")
     with pytest.raises(RuntimeError, match="belongs to someone else"):
-        executor._create_attempt(runtime, job[0], UID, job[2], action)
+        executor._create_attempt(runtime, job[0], UID, job[2], action, executor.Written())
 
 
 def test_a_decision_made_on_a_stale_read_is_refused(fake: FakeCluster, runtime: Runtime) -> None:
@@ -553,3 +556,43 @@ def test_a_replacement_skips_the_trainers_access_objects_the_watches_show(
     creates.clear()
     fake.job["metadata"]["uid"] = "uid-2"
     assert not runtime.cache.has_trainer_access((NS, NAME), "job-trainer", "uid-2")
+
+
+def test_a_job_changed_after_the_writes_stops_the_following_step(
+    fake: FakeCluster, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement decided on the pass's read plus its writes' results: its status write is conditional
+    on what the pass's last write returned. Someone writes the job meanwhile (here: during the release):
+    409, the API is read again, and the pod already created is adopted, not created twice."""
+    handlers.run_once(runtime, NS, NAME)
+    fake.end_pod("job-1", 75, evicted=True)
+    patch_pod = fake.patch_namespaced_pod
+
+    def release_then_someone_writes(name: str, namespace: str, body: Any, **kw: Any) -> Any:
+        released = patch_pod(name, namespace, body, **kw)
+        meta = fake.job["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return released
+
+    monkeypatch.setattr(fake, "patch_namespaced_pod", release_then_someone_writes)
+    reads: list[str] = []
+    get = fake.get_namespaced_custom_object
+    monkeypatch.setattr(fake, "get_namespaced_custom_object", lambda *a: reads.append(a[-1]) or get(*a))
+    handlers.run_once(runtime, NS, NAME, lambda: handlers.quiet_requeue(runtime, NS, NAME))
+    assert reads == [NAME, NAME]  # the pass's read, and the one after the 409
+    assert fake.created == ["job-1", "job-2"] and fake.status["attempt"] == 2
+    assert fake.status["podName"] == "job-2" and fake.status["restarts"]["preemption"] == 1
+
+
+def test_what_the_writes_return_says_enough_only_for_status_and_pod_ends() -> None:
+    """after_writes: the World after a step's writes, only where they show everything that changed."""
+    world = decision_world(pods=[decision_pod("job-1", exit_code=75, deleted=True)])
+    job = {"metadata": {"generation": world.generation, "resourceVersion": "7"}, "status": {"attempt": 3}}
+    following = handlers.after_writes(world, executor.Written(job=job, pods={"job-1": None}), world.now)
+    assert following is not None and following[1] == "7"
+    assert following[0].status.attempt == 3 and following[0].pods == ()
+    assert handlers.after_writes(world, executor.Written(), world.now) is None  # no status write
+    created = executor.Written(job=job, only_ends=False)  # a pod created: the read cannot show it
+    assert handlers.after_writes(world, created, world.now) is None
+    edited = {**job, "metadata": {"generation": world.generation + 1, "resourceVersion": "8"}}
+    assert handlers.after_writes(world, executor.Written(job=edited), world.now) is None  # spec changed
