@@ -201,13 +201,7 @@ def _carry_out(
         _event(runtime, job, uid, action.type, action.reason, action.message)
     elif isinstance(action, AnnotatePod):
         fence.written.only_ends = False
-        try:
-            core.patch_namespaced_pod(
-                action.name, namespace, {"metadata": {"annotations": action.annotations}}
-            )
-        except ApiException as error:
-            if error.status != 404:
-                raise
+        annotate_pod(runtime, namespace, action, fence.written)
     elif isinstance(action, Decided):
         log.info(
             "decision: %s (%s) → %s",
@@ -505,6 +499,22 @@ def release_pod(
             if error.status not in (409, 422):
                 raise
     return None
+
+
+def annotate_pod(
+    runtime: Runtime, namespace: str, action: AnnotatePod, written: Written | None = None
+) -> None:
+    """Merge the annotations into the pod (gone: nothing to do); what the patch returned goes to the cache."""
+    core, _, _ = runtime.apis()
+    try:
+        response = core.patch_namespaced_pod(
+            action.name, namespace, {"metadata": {"annotations": action.annotations}}, _preload_content=False
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return
+    _observe_pod(runtime, namespace, _returned(response), written if written is not None else Written())
 
 
 def _returned(response: Any) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, kueue, views
-from finetune_operator.actions import Step, World
+from finetune_operator.actions import AnnotatePod, Step, World
 from finetune_operator.cache import (
     Keys,
     assemble_world,
@@ -59,7 +59,7 @@ from finetune_operator.cache import (
     refresh_nodes,
     with_workload,
 )
-from finetune_operator.executor import StaleRead, Written, execute
+from finetune_operator.executor import StaleRead, Written, annotate_pod, execute
 from finetune_operator.finalizers import (
     namespaces_in_scope,
     release_if_job_going,
@@ -490,9 +490,12 @@ async def job_loop(
             fresh = fresh or terminating
             woken_at = runtime.woken_at.pop(key, None)
             try:
-                quiet = None if fresh else quiet_requeue(runtime, namespace, name)
-                if quiet is not None:
-                    requeue: float | None = quiet  # the cached World needs nothing: no request made
+                look = None if fresh else cached_step(runtime, namespace, name)
+                if look is not None and not look.actions:
+                    requeue: float | None = _requeue(look)  # the cached World needs nothing: no request
+                elif look is not None and all(isinstance(a, AnnotatePod) for a in look.actions):
+                    # a new checkpoint to show on the pod: one patch, no read (annotations_only)
+                    requeue = await runtime.bounded(annotations_only, runtime, namespace, look)
                 else:  # act, or the cache cannot say: read the API and decide on that
                     if woken_at is not None and trace.isEnabledFor(logging.DEBUG):
                         trace.debug(
@@ -553,20 +556,34 @@ def sleep_seconds(requeue: float) -> float:
     return IDLE_RECHECK_SECONDS if requeue <= 0 else requeue
 
 
-def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:
-    """Decide on the cached World. Its requeue when there is nothing to do (no request made); None when the
-    API must be read: the decision would act (actions are decided on a fresh read only), or the cache
-    cannot stand in for a read (cache.cached_world)."""
+def cached_step(runtime: Runtime, namespace: str, name: str) -> Step | None:
+    """Decide on the cached World (no request made); None when the cache cannot stand in for a read
+    (cache.cached_world)."""
     assembled = cached_world(
         runtime.cache,
         (namespace, name),
         now=datetime.now(UTC),
         node_lost_seconds=runtime.config.node_lost_seconds,
     )
-    if assembled is None:
-        return None
-    step = decisions.reconcile(assembled.world)
-    return None if step.actions else _requeue(step)
+    return None if assembled is None else decisions.reconcile(assembled.world)
+
+
+def quiet_requeue(runtime: Runtime, namespace: str, name: str) -> float | None:
+    """The cached World's requeue when there is nothing to do (no request made); None when the API must be
+    read: the decision would act (actions are decided on a fresh read), or the cache cannot say."""
+    step = cached_step(runtime, namespace, name)
+    return None if step is None or step.actions else _requeue(step)
+
+
+def annotations_only(runtime: Runtime, namespace: str, step: Step) -> float:
+    """A cached look whose only actions annotate the pod with the job's last checkpoint (a projection of
+    status for schedulers that pick victims, never read back by a decision): carried out without a read.
+    A stale cache writes an older checkpoint that the next job event corrects; a pod gone meanwhile is a 404.
+    Before, each checkpoint of each running job cost a full read, the patch and a confirming read."""
+    for action in step.actions:
+        if isinstance(action, AnnotatePod):
+            annotate_pod(runtime, namespace, action)
+    return _requeue(step)
 
 
 def _cached_look(runtime: Runtime, namespace: str, name: str) -> Callable[[], float | None]:

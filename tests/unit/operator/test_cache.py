@@ -638,3 +638,27 @@ def test_a_namespace_being_deleted_has_its_jobs_read_the_api() -> None:
     assert [k for k, w in runtime.wakes.items() if w.is_set()] == [(NS, "a"), (NS, "b")]
     asyncio.run(event("DELETED", {"deletionTimestamp": "2026-01-01T00:00:00Z"}))
     assert not runtime.terminating
+
+
+def test_a_new_checkpoint_is_shown_on_the_pod_with_one_patch_and_no_read(
+    fake: FakeCluster, api: CountingApi, runtime: Runtime
+) -> None:
+    """Each checkpoint of a running job: the cached look's only action annotates the pod. It is carried out
+    without a read (before: a full read, the patch, a confirming read), and what the patch returned puts
+    the cache at rest again."""
+    handlers.run_once(runtime, NS, NAME)
+    running(fake, "job-1", "n1")
+    fake.job["status"].update(
+        phase="Running", lastCheckpoint={"step": 6, "time": "2026-01-01T00:01:00Z", "path": "checkpoint-6"}
+    )
+    watch_everything(runtime, fake, {"n1": ready_node("n1")})
+    step = handlers.cached_step(runtime, NS, NAME)
+    assert step is not None and [type(a).__name__ for a in step.actions] == ["AnnotatePod"]
+    before = api.calls
+    handlers.annotations_only(runtime, NS, step)
+    assert api.calls - before == 1
+    annotations = fake.pods["job-1"]["metadata"]["annotations"]
+    assert annotations["finetune.dev/last-checkpoint-time"] == "2026-01-01T00:01:00Z"
+    assert annotations["finetune.dev/last-checkpoint-step"] == "6"
+    again = handlers.cached_step(runtime, NS, NAME)
+    assert again is not None and again.actions == []
