@@ -173,6 +173,32 @@ def training_again(job: dict[str, Any]) -> bool:
     return int(status.get("attempt") or 0) >= 2 and status.get("phase") == "Running"
 
 
+def trainer_exit_breakdown(
+    deleting: dict[str, float], exited: dict[str, float], messages: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """The stand-in's end, split by its termination message's own times (standin_signal_at, standin_seconds;
+    one clock, one machine): deletion seen → the stand-in took SIGTERM (the kubelet's part), → its message
+    written (checkpoint, status patch), → the bench saw the container terminated (exit, the kubelet's status
+    update). Wall times; pods without those fields are left out."""
+    parts: dict[str, list[float]] = {
+        "end->sigterm_taken": [],
+        "sigterm_taken->message": [],
+        "message->seen_exited": [],
+    }
+    for pod, deleted_at in deleting.items():
+        try:
+            message = json.loads(messages.get(pod) or "{}")
+            signal_at, handling = float(message["standin_signal_at"]), float(message["standin_seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if pod not in exited:
+            continue
+        parts["end->sigterm_taken"].append(signal_at - deleted_at)
+        parts["sigterm_taken->message"].append(handling)
+        parts["message->seen_exited"].append(exited[pod] - signal_at - handling)
+    return {name: summarize(values) for name, values in parts.items() if values}
+
+
 def restart_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """The jobs' restart counters after a burst: by cause, emergency saves late, steps lost."""
     by_cause: dict[str, int] = {}
@@ -264,6 +290,8 @@ class PodRecorder:
         self.added: dict[str, float] = {}
         self.deleting: dict[str, float] = {}
         self.exited: dict[str, float] = {}
+        self.exited_wall: dict[str, float] = {}
+        self.termination: dict[str, str] = {}  # the trainer's termination message
         self.added_wall: dict[str, float] = {}  # the same, as wall-clock time (to line up with the log)
         self.deleting_wall: dict[str, float] = {}
         self.stop = threading.Event()
@@ -284,8 +312,13 @@ class PodRecorder:
                         if pod.metadata.deletion_timestamp is not None:
                             self.deleting.setdefault(pod.metadata.name, now)
                             self.deleting_wall.setdefault(pod.metadata.name, wall)
-                        if any(c.state and c.state.terminated for c in pod.status.container_statuses or []):
-                            self.exited.setdefault(pod.metadata.name, now)
+                        for c in pod.status.container_statuses or []:
+                            if c.state and c.state.terminated and pod.metadata.name not in self.exited:
+                                self.exited[pod.metadata.name], self.exited_wall[pod.metadata.name] = (
+                                    now,
+                                    wall,
+                                )
+                                self.termination[pod.metadata.name] = c.state.terminated.message or ""
                     if self.stop.is_set():
                         return
             except ApiException:
@@ -352,6 +385,11 @@ def burst(
         ends = {p: recorder.deleting_wall[p] for p in seen}
         created = dict(recorder.added_wall)
         exits = [recorder.exited[p] - recorder.deleting[p] for p in seen if p in recorder.exited]
+        trainer_side = trainer_exit_breakdown(
+            {p: recorder.deleting_wall[p] for p in seen},
+            dict(recorder.exited_wall),
+            dict(recorder.termination),
+        )
     log = Path(f"/tmp/{namespace}-operator.log")
     running: dict[str, Any] = {}
     if kind == "running":
@@ -365,6 +403,7 @@ def burst(
         )
         running = {
             "end_to_trainer_exited": summarize(exits),
+            "trainer_exit_breakdown": trainer_side,
             "all_training_again_seconds": round(time.monotonic() - started, 2),
             "replaced_to_all_training_again_seconds": round(time.monotonic() - replaced_at, 2),
             **restart_summary(list_jobs(kube, namespace)),

@@ -13,7 +13,8 @@ keeps the trainer's contract toward the operator, so that many jobs can run on o
 - a "checkpoint" is one small file, DIR/standin-checkpoint.json (its step): a restarted attempt continues
   from it, so resumed steps and lost steps look like a real run's.
 - endings (finetune_api.contract): SIGTERM or SIGINT → a checkpoint at the current step, its status patch,
-  the termination message (reason Preempted, save_in_time) and exit 75; max_steps reached → DIR/final/
+  the termination message (reason Preempted, save_in_time; and for the bench when it took the signal and
+  how long it took until the message) and exit 75; max_steps reached → DIR/final/
   (one marker file), termination message reason Completed, exit 0. A config it cannot read → exit 78.
 
 The step length is FTO_STANDIN_STEP_SECONDS (default 5; the job's spec.env sets it).
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     while not run.max_steps or run.step < run.max_steps:
         taken = signal.sigtimedwait(STOP_SIGNALS, run.step_seconds)
         if taken is not None:
-            since = time.monotonic()
+            since, taken_at = time.monotonic(), time.time()
             log("preempted", signal=signal.Signals(taken.si_signo).name, step=run.step)
             saved = run.save()
             patch(saved)  # the emergency checkpoint's report, as the real trainer flushes it before exiting
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                     "save_in_time": bool(saved),
                     "save_deadline_seconds": run.save_deadline_seconds,
                     "message": "SIGTERM before the first step" if run.step == first_step else None,
+                    # the stand-in's own timing, for the bench (the message allows extra fields): when
+                    # it took the signal (unix time) and how long its handling took until this message
+                    "standin_signal_at": round(taken_at, 3),
+                    "standin_seconds": round(time.monotonic() - since, 3),
                 },
             )
             log("exit", exit_code=EXIT_PREEMPTED, seconds_since_signal=round(time.monotonic() - since, 3))

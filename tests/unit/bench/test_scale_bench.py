@@ -20,6 +20,7 @@ from bench.scale.bench import (
     restart_summary,
     rss_megabytes,
     trace_breakdown,
+    trainer_exit_breakdown,
     training_again,
 )
 
@@ -101,6 +102,21 @@ def test_running_jobs_run_the_stand_in_until_deleted() -> None:
     ]
     summary = restart_summary(jobs)
     assert summary == {"restarts": {"preemption": 2}, "late_emergency_saves": 1, "lost_steps": 2}
+
+
+def test_the_stand_ins_end_split_by_its_own_times() -> None:
+    message = json.dumps({"reason": "Preempted", "standin_signal_at": 101.5, "standin_seconds": 0.25})
+    breakdown = trainer_exit_breakdown(
+        {"job00001-1": 100.0, "job00002-1": 100.0, "job00003-1": 100.0},
+        {"job00001-1": 103.0, "job00002-1": 104.0},
+        {"job00001-1": message, "job00002-1": '{"reason": "Preempted"}', "job00003-1": message},
+    )
+    assert {name: stats["p50"] for name, stats in breakdown.items()} == {
+        "end->sigterm_taken": 1.5,
+        "sigterm_taken->message": 0.25,
+        "message->seen_exited": 1.25,
+    }
+    assert breakdown["end->sigterm_taken"]["n"] == 1  # no times in its message, or not seen exited: left out
 
 
 def test_trace_breakdown_lines_up_the_log_with_the_bench_watch() -> None:

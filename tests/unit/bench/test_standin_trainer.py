@@ -54,6 +54,7 @@ def test_sigterm_saves_and_exits_75_at_once_and_a_restart_resumes(tmp_path: Path
     assert step >= 1
     assert message["reason"] == "Preempted"
     assert message["checkpoint_step"] == step and message["save_in_time"] is True
+    assert message["standin_signal_at"] >= time.time() - 10 and message["standin_seconds"] < 2.0
     assert json.loads((tmp_path / "run" / "standin-checkpoint.json").read_text())["step"] == step
     assert events(out)[-1]["exit_code"] == EXIT_PREEMPTED
 
