@@ -208,4 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_PREEMPTED:
+        # as the real trainer (cli.py): all is written, skip the interpreter's teardown inside the notice
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
