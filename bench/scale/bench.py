@@ -3,6 +3,8 @@ real cluster.
 
     .venv/bin/python -m bench.scale.bench --jobs 100 --kind suspended --out bench/scale/suspended.json
     .venv/bin/python -m bench.scale.bench --jobs 100 --kind pending --burst --out bench/scale/burst.json
+    hack/images/build.sh standin   # once: the stand-in trainer's image (bench/scale/standin)
+    .venv/bin/python -m bench.scale.bench --jobs 20 --kind running --burst --out bench/scale/running.json
 
 The operator measured is the one on PYTHONPATH (run it once with this worktree's `operator/`, once with
 another checkout's, to compare). Steps, in a fresh namespace:
@@ -12,18 +14,21 @@ another checkout's, to compare). Steps, in a fresh namespace:
    and per resource. This is the cluster's own background (nothing else reads FineTuneJobs).
 2. start `finetune-operator --namespace <ns>`, wait `--settle` s, apply N jobs (16 at a time) and time until
    every job is acknowledged (`--kind suspended`: phase Suspended; `--kind pending`: its first pod exists,
-   unschedulable by a nodeSelector nothing matches).
+   unschedulable by a nodeSelector nothing matches; `--kind running`: phase Running and a step reported by
+   its trainer, the stand-in of bench/scale/standin, which only sleeps `--step-seconds` a step and patches
+   its job's status as the trainer does, with no CPU request so that N fit the node).
 3. wait `--settle` s, then count again over `--window` s: the difference to 1. is what the operator costs at
-   rest with N jobs; over the same window the operator's CPU (utime + stime from /proc) and its RSS.
-4. `--burst` (`--kind pending` only): delete every trainer pod at once; one watch records when each pod is
-   seen deleting (its end) and when its replacement (`<job>-<attempt + 1>`) appears: p50/p99/max.
+   rest with N jobs (`--kind running`: with the trainers' own status patches, N / step-seconds a second);
+   over the same window the operator's CPU (utime + stime from /proc) and its RSS.
+4. `--burst` (`--kind pending` or `running`): delete every trainer pod at once (normal deletion, SIGTERM
+   and the grace period, as a drain or preemption); one watch records when each pod is seen deleting (its
+   end) and when its replacement (`<job>-<attempt + 1>`) appears: p50/p99/max. `--kind running` also:
+   deletion → the trainer's container seen exited (its SIGTERM handling: a checkpoint, a status patch, exit
+   75), the time until every job trains again (Running, a step reported), and the jobs' restart counters.
 5. delete the namespace (the operator still running, so it releases its finalizers), stop the operator.
 
 FTO_TRACE=1 in the environment (passed on to the operator): the burst also reports where the seconds go
 (`trace_breakdown`, from the operator's time-stamped log lines). Results and their analysis: README.md.
-
-Not built yet: `--kind running` (a stand-in trainer that only sleeps and reports steps, so that N jobs can
-run on one node).
 """
 
 from __future__ import annotations
@@ -115,8 +120,15 @@ def rss_megabytes(status: str) -> float:
     return float("nan")
 
 
-def job_manifest(name: str, kind: str, image: str) -> dict[str, Any]:
-    """A FineTuneJob that never trains: suspended, or pending on a node that does not exist."""
+#: --kind running: the stand-in trainer (bench/scale/standin; `hack/images/build.sh standin`).
+STANDIN_IMAGE = "localhost/finetune-standin-trainer:dev"
+#: --kind running never reaches its last step during a bench: it runs until its pod is deleted.
+RUNNING_MAX_STEPS = 1_000_000
+
+
+def job_manifest(name: str, kind: str, image: str, step_seconds: float = 5.0) -> dict[str, Any]:
+    """A FineTuneJob that never trains: suspended, pending on a node that does not exist, or running the
+    stand-in trainer (sleeps `step_seconds` a step and reports it; a "checkpoint" every 6 steps)."""
     spec: dict[str, Any] = {
         "model": {"name_or_path": "/models/none"},
         "dataset": {"path": "/data/none.jsonl"},
@@ -129,8 +141,14 @@ def job_manifest(name: str, kind: str, image: str) -> dict[str, Any]:
     }
     if kind == "suspended":
         spec["suspend"] = True
-    else:
+    elif kind == "pending":
         spec["scheduling"] = {"nodeSelector": {"finetune.dev/bench-scale": "nowhere"}}
+    else:
+        spec["training"] = {"max_steps": RUNNING_MAX_STEPS, "save_steps": 6}
+        # No CPU request or limit: N idle stand-ins fit the node's 2 cores, and a CFS limit would make the
+        # burst measure throttled python start-ups. Memory: the stand-in's RSS is ~50 MB.
+        spec["resources"] = {"gpus": 0, "memory": "128Mi"}
+        spec["env"] = [{"name": "FTO_STANDIN_STEP_SECONDS", "value": str(step_seconds)}]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
@@ -143,7 +161,56 @@ def acknowledged(kind: str, job: dict[str, Any]) -> bool:
     status = job.get("status") or {}
     if kind == "suspended":
         return status.get("phase") == "Suspended"
+    if kind == "running":
+        return status.get("phase") == "Running" and status.get("step") is not None
     return int(status.get("attempt") or 0) >= 1
+
+
+def training_again(job: dict[str, Any]) -> bool:
+    """After the burst: the job's next attempt runs and its trainer reported a step (the operator's
+    Restarting → Running 'Resumed')."""
+    status = job.get("status") or {}
+    return int(status.get("attempt") or 0) >= 2 and status.get("phase") == "Running"
+
+
+def trainer_exit_breakdown(
+    deleting: dict[str, float], exited: dict[str, float], messages: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """The stand-in's end, split by its termination message's own times (standin_signal_at, standin_seconds;
+    one clock, one machine): deletion seen → the stand-in took SIGTERM (the kubelet's part), → its message
+    written (checkpoint, status patch), → the bench saw the container terminated (exit, the kubelet's status
+    update). Wall times; pods without those fields are left out."""
+    parts: dict[str, list[float]] = {
+        "end->sigterm_taken": [],
+        "sigterm_taken->message": [],
+        "message->seen_exited": [],
+    }
+    for pod, deleted_at in deleting.items():
+        try:
+            message = json.loads(messages.get(pod) or "{}")
+            signal_at, handling = float(message["standin_signal_at"]), float(message["standin_seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if pod not in exited:
+            continue
+        parts["end->sigterm_taken"].append(signal_at - deleted_at)
+        parts["sigterm_taken->message"].append(handling)
+        parts["message->seen_exited"].append(exited[pod] - signal_at - handling)
+    return {name: summarize(values) for name, values in parts.items() if values}
+
+
+def restart_summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The jobs' restart counters after a burst: by cause, emergency saves late, steps lost."""
+    by_cause: dict[str, int] = {}
+    late = lost = 0
+    for job in jobs:
+        status = job.get("status") or {}
+        for cause, count in (status.get("restarts") or {}).items():
+            if count:
+                by_cause[cause] = by_cause.get(cause, 0) + int(count)
+        late += int(status.get("lateEmergencySaves") or 0)
+        lost += int(status.get("lostSteps") or 0)
+    return {"restarts": by_cause, "late_emergency_saves": late, "lost_steps": lost}
 
 
 def replacement_of(pod: str) -> str:
@@ -214,13 +281,17 @@ def count_window(kube: Kube, seconds: float, during: Callable[[], None] | None =
 
 
 class PodRecorder:
-    """One watch on the namespace's pods: when each is first seen deleting, and when each appears."""
+    """One watch on the namespace's pods: when each is first seen deleting, when each appears, and when its
+    container is first seen terminated (a running trainer's exit)."""
 
     def __init__(self, kube: Kube, namespace: str):
         self.kube, self.namespace = kube, namespace
         self.lock = threading.Lock()
         self.added: dict[str, float] = {}
         self.deleting: dict[str, float] = {}
+        self.exited: dict[str, float] = {}
+        self.exited_wall: dict[str, float] = {}
+        self.termination: dict[str, str] = {}  # the trainer's termination message
         self.added_wall: dict[str, float] = {}  # the same, as wall-clock time (to line up with the log)
         self.deleting_wall: dict[str, float] = {}
         self.stop = threading.Event()
@@ -241,6 +312,13 @@ class PodRecorder:
                         if pod.metadata.deletion_timestamp is not None:
                             self.deleting.setdefault(pod.metadata.name, now)
                             self.deleting_wall.setdefault(pod.metadata.name, wall)
+                        for c in pod.status.container_statuses or []:
+                            if c.state and c.state.terminated and pod.metadata.name not in self.exited:
+                                self.exited[pod.metadata.name], self.exited_wall[pod.metadata.name] = (
+                                    now,
+                                    wall,
+                                )
+                                self.termination[pod.metadata.name] = c.state.terminated.message or ""
                     if self.stop.is_set():
                         return
             except ApiException:
@@ -277,7 +355,11 @@ def start_operator(cluster: Cluster, namespace: str, extra: list[str]) -> subpro
     )
 
 
-def burst(kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int) -> dict[str, Any]:
+def burst(
+    kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int, kind: str, timeout: float
+) -> dict[str, Any]:
+    """Delete every trainer pod at once (normal deletion: the pod's grace period, SIGTERM first, as a drain
+    or a preemption does) and time each pod's end → its replacement created."""
     pods = [str(p.metadata.name) for p in kube.core.list_namespaced_pod(namespace).items]
     load_before = os.getloadavg()[0]
     stat = Path(f"/proc/{operator_pid}/stat")
@@ -290,8 +372,9 @@ def burst(kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int) 
         with recorder.lock:
             return all(replacement_of(p) in recorder.added for p in pods)
 
-    wait_for(all_replaced, 300, interval=0.5, what=f"replacements of {len(pods)} pods")
+    wait_for(all_replaced, timeout, interval=0.5, what=f"replacements of {len(pods)} pods")
     seconds = time.monotonic() - started
+    replaced_at = time.monotonic()
     cpu = process_cpu_seconds(stat.read_text()) - cpu_before
     metrics_after = kube.kubectl("get", "--raw", "/metrics", timeout=60).stdout
     sum_before, n_before = request_seconds(metrics_before)
@@ -301,7 +384,30 @@ def burst(kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int) 
         delays = [recorder.added[replacement_of(p)] - recorder.deleting[p] for p in seen]
         ends = {p: recorder.deleting_wall[p] for p in seen}
         created = dict(recorder.added_wall)
+        exits = [recorder.exited[p] - recorder.deleting[p] for p in seen if p in recorder.exited]
+        trainer_side = trainer_exit_breakdown(
+            {p: recorder.deleting_wall[p] for p in seen},
+            dict(recorder.exited_wall),
+            dict(recorder.termination),
+        )
     log = Path(f"/tmp/{namespace}-operator.log")
+    running: dict[str, Any] = {}
+    if kind == "running":
+        # the trainers' side: deletion → container seen exited (SIGTERM, the stand-in's checkpoint, its
+        # status patch and termination message), and the time until every job trains again
+        wait_for(
+            lambda: all(training_again(j) for j in list_jobs(kube, namespace)),
+            timeout,
+            interval=1.0,
+            what=f"{len(pods)} jobs training again",
+        )
+        running = {
+            "end_to_trainer_exited": summarize(exits),
+            "trainer_exit_breakdown": trainer_side,
+            "all_training_again_seconds": round(time.monotonic() - started, 2),
+            "replaced_to_all_training_again_seconds": round(time.monotonic() - replaced_at, 2),
+            **restart_summary(list_jobs(kube, namespace)),
+        }
     return {
         "pods": len(pods),
         "unseen_deletions": len(pods) - len(seen),
@@ -316,6 +422,7 @@ def burst(kube: Kube, namespace: str, recorder: PodRecorder, operator_pid: int) 
         "apiserver_requests": int(n_after - n_before),
         "apiserver_mean_request_ms": round(1000 * (sum_after - sum_before) / max(1.0, n_after - n_before), 1),
         "breakdown": trace_breakdown(log.read_text().splitlines(), ends, created) if log.exists() else {},
+        **running,
         "samples": [round(d, 3) for d in delays],
     }
 
@@ -326,6 +433,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kube.kubectl("apply", "-f", str(REPO / "crds"))
     namespace = make_namespace(kube)
     result: dict[str, Any] = {"jobs": args.jobs, "kind": args.kind, "namespace": namespace}
+    image = args.image or (STANDIN_IMAGE if args.kind == "running" else "localhost/finetune-trainer:tiny")
+    if args.kind == "running":
+        result["step_seconds"] = args.step_seconds
     operator: subprocess.Popen[bytes] | None = None
     try:
         result["without_operator"] = count_window(kube, args.window)
@@ -337,7 +447,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             list(
                 pool.map(
                     lambda i: kube.custom.create_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, job_manifest(f"job{i:05d}", args.kind, args.image)
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        job_manifest(f"job{i:05d}", args.kind, image, args.step_seconds),
                     ),
                     range(args.jobs),
                 )
@@ -362,11 +476,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["with_operator"]["total"] - result["without_operator"]["total"], 3
         )
         print("with operator:", json.dumps({k: result[k] for k in result if k != "without_operator"}))
-        if args.burst and args.kind == "pending":
+        if args.burst and args.kind != "suspended":  # suspended jobs have no pods
             recorder = PodRecorder(kube, namespace)
             time.sleep(1.0)  # the watch has listed
             try:
-                result["burst"] = burst(kube, namespace, recorder, operator.pid)
+                result["burst"] = burst(kube, namespace, recorder, operator.pid, args.kind, args.ack_timeout)
             finally:
                 recorder.stop.set()
             print("burst:", json.dumps({k: v for k, v in result["burst"].items() if k != "samples"}))
@@ -392,15 +506,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--kind", choices=("suspended", "pending"), default="suspended")
+    parser.add_argument("--kind", choices=("suspended", "pending", "running"), default="suspended")
     parser.add_argument(
-        "--burst", action="store_true", help="--kind pending: delete all trainer pods at once"
+        "--burst", action="store_true", help="--kind pending/running: delete all trainer pods at once"
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=5.0, help="--kind running: the stand-in's seconds per step"
     )
     parser.add_argument("--window", type=float, default=60.0, help="seconds each request count spans")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait before each count")
     parser.add_argument("--ack-timeout", type=float, default=600.0)
     parser.add_argument("--cleanup-timeout", type=float, default=300.0)
-    parser.add_argument("--image", default="localhost/finetune-trainer:tiny")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help=f"default: {STANDIN_IMAGE} (running), else localhost/finetune-trainer:tiny",
+    )
     parser.add_argument(
         "--operator-arg", action="append", default=[], help="passed to finetune-operator (repeatable)"
     )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the project's container images without Docker or a registry, and load them into the local
-# node's containerd. Usage: hack/images/build.sh [base|trainer|tiny|operator|all] [--no-import]
+# node's containerd. Usage: hack/images/build.sh [base|trainer|tiny|operator|standin|all] [--no-import]
 #                           hack/images/build.sh import IMAGE...   (built by buildah with our --root)
 #
 #   base      Debian bookworm minbase + python3, python3-venv, ca-certificates (debootstrap), cached as a
@@ -8,6 +8,9 @@
 #   trainer   trainer-image/Dockerfile  -> localhost/finetune-trainer:dev
 #   tiny      trainer-image/Dockerfile.tiny (trainer + tiny offline model) -> localhost/finetune-trainer:tiny
 #   operator  operator/Dockerfile       -> localhost/finetune-operator:dev
+#   standin   bench/scale/standin/Dockerfile (the bench's sleeping stand-in trainer, on top of the operator
+#             image, which is built first only if buildah lacks it) -> localhost/finetune-standin-trainer:dev;
+#             not part of `all`
 #
 # Each Dockerfile is built by Debian's buildah (`bud --layers`), so an unchanged layer is reused; the
 # image is then copied (skopeo) into a persistent OCI layout (unchanged blobs are not rewritten) and only the blobs
@@ -210,6 +213,17 @@ main() {
   if [[ $what == operator || $what == all ]]; then
     build_dockerfile operator operator/Dockerfile "localhost/finetune-operator:$TAG"
     if ((import)); then import_image "localhost/finetune-operator:$TAG"; else write_layout "localhost/finetune-operator:$TAG"; fi
+  fi
+  if [[ $what == standin ]]; then
+    # On the operator image as it is (another checkout's build of that tag is left alone): the stand-in
+    # needs only its python, kubernetes client and finetune_api.status.
+    if ! bah inspect "localhost/finetune-operator:$TAG" >/dev/null 2>&1; then
+      build_dockerfile operator operator/Dockerfile "localhost/finetune-operator:$TAG"
+    fi
+    EXTRA_BUILD_ARGS=(--build-arg "OPERATOR_IMAGE=localhost/finetune-operator:$TAG")
+    build_dockerfile standin bench/scale/standin/Dockerfile "localhost/finetune-standin-trainer:$TAG"
+    EXTRA_BUILD_ARGS=()
+    if ((import)); then import_image "localhost/finetune-standin-trainer:$TAG"; else write_layout "localhost/finetune-standin-trainer:$TAG"; fi
   fi
   log "images done in $((SECONDS - start)) s"
 }

@@ -9,6 +9,7 @@ from finetune_api.trainer_config import parse_job
 
 from bench.scale.bench import (
     CLOCK_TICKS,
+    STANDIN_IMAGE,
     acknowledged,
     job_manifest,
     process_cpu_seconds,
@@ -16,8 +17,11 @@ from bench.scale.bench import (
     request_counts,
     request_rates,
     request_seconds,
+    restart_summary,
     rss_megabytes,
     trace_breakdown,
+    trainer_exit_breakdown,
+    training_again,
 )
 
 
@@ -79,6 +83,40 @@ def test_the_jobs_applied_are_valid_and_never_train() -> None:
     assert not acknowledged("pending", {"status": {"phase": "Pending"}})
     assert acknowledged("pending", {"status": {"attempt": 1}})
     assert replacement_of("job00001-3") == "job00001-4"
+
+
+def test_running_jobs_run_the_stand_in_until_deleted() -> None:
+    job = parse_job(job_manifest("job00001", "running", STANDIN_IMAGE, step_seconds=2.0), "bench")
+    assert job.spec.image == STANDIN_IMAGE and not job.spec.scheduling.node_selector
+    assert job.spec.training.max_steps >= 100_000  # never finishes during a bench
+    assert job.spec.resources.cpu is None  # no CFS limit on N python processes sharing 2 cores
+    assert [(v.name, v.value) for v in job.spec.env] == [("FTO_STANDIN_STEP_SECONDS", "2.0")]
+    assert not acknowledged("running", {"status": {"phase": "Running"}})  # no step reported yet
+    assert acknowledged("running", {"status": {"phase": "Running", "step": 0}})
+    assert not training_again({"status": {"phase": "Restarting", "attempt": 2}})
+    assert training_again({"status": {"phase": "Running", "attempt": 2}})
+    jobs = [
+        {"status": {"restarts": {"preemption": 1, "error": 0}, "lostSteps": 2}},
+        {"status": {"restarts": {"preemption": 1}, "lateEmergencySaves": 1}},
+        {},
+    ]
+    summary = restart_summary(jobs)
+    assert summary == {"restarts": {"preemption": 2}, "late_emergency_saves": 1, "lost_steps": 2}
+
+
+def test_the_stand_ins_end_split_by_its_own_times() -> None:
+    message = json.dumps({"reason": "Preempted", "standin_signal_at": 101.5, "standin_seconds": 0.25})
+    breakdown = trainer_exit_breakdown(
+        {"job00001-1": 100.0, "job00002-1": 100.0, "job00003-1": 100.0},
+        {"job00001-1": 103.0, "job00002-1": 104.0},
+        {"job00001-1": message, "job00002-1": '{"reason": "Preempted"}', "job00003-1": message},
+    )
+    assert {name: stats["p50"] for name, stats in breakdown.items()} == {
+        "end->sigterm_taken": 1.5,
+        "sigterm_taken->message": 0.25,
+        "message->seen_exited": 1.25,
+    }
+    assert breakdown["end->sigterm_taken"]["n"] == 1  # no times in its message, or not seen exited: left out
 
 
 def test_trace_breakdown_lines_up_the_log_with_the_bench_watch() -> None:
