@@ -55,9 +55,6 @@ class Written:
 
     job: dict[str, Any] | None = None
     pods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    #: Only status, Events and the ends of pods were written (no pod created or adopted, no Workload
-    #: touched): the read plus these results is the whole World again.
-    only_ends: bool = True
 
 
 @dataclass
@@ -172,7 +169,6 @@ def _carry_out(
         fence.patch_status(action.patch)
     elif isinstance(action, CreatePod):
         try:
-            fence.written.only_ends = False
             created = _create_attempt(runtime, job, uid, world, action, fence.written)
         except CreateRefusedError as refused:
             return True, _show_refusal(runtime, job, uid, world, refused, fence, action.attempt)
@@ -188,7 +184,6 @@ def _carry_out(
             },
         )
     elif isinstance(action, AdoptPod):
-        fence.written.only_ends = False
         fence.patch_status(action.status_patch)
         log.info("adopted pod %s", action.name, extra={"finetunejob": f"{namespace}/{name}"})
     elif isinstance(action, DeletePod):
@@ -200,7 +195,6 @@ def _carry_out(
     elif isinstance(action, Event):
         _event(runtime, job, uid, action.type, action.reason, action.message)
     elif isinstance(action, AnnotatePod):
-        fence.written.only_ends = False
         annotate_pod(runtime, namespace, action, fence.written)
     elif isinstance(action, Decided):
         log.info(
@@ -217,7 +211,6 @@ def _carry_out(
             },
         )
     elif isinstance(action, CreateWorkload | DeleteWorkload | PatchWorkloadStatus):
-        fence.written.only_ends = False
         try:
             _workload_action(runtime, job, uid, world, action)
         except CreateRefusedError as refused:
@@ -514,7 +507,7 @@ def annotate_pod(
         if error.status != 404:
             raise
         return
-    _observe_pod(runtime, namespace, _returned(response), written if written is not None else Written())
+    _observe_pod(runtime, namespace, _returned(response), written)
 
 
 def _returned(response: Any) -> dict[str, Any] | None:
@@ -529,7 +522,9 @@ def _returned(response: Any) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None, written: Written) -> None:
+def _observe_pod(
+    runtime: Runtime, namespace: str, pod: dict[str, Any] | None, written: Written | None
+) -> None:
     """What a write returned of a trainer pod, into `written` and the watch cache (the pass's next look is
     cached). A pod deleting with no grace and no finalizer left is gone: the apiserver removed it with that
     write."""
@@ -541,7 +536,8 @@ def _observe_pod(runtime: Runtime, namespace: str, pod: dict[str, Any] | None, w
         return
     gone = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
     gone = gone and meta.get("deletionGracePeriodSeconds") == 0
-    written.pods[str(meta.get("name"))] = None if gone else pod
+    if written is not None:
+        written.pods[str(meta.get("name"))] = None if gone else pod
     runtime.observe(runtime.cache.observe_pod, (namespace, job), pod, gone)
 
 

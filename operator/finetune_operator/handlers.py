@@ -48,7 +48,18 @@ from finetune_api.trainer_config import InvalidManifest, parse_job
 from kubernetes.client.rest import ApiException
 
 from finetune_operator import builders, decisions, kueue, views
-from finetune_operator.actions import AnnotatePod, Step, World
+from finetune_operator.actions import (
+    Action,
+    AnnotatePod,
+    Decided,
+    DeletePod,
+    Event,
+    PatchStatus,
+    Recovered,
+    ReleasePod,
+    Step,
+    World,
+)
 from finetune_operator.cache import (
     Keys,
     assemble_world,
@@ -200,32 +211,17 @@ def list_keys(runtime: Runtime, namespaces: list[str]) -> Keys:
         meta = item.get("metadata") or {}
         return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
+    def job_label_key(item: dict[str, Any]) -> tuple[str, str]:
+        """The namespace and the object's job label: the key the cache keeps it under."""
+        return ns_name(item)[0], str(((item.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))
+
     return Keys(
         jobs=frozenset(ns_name(j) for j in jobs),
-        pods=frozenset(
-            (
-                (ns_name(p)[0], str(((p.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
-                ns_name(p)[1],
-            )
-            for p in pods
-        ),
+        pods=frozenset((job_label_key(p), ns_name(p)[1]) for p in pods),
         nodes=frozenset(str((n.get("metadata") or {}).get("name")) for n in nodes),
         claims=frozenset(ns_name(c) for c in claims),
-        workloads=frozenset(
-            (
-                (ns_name(w)[0], str(((w.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
-                ns_name(w)[1],
-            )
-            for w in workloads
-        ),
-        access=frozenset(
-            (
-                (ns_name(o)[0], str(((o.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB))),
-                kind,
-                ns_name(o)[1],
-            )
-            for kind, o in access
-        ),
+        workloads=frozenset((job_label_key(w), ns_name(w)[1]) for w in workloads),
+        access=frozenset((job_label_key(o), kind, ns_name(o)[1]) for kind, o in access),
         node_views=tuple(
             (name, views.node_view(name, n))
             for n in nodes
@@ -657,17 +653,24 @@ def run_once(
                 )
             return quiet
         if not vouched and settle is not None:
-            following = after_writes(state, written, datetime.now(UTC))
+            following = after_writes(state, step.actions, written, datetime.now(UTC))
     return 1.0
 
 
-def after_writes(world: World, written: Written, now: datetime) -> tuple[World, str] | None:
-    """The World a step's writes leave: its read, with the job as the last status write returned it and each
-    pod as its write returned it (or gone), and that job's resourceVersion. None where the writes do not say
-    enough: no status write, a changed spec, or more than status, Events and pod ends written (a pod created
-    or adopted, an annotation, Kueue's Workload: the read cannot show what those changed)."""
+#: The actions whose writes' results show all they changed: status, Events, logs and metrics, pod ends.
+_ENDS_ONLY = (PatchStatus, Event, Decided, Recovered, ReleasePod, DeletePod)
+
+
+def after_writes(
+    world: World, actions: list[Action], written: Written, now: datetime
+) -> tuple[World, str] | None:
+    """The World a step's `actions` leave: its read, with the job as the last status write returned it and
+    each pod as its write returned it (or gone), and that job's resourceVersion. None where the writes do
+    not say enough: no status write, a changed spec, a queued job, or an action other than status, Events and
+    pod ends (a pod created or adopted, an annotation, Kueue's Workload: the read cannot show what those
+    changed)."""
     body = written.job
-    if body is None or not written.only_ends or world.queue is not None:
+    if body is None or world.queue is not None or not all(isinstance(a, _ENDS_ONLY) for a in actions):
         return None
     meta = body.get("metadata") or {}
     if int(meta.get("generation") or 0) != world.generation or not meta.get("resourceVersion"):
@@ -708,7 +711,7 @@ def read_world(runtime: Runtime, namespace: str, name: str) -> tuple[FineTuneJob
     labels = meta.get("labels") or {}
     phase = (body.get("status") or {}).get("phase")
     claim_read = None
-    if builders.has_job_claim(job) and phase not in ("Succeeded", "Failed"):
+    if builders.has_job_claim(job) and claim_needed(phase, {}):  # needed whatever the nodes say
         claim_read = runtime.read_concurrently(read_claim, core, namespace, builders.pvc_name(job))
     workload_read = None
     if labels.get(kueue.LABEL_QUEUE_NAME):

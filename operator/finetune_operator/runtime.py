@@ -46,7 +46,7 @@ class OperatorConfig:
     resync_seconds: float = 300.0
     #: At most this many reconcile passes talk to the API at once (a burst of pod ends is processed this
     #: many at a time; one slow call holds one slot, not the others).
-    #: 64: a burst of 100 preemptions on the local cluster, p99 10 s against 16 s with 16 (bench/scale).
+    #: 64: a burst of 100 preemptions on the local cluster ends sooner than with 16 (bench/scale/README.md).
     max_concurrent_passes: int = 64
     #: Events are posted by a few threads of their own, off the pass (an Event is never what the next step
     #: waits for; in a burst each one held a pass slot for a round trip). False: posted in the pass (tests).

@@ -588,11 +588,12 @@ def test_what_the_writes_return_says_enough_only_for_status_and_pod_ends() -> No
     """after_writes: the World after a step's writes, only where they show everything that changed."""
     world = decision_world(pods=[decision_pod("job-1", exit_code=75, deleted=True)])
     job = {"metadata": {"generation": world.generation, "resourceVersion": "7"}, "status": {"attempt": 3}}
-    following = handlers.after_writes(world, executor.Written(job=job, pods={"job-1": None}), world.now)
+    ends = [actions.PatchStatus({}), actions.ReleasePod("job-1"), actions.DeletePod("job-1", 0, True)]
+    following = handlers.after_writes(world, ends, executor.Written(job=job, pods={"job-1": None}), world.now)
     assert following is not None and following[1] == "7"
     assert following[0].status.attempt == 3 and following[0].pods == ()
-    assert handlers.after_writes(world, executor.Written(), world.now) is None  # no status write
-    created = executor.Written(job=job, only_ends=False)  # a pod created: the read cannot show it
-    assert handlers.after_writes(world, created, world.now) is None
+    assert handlers.after_writes(world, ends, executor.Written(), world.now) is None  # no status write
+    created = [*ends, actions.CreatePod(2, "run", {}, "AttemptCreated", "")]  # the read cannot show the pod
+    assert handlers.after_writes(world, created, executor.Written(job=job), world.now) is None
     edited = {**job, "metadata": {"generation": world.generation + 1, "resourceVersion": "8"}}
-    assert handlers.after_writes(world, executor.Written(job=edited), world.now) is None  # spec changed
+    assert handlers.after_writes(world, ends, executor.Written(job=edited), world.now) is None  # spec changed
