@@ -59,9 +59,16 @@ def test_one_quota_two_jobs_one_waits_queued_then_runs(provider: LocalProvider, 
     assert "Admitted" in _reasons(p, "first")
 
     sc.assert_succeeded(p, "first", 8)
-    # the first one's Workload is Finished: its quota admits the second, which then runs to the end
-    wl = p.kube.custom.get_namespaced_custom_object(GROUP, VERSION, p.namespace, "workloads", "first-kueue")
-    assert _condition_true(wl, "Finished"), wl.get("status")
+
+    # the first one's Workload is marked Finished (by the pass after the one that wrote Succeeded, so the
+    # test waits for it): its quota admits the second, which then runs to the end
+    def first_finished() -> bool:
+        wl = p.kube.custom.get_namespaced_custom_object(
+            GROUP, VERSION, p.namespace, "workloads", "first-kueue"
+        )
+        return _condition_true(wl, "Finished")
+
+    wait_for(first_finished, 30, what="first's Workload Finished")
     sc.assert_succeeded(p, "second", 8)
     assert "Admitted" in _reasons(p, "second")
     assert (sc.status(p, "second").get("restarts") or {}).get("preemption", 0) == 0
