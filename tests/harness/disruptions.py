@@ -30,6 +30,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -40,6 +41,10 @@ from .cluster import TESTBOX_IMAGE, Cluster
 from .kube import Kube, wait_for
 
 SPOT_TAINT_KEY = "fto.test/spot-reclaim"
+OUT_OF_SERVICE_KEY = "node.kubernetes.io/out-of-service"
+#: No live test holds a taint longer than pytest's timeout (900 s, pyproject.toml): one older than this
+#: was left by a killed run, and would evict the next run's pods.
+STALE_TAINT_SECONDS = 960
 PREEMPTOR_PRIORITY_CLASS = "fto-test-preemptor"
 HOLD_FINALIZER = "finetune-operator.test/hold"
 
@@ -177,7 +182,9 @@ def drained(kube: Kube, node: str, namespace: str | None = None) -> Iterator[lis
 def taint_noexecute(kube: Kube, node: str, key: str = SPOT_TAINT_KEY, value: str = "true") -> None:
     """Add a NoExecute taint: pods that do not tolerate it are deleted by the taint-eviction controller."""
     taints = [t for t in (kube.node(node).spec.taints or []) if t.key != key]
-    taints.append(client.V1Taint(key=key, value=value, effect="NoExecute"))
+    # stamped as kubectl does, so that a taint a killed run left can be told by its age
+    added = datetime.now(UTC).replace(microsecond=0)
+    taints.append(client.V1Taint(key=key, value=value, effect="NoExecute", time_added=added))
     kube.core.patch_node(
         node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}}
     )
@@ -188,6 +195,28 @@ def untaint(kube: Kube, node: str, key: str = SPOT_TAINT_KEY) -> None:
     kube.core.patch_node(
         node, {"spec": {"taints": [kube.api_client.sanitize_for_serialization(t) for t in taints]}}
     )
+
+
+def stale_test_taints(taints: list[client.V1Taint], now: datetime, older_than: float) -> list[str]:
+    """The keys of the harness's NoExecute taints added more than `older_than` seconds before `now`."""
+    return [
+        t.key
+        for t in taints
+        if t.key in (SPOT_TAINT_KEY, OUT_OF_SERVICE_KEY)
+        and t.effect == "NoExecute"
+        and t.time_added is not None
+        and (now - t.time_added).total_seconds() > older_than
+    ]
+
+
+def clear_stale_test_taints(kube: Kube, older_than: float = STALE_TAINT_SECONDS) -> list[str]:
+    """Untaint every node of what a killed test run left (its teardown never ran); `node: key` removed."""
+    removed = []
+    for node in kube.core.list_node().items:
+        for key in stale_test_taints(node.spec.taints or [], datetime.now(UTC), older_than):
+            untaint(kube, node.metadata.name, key)
+            removed.append(f"{node.metadata.name}: {key}")
+    return removed
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from . import disruptions
 from .cluster import Cluster, ClusterUnavailable, have_prerequisites
 from .kube import Kube, wait_for
 
@@ -50,7 +52,10 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def kube(cluster: Cluster) -> Kube:
-    return Kube(cluster.kubeconfig)
+    kube = Kube(cluster.kubeconfig)
+    for removed in disruptions.clear_stale_test_taints(kube):
+        print(f"removed a taint a killed test run left: {removed}", file=sys.stderr)
+    return kube
 
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"

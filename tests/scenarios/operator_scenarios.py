@@ -346,7 +346,7 @@ def node_gone(p: Provider, reference: str | None, name: str = "nodegone") -> dic
     return _disrupt_and_check(p, name, disrupt, reference, "NodeLost")
 
 
-OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+OUT_OF_SERVICE = disruptions.OUT_OF_SERVICE_KEY
 
 
 def node_gone_shared_volume(p: Provider, reference: str | None, name: str = "nodegonerwx") -> dict[str, Any]:
